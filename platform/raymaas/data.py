@@ -1,0 +1,162 @@
+"""Data sources for supervised jobs.
+
+Built-in sets (`digits`, `synthetic`) are small and generated deterministically, so each
+worker builds its own shard in memory. Files (Parquet or CSV, a file or a folder) are read
+with Ray Data and streamed to the workers as dataset shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from raymaas.specs import SpecModel
+
+BUILTIN_DATASETS = ("digits", "synthetic")
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+
+class DataSpec(SpecModel):
+    source: str = Field("digits", description="digits, synthetic, or the path of a Parquet/CSV file or folder")
+    format: Literal["auto", "parquet", "csv"] = Field("auto", description="file format; auto infers it from the file names")
+    label_column: str = Field("label", description="files: the column holding integer class ids 0..n-1")
+    feature_columns: list[str] | None = Field(None, description="files: feature columns (default: every column but the label)")
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of rows held out for validation")
+    n_samples: int = Field(20_000, gt=10, description="synthetic: number of rows")
+    n_features: int = Field(32, gt=0, description="synthetic: number of features")
+    n_classes: int = Field(4, ge=2, description="synthetic: number of classes")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        if source in BUILTIN_DATASETS:
+            return source
+        looks_like_path = "/" in source or Path(source).suffix in _FORMATS
+        if not looks_like_path:
+            raise ValueError(f"unknown dataset {source!r}: use {', '.join(BUILTIN_DATASETS)} or a Parquet/CSV path")
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise ValueError(f"data file or folder {source!r} does not exist")
+        return str(path.resolve())
+
+    @model_validator(mode="after")
+    def _check_file_schema(self) -> "DataSpec":
+        if self.source in BUILTIN_DATASETS:
+            return self
+        self.format = infer_format(Path(self.source), self.format)
+        columns = file_columns(self.source, self.format)
+        if self.label_column not in columns:
+            raise ValueError(f"label_column {self.label_column!r} is not a column of {self.source} (columns: {', '.join(columns)})")
+        missing = [c for c in (self.feature_columns or []) if c not in columns]
+        if missing:
+            raise ValueError(f"feature_columns {missing} are not columns of {self.source}")
+        return self
+
+
+def infer_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    found = {_FORMATS[p.suffix.lower()] for p in files if p.suffix.lower() in _FORMATS}
+    if len(found) != 1:
+        raise ValueError(f"cannot infer the format of {path}: name files *.parquet or *.csv, or set data.format")
+    return found.pop()
+
+
+def file_columns(source: str, fmt: str) -> list[str]:
+    """Column names of a Parquet/CSV file or folder, read from its schema only."""
+    import pyarrow.dataset as pads
+
+    return list(pads.dataset(source, format=fmt).schema.names)
+
+
+@dataclass(frozen=True)
+class ArraySplit:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def load_builtin(spec: DataSpec, seed: int) -> ArraySplit:
+    """The built-in data set as float32 features / int64 labels, split deterministically by seed."""
+    if spec.source == "digits":
+        from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+        bunch = load_digits()
+        x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+    elif spec.source == "synthetic":
+        x, y = make_synthetic(spec.n_samples, spec.n_features, spec.n_classes, seed)
+    else:
+        raise ValueError(f"{spec.source!r} is not a built-in data set")
+    return split_arrays(x, y, spec.validation_fraction, seed)
+
+
+def make_synthetic(n_samples: int, n_features: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian clusters around random class centres: learnable, but not in one epoch."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 1.0, size=(n_classes, n_features)).astype(np.float32)
+    y = rng.integers(0, n_classes, size=n_samples).astype(np.int64)
+    x = centres[y] + rng.normal(0.0, 1.5, size=(n_samples, n_features)).astype(np.float32)
+    return x.astype(np.float32), y
+
+
+def split_arrays(x: np.ndarray, y: np.ndarray, validation_fraction: float, seed: int) -> ArraySplit:
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = max(1, int(round(len(x) * validation_fraction)))
+    val, train = order[:n_val], order[n_val:]
+    return ArraySplit(x[train], y[train], x[val], y[val])
+
+
+def shard_rows(n_rows: int, rank: int, world_size: int, epoch_seed: int | None) -> np.ndarray:
+    """This rank's row indices; every rank gets the same count (DDP needs equal step counts)."""
+    order = np.random.default_rng(epoch_seed).permutation(n_rows) if epoch_seed is not None else np.arange(n_rows)
+    per_rank = n_rows // world_size
+    return order[rank * per_rank : (rank + 1) * per_rank]
+
+
+@dataclass(frozen=True)
+class FileData:
+    """What the driver learns from a file source before training starts."""
+
+    train: object  # ray.data.Dataset
+    validation: object  # ray.data.Dataset
+    feature_columns: list[str]
+    n_classes: int
+    mean: np.ndarray
+    std: np.ndarray
+    example: np.ndarray
+
+
+def read_files(spec: DataSpec, seed: int) -> FileData:
+    """Read a file source with Ray Data, split it by seed, and fit the feature statistics."""
+    import ray.data
+    from ray.data.aggregate import Max, Mean, Min, Std
+
+    reader = ray.data.read_parquet if spec.format == "parquet" else ray.data.read_csv
+    ds = reader(spec.source)
+    features = spec.feature_columns or [c for c in ds.schema().names if c != spec.label_column]
+    ds = ds.select_columns([*features, spec.label_column])
+    train, validation = ds.train_test_split(test_size=spec.validation_fraction, shuffle=True, seed=seed)
+    stats = train.aggregate(
+        *(Mean(c, alias_name=f"mean:{c}") for c in features),
+        *(Std(c, alias_name=f"std:{c}") for c in features),
+        Min(spec.label_column, alias_name="label_min"),
+        Max(spec.label_column, alias_name="label_max"),
+    )
+    if stats["label_min"] < 0 or float(stats["label_max"]) != int(stats["label_max"]):
+        raise ValueError(f"label_column {spec.label_column!r} must hold integer class ids 0..n-1")
+    example = train.limit(8).to_pandas()[features].to_numpy(dtype=np.float32)
+    return FileData(
+        train=train,
+        validation=validation,
+        feature_columns=features,
+        n_classes=int(stats["label_max"]) + 1,
+        mean=np.array([stats[f"mean:{c}"] for c in features], dtype=np.float32),
+        std=np.array([stats[f"std:{c}"] or 1.0 for c in features], dtype=np.float32),
+        example=example,
+    )

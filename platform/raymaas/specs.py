@@ -1,0 +1,138 @@
+"""Job specs: YAML files validated by pydantic models, with `--set key.sub=value` overrides."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+# A spec that fails validation exits with this code, before anything is started.
+EXIT_INVALID_SPEC = 2
+
+
+class SpecModel(BaseModel):
+    """Base of every spec section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names the field and what is wrong."""
+
+
+SpecT = TypeVar("SpecT", bound=SpecModel)
+
+
+def parse_overrides(items: Iterable[str]) -> list[tuple[list[str], Any]]:
+    """Parse `key.sub=value` strings; values are read as YAML scalars (3 -> int, true -> bool)."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, for example train_loop_config.epochs=3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+        parsed.append((key.strip().split("."), value))
+    return parsed
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Return a copy of the raw spec dict with each override applied at its dotted path."""
+    data = _deep_copy(data)
+    for path, value in parse_overrides(overrides):
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise SpecError(f"--set {'.'.join(path)}: {where} is a {type(child).__name__}, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_spec(model: type[SpecT], path: str | Path, overrides: Iterable[str] = ()) -> SpecT:
+    """Read a YAML spec, apply overrides and validate it; raise SpecError naming the bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec is a mapping of fields, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    return validate_spec(model, data, source=str(path))
+
+
+def validate_spec(model: type[SpecT], data: dict, source: str = "spec") -> SpecT:
+    """Validate a raw dict into a spec model; raise SpecError with one line per bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid spec {source}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; `raymaas explain` lists the fields)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        # pydantic prefixes messages from our own validators with "Value error, ".
+        msg = msg.removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {field}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts to dotted keys, the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, default, description) for every field of a spec, sections expanded."""
+    rows = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        dotted = f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.append((dotted, "", field.description or ""))
+            rows.extend(describe_fields(ann, f"{dotted}."))
+            continue
+        default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append((dotted, default, field.description or ""))
+    return rows
+
+
+def exit_with_spec_error(err: SpecError) -> None:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(EXIT_INVALID_SPEC)
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data

@@ -31,10 +31,27 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     env_vars = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "RAYMAAS_HOME") if k in os.environ}
     runtime_env = {"py_modules": [raymaas_code_dir()], "env_vars": env_vars}
     if address:
+        _use_token_auth_if_available()
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        # No dashboard locally: it costs a few seconds and ~300 MB on a 2-core machine.
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars})
+        # "local": a fresh Ray in this process even if `ray start` left a cluster address
+        # behind (ray.init() would join that one). No dashboard: seconds and ~300 MB saved.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars})
+
+
+def _use_token_auth_if_available() -> None:
+    # Ray 2.60 turns token auth on for clusters it starts, but a driver joining one by
+    # explicit address only sends the saved token (~/.ray/auth_token) in token mode; without
+    # it the GCS answers "InvalidAuthToken" and ray.init fails with a bare ConnectionError.
+    # Ray's own helper flips the mode and refreshes its cached config, which an environment
+    # variable set after `import ray` would not.
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def resolve_use_gpu(use_gpu: bool | str) -> bool:

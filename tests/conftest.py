@@ -1,0 +1,154 @@
+"""Shared fixtures: one real Ray head and one real MLflow store for the whole test session.
+
+The head runs on a "bare" Python: the project's third-party packages, but not raymaas. Every
+job the tests run therefore proves that the platform's code travels with the job, as it
+must on a cluster whose nodes have only the third-party packages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEBUG_SPEC = REPO / "jobs" / "specs" / "digits_debug.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_bare_python(folder: Path) -> Path:
+    """A venv that sees this venv's site-packages but none of its .pth files (so no raymaas)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    site = Path(sysconfig.get_paths(vars={"base": str(folder), "platbase": str(folder)})["purelib"])
+    # A path line in a .pth file adds that folder to sys.path without reading its own .pth
+    # files, which is where the editable install of raymaas lives.
+    (site / "_project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = folder / "bin" / "python"
+    ray_cli = folder / "bin" / "ray"
+    ray_cli.write_text(f"#!{python}\nfrom ray.scripts.scripts import main\nmain()\n")
+    ray_cli.chmod(0o755)
+    check = subprocess.run([str(python), "-c", "import raymaas"], capture_output=True)
+    assert check.returncode != 0, "the bare Python must not see raymaas"
+    return python
+
+
+@dataclass
+class RayHead:
+    address: str  # GCS address for ray.init / RAY_ADDRESS
+    dashboard_url: str  # for `ray job submit --address`
+    home: Path  # RAYMAAS_HOME of the head and of the tests
+    tracking_uri: str
+    env: dict  # environment for drivers that join this head
+
+    def job_env(self, **extra) -> dict:
+        env = dict(self.env)
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory) -> RayHead:
+    base = tmp_path_factory.mktemp("raymaas")
+    home = base / "home"
+    home.mkdir()
+    python = make_bare_python(base / "bare-venv")
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    port, dash = free_port(), free_port()
+    head_env = {
+        **os.environ,
+        "PATH": f"{python.parent}:{os.environ['PATH']}",
+        "RAYMAAS_HOME": str(home),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "RAY_TRAIN_V2_ENABLED": "1",
+    }
+    head_env.pop("RAY_ADDRESS", None)
+    head_env.pop("PYTHONPATH", None)
+    # Jobs and tests together: 2 train workers + a job driver + a spare, on 2 real cores.
+    # A temp dir of our own (short: Ray's socket paths must fit in 107 characters) marks
+    # every process of this head, so teardown ends exactly those and no other Ray.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rmt", dir="/tmp"))
+    subprocess.run(
+        [str(python.parent / "ray"), "start", "--head", f"--temp-dir={temp_dir}", f"--port={port}", "--num-cpus=4",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--disable-usage-stats"],
+        env=head_env, check=True, capture_output=True, cwd=str(base),
+    )
+    address = f"127.0.0.1:{port}"
+    driver_env = {**os.environ, "RAY_ADDRESS": address, "RAYMAAS_HOME": str(home), "MLFLOW_TRACKING_URI": tracking_uri}
+    head = RayHead(address, f"http://127.0.0.1:{dash}", home, tracking_uri, driver_env)
+    _wait_for_dashboard(head.dashboard_url)
+    yield head
+    stop_ray_head(temp_dir)
+    shutil.rmtree(base / "bare-venv", ignore_errors=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_ray_head(temp_dir: Path) -> None:
+    """End the processes of the Ray head started with temp_dir, and their children, by PID."""
+    import psutil
+
+    ours = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp_dir) in part for part in proc.info["cmdline"] or ()):
+                ours.append(proc)
+                ours.extend(proc.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    ours = [p for p in {p.pid: p for p in ours}.values() if p.pid != os.getpid()]
+    for proc in ours:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(ours, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _wait_for_dashboard(url: str, timeout_s: float = 60) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (401 without Ray's auth token): it is up
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"Ray dashboard at {url} did not come up in {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(ray_head):
+    from raymaas.tracking import get_client
+
+    return get_client(ray_head.tracking_uri)
+
+
+def run_job(args: list[str], env: dict, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m jobs.supervised ...` (or another module) to completion, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", *args], env=env, cwd=str(REPO), capture_output=True, text=True,
+        timeout=timeout, **kwargs,
+    )

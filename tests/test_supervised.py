@@ -1,0 +1,145 @@
+"""The supervised job end to end on a real Ray head and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import DEBUG_SPEC, REPO, run_job
+
+pytestmark = pytest.mark.slow
+
+
+def _outcome_line(stdout: str, prefix: str = "raymaas: run ") -> str:
+    return next(line for line in stdout.splitlines() if line.startswith(prefix))
+
+
+def _run_id(stdout: str) -> str:
+    return _outcome_line(stdout).split()[2]
+
+
+@pytest.fixture(scope="module")
+def trained_digits(ray_head, mlflow_client):
+    """A 2-worker digits MLP trained through the job entrypoint."""
+    proc = run_job(
+        ["jobs.supervised", str(REPO / "jobs/specs/digits_mlp.yaml"),
+         "--set", "name=test-digits", "--set", "train_loop_config.epochs=12"],
+        env=ray_head.env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return _run_id(proc.stdout), proc
+
+
+def test_two_workers_reach_95_percent(trained_digits, mlflow_client):
+    run_id, _ = trained_digits
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["val_accuracy"] >= 0.95
+    assert run.data.tags["num_workers"] == "2"
+    assert run.data.tags["device"] == "cpu"
+    assert run.data.params["scaling_config.num_workers"] == "2"
+    # every epoch logged exactly once, with every per-epoch metric
+    for key in ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second"):
+        steps = [m.step for m in mlflow_client.get_metric_history(run_id, key)]
+        assert sorted(steps) == list(range(12)), key
+    artifacts = {a.path for a in mlflow_client.list_artifacts(run_id)}
+    assert "spec.yaml" in artifacts
+    plots = {a.path for a in mlflow_client.list_artifacts(run_id, "plots")}
+    assert plots == {"plots/confusion_matrix.png", "plots/loss_curve.png"}
+
+
+def test_registered_model_has_signature_aliases_and_decision(trained_digits, mlflow_client):
+    run_id, _ = trained_digits
+    (found,) = mlflow_client.search_model_versions(f"name='test-digits' and run_id='{run_id}'")
+    mv = mlflow_client.get_model_version("test-digits", found.version)  # search omits aliases
+    assert "candidate" in mv.aliases
+    assert mv.tags["raymaas.promotion"] == "champion"  # the first version becomes champion
+    assert "first champion" in mv.tags["raymaas.promotion_reason"]
+    champion = mlflow_client.get_model_version_by_alias("test-digits", "champion")
+    assert champion.version == mv.version
+    import mlflow
+
+    info = mlflow.models.get_model_info("models:/test-digits@champion")
+    inputs = info.signature.inputs.to_dict()
+    assert inputs == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 64)}}]
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"]["dtype"] == "int64"
+
+
+def test_model_loads_without_ray_and_keeps_accuracy(trained_digits, ray_head):
+    """A fresh process that cannot import Ray loads the model and scores the same data."""
+    run_id, _ = trained_digits
+    script = textwrap.dedent(
+        f"""
+        import builtins, json, sys
+        real_import = builtins.__import__
+        def guarded(name, *a, **k):
+            if name == "ray" or name.startswith("ray."):
+                raise ImportError("ray must not be imported to serve a registered model")
+            return real_import(name, *a, **k)
+        builtins.__import__ = guarded
+        import mlflow, numpy as np
+        from sklearn.datasets import load_digits
+        mlflow.set_tracking_uri({ray_head.tracking_uri!r})
+        model = mlflow.pyfunc.load_model("models:/test-digits@champion")
+        bunch = load_digits()
+        order = np.random.default_rng(0).permutation(len(bunch.data))
+        val = order[: int(round(len(order) * 0.2))]
+        pred = model.predict(bunch.data[val].astype(np.float32))
+        single = model.predict(bunch.data[val[:1]].astype(np.float32))
+        print(json.dumps({{"accuracy": float((pred == bunch.target[val]).mean()),
+                          "dtype": str(pred.dtype), "single": int(single[0]), "first": int(pred[0]),
+                          "ray_loaded": "ray" in sys.modules}}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ray_loaded"] is False
+    assert out["dtype"] == "int64"
+    assert out["single"] == out["first"]
+    logged = _champion_accuracy(ray_head)
+    assert out["accuracy"] == pytest.approx(logged, abs=1e-9)
+    assert out["accuracy"] >= 0.95
+
+
+def _champion_accuracy(ray_head) -> float:
+    from raymaas.tracking import get_client
+
+    client = get_client(ray_head.tracking_uri)
+    mv = client.get_model_version_by_alias("test-digits", "champion")
+    return float(mv.tags["raymaas.gate_value"])
+
+
+def test_second_version_is_gated_against_champion(trained_digits, ray_head, mlflow_client):
+    """A worse model becomes a candidate only; the reason is recorded on the version."""
+    proc = run_job(
+        ["jobs.supervised", str(DEBUG_SPEC), "--set", "name=test-digits",
+         "--set", "train_loop_config.epochs=1", "--set", "train_loop_config.lr=0.0005"],
+        env=ray_head.env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_id = _run_id(proc.stdout)
+    (found,) = mlflow_client.search_model_versions(f"name='test-digits' and run_id='{run_id}'")
+    mv = mlflow_client.get_model_version("test-digits", found.version)
+    assert "candidate" in mv.aliases and "champion" not in mv.aliases
+    assert mv.tags["raymaas.promotion"] == "kept candidate"
+    assert "does not beat champion" in mv.tags["raymaas.promotion_reason"]
+    champion = mlflow_client.get_model_version_by_alias("test-digits", "champion")
+    assert champion.version != mv.version
+
+
+def test_cnn_spec_trains(ray_head, mlflow_client):
+    proc = run_job(
+        ["jobs.supervised", str(REPO / "jobs/specs/digits_cnn.yaml"), "--set", "name=test-cnn",
+         "--set", "train_loop_config.epochs=3"],
+        env=ray_head.env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = mlflow_client.get_run(_run_id(proc.stdout))
+    assert run.data.metrics["val_accuracy"] > 0.8
+    assert np.isfinite(run.data.metrics["train_loss"])

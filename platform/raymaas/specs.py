@@ -14,9 +14,9 @@ EXIT_INVALID_SPEC = 2
 
 
 class SpecModel(BaseModel):
-    """Base of every spec section: unknown keys are errors, assignments are re-validated."""
+    """Base of every spec section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid")
 
 
 class SpecError(ValueError):

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from raymaas.data import BUILTIN_DATASETS, DataSpec, load_builtin, shard_rows
 from raymaas.models import ModelSpec, build_model
@@ -39,6 +39,13 @@ class ScalingSpec(SpecModel):
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: GPUs (NCCL) if the cluster has any, else CPUs (gloo)")
     resources_per_worker: dict[str, float] = Field({"CPU": 1}, description="Ray resources each worker reserves")
     placement_timeout_s: float = Field(10, gt=0, description="seconds to wait for the cluster to offer the resources before failing")
+
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _gpu_choice(cls, value):
+        if value in (True, False, "auto"):
+            return value
+        raise ValueError("must be true, false or auto")
 
 
 class FailureSpec(SpecModel):

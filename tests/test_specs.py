@@ -1,0 +1,118 @@
+"""Spec validation: bad input is rejected before anything starts, with the field named."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import DEBUG_SPEC, REPO
+from raymaas.specs import SpecError, apply_overrides, flatten, load_spec
+from raymaas.supervised import SupervisedSpec
+
+
+def write_spec(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_specs_are_valid():
+    for name in ("digits_mlp", "digits_cnn", "digits_debug"):
+        spec = load_spec(SupervisedSpec, REPO / "jobs" / "specs" / f"{name}.yaml")
+        assert spec.scaling_config.num_workers == 2
+    assert load_spec(SupervisedSpec, DEBUG_SPEC).train_loop_config.epochs <= 3
+
+
+def test_defaults_follow_the_issue():
+    spec = SupervisedSpec(name="x")
+    assert spec.scaling_config.num_workers == 2
+    assert spec.scaling_config.use_gpu == "auto"
+    assert spec.experiment_name == "x" and spec.registered_model_name == "x"
+
+
+@pytest.mark.parametrize(
+    "override, field, words",
+    [
+        ("train_loop_config.epochz=3", "train_loop_config.epochz", "unknown field"),
+        ("train_loop_config.epochs=three", "train_loop_config.epochs", "integer"),
+        ("train_loop_config.epochs=0", "train_loop_config.epochs", "greater than or equal to 1"),
+        ("scaling_config.use_gpu=maybe", "scaling_config.use_gpu", "auto"),
+        ("data.source=imagenet", "data.source", "unknown dataset 'imagenet'"),
+        ("data.source=/nowhere/train.parquet", "data.source", "does not exist"),
+        ("model.name=resnet9000", "model.name", "unknown model 'resnet9000'"),
+        ("model.name=no_such_pkg.mod:build", "model.name", "cannot import 'no_such_pkg.mod'"),
+        ("model.name=raymaas.models:nothing_here", "model.name", "no callable 'nothing_here'"),
+        ("data.validation_fraction=1.5", "data.validation_fraction", "less than 1"),
+        ("name=has spaces", "name", "pattern"),
+    ],
+)
+def test_bad_fields_are_named(override, field, words):
+    with pytest.raises(SpecError) as err:
+        load_spec(SupervisedSpec, DEBUG_SPEC, [override])
+    message = str(err.value)
+    line = next(l for l in message.splitlines() if l.strip().startswith(field + ":"))
+    assert words in line, message
+
+
+def test_missing_required_name(tmp_path):
+    path = write_spec(tmp_path, "data: {source: digits}\n")
+    with pytest.raises(SpecError, match=r"name: required field is missing"):
+        load_spec(SupervisedSpec, path)
+
+
+def test_missing_spec_file_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(SupervisedSpec, tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(SupervisedSpec, write_spec(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec(SupervisedSpec, write_spec(tmp_path, "- a\n- b\n"))
+
+
+def test_overrides_parse_yaml_values_and_nest():
+    data = apply_overrides({"a": {"b": 1}}, ["a.b=2", "a.c=true", "d.e=[1, 2]", "f=x"])
+    assert data == {"a": {"b": 2, "c": True}, "d": {"e": [1, 2]}, "f": "x"}
+    with pytest.raises(SpecError, match="KEY=VALUE"):
+        apply_overrides({}, ["novalue"])
+    with pytest.raises(SpecError, match="not a section"):
+        apply_overrides({"a": 1}, ["a.b=2"])
+
+
+def test_flatten_for_params():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": []}) == {"a.b": 1, "a.c.d": 2, "e": []}
+
+
+def test_file_source_label_column_checked_before_ray(tmp_path):
+    frame = pd.DataFrame({"x1": [0.1, 0.2, 0.3], "x2": [1.0, 2.0, 3.0], "target": [0, 1, 0]})
+    frame.to_parquet(tmp_path / "rows.parquet")
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    for name in ("rows.parquet", "rows.csv"):
+        source = str(tmp_path / name)
+        spec = load_spec(SupervisedSpec, DEBUG_SPEC, [f"data.source={source}", "data.label_column=target"])
+        assert spec.data.format == name.split(".")[1]
+        with pytest.raises(SpecError, match="label_column 'label' is not a column"):
+            load_spec(SupervisedSpec, DEBUG_SPEC, [f"data.source={source}"])
+    with pytest.raises(SpecError, match=r"feature_columns \['x9'\]"):
+        load_spec(SupervisedSpec, DEBUG_SPEC, [f"data.source={tmp_path / 'rows.csv'}", "data.label_column=target",
+                                                "data.feature_columns=[x1, x9]"])
+
+
+def test_invalid_spec_exits_2_and_creates_no_run(tmp_path):
+    """The job entrypoint: exit code 2, the field in the message, and no MLflow store touched."""
+    env = {**os.environ, "RAYMAAS_HOME": str(tmp_path)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), "--set", "model.name=transformer"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "model.name: unknown model 'transformer'" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "ray_results").exists()

@@ -53,6 +53,7 @@ class RayHead:
     home: Path  # RAYMAAS_HOME of the head and of the tests
     tracking_uri: str
     env: dict  # environment for drivers that join this head
+    temp_dir: Path  # Ray's temp dir for this head: it names all of its processes
 
     def job_env(self, **extra) -> dict:
         env = dict(self.env)
@@ -89,7 +90,7 @@ def ray_head(tmp_path_factory) -> RayHead:
     )
     address = f"127.0.0.1:{port}"
     driver_env = {**os.environ, "RAY_ADDRESS": address, "RAYMAAS_HOME": str(home), "MLFLOW_TRACKING_URI": tracking_uri}
-    head = RayHead(address, f"http://127.0.0.1:{dash}", home, tracking_uri, driver_env)
+    head = RayHead(address, f"http://127.0.0.1:{dash}", home, tracking_uri, driver_env, temp_dir)
     _wait_for_dashboard(head.dashboard_url)
     yield head
     stop_ray_head(temp_dir)
@@ -97,8 +98,8 @@ def ray_head(tmp_path_factory) -> RayHead:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def stop_ray_head(temp_dir: Path) -> None:
-    """End the processes of the Ray head started with temp_dir, and their children, by PID."""
+def head_processes(temp_dir: Path) -> list:
+    """The processes of the Ray head started with temp_dir, and all of their children."""
     import psutil
 
     ours = []
@@ -109,7 +110,14 @@ def stop_ray_head(temp_dir: Path) -> None:
                 ours.extend(proc.children(recursive=True))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    ours = [p for p in {p.pid: p for p in ours}.values() if p.pid != os.getpid()]
+    return [p for p in {p.pid: p for p in ours}.values() if p.pid != os.getpid()]
+
+
+def stop_ray_head(temp_dir: Path) -> None:
+    """End the processes of the Ray head started with temp_dir by PID."""
+    import psutil
+
+    ours = head_processes(temp_dir)
     for proc in ours:
         try:
             proc.terminate()

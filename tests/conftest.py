@@ -89,9 +89,13 @@ def ray_head(tmp_path_factory) -> RayHead:
         env=head_env, check=True, capture_output=True, cwd=str(base),
     )
     address = f"127.0.0.1:{port}"
-    driver_env = {**os.environ, "RAY_ADDRESS": address, "RAYMAAS_HOME": str(home), "MLFLOW_TRACKING_URI": tracking_uri}
+    # Ray 2.60 starts clusters with token auth; clients (ray job submit, the job SDK, drivers
+    # joining by address) send the token from ~/.ray only in token mode.
+    driver_env = {**os.environ, "RAY_ADDRESS": address, "RAYMAAS_HOME": str(home),
+                  "MLFLOW_TRACKING_URI": tracking_uri, "RAY_AUTH_MODE": "token"}
     head = RayHead(address, f"http://127.0.0.1:{dash}", home, tracking_uri, driver_env, temp_dir)
     _wait_for_dashboard(head.dashboard_url)
+    _wait_for_job_agent(head)
     yield head
     stop_ray_head(temp_dir)
     shutil.rmtree(base / "bare-venv", ignore_errors=True)
@@ -129,6 +133,23 @@ def stop_ray_head(temp_dir: Path) -> None:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def _wait_for_job_agent(head: RayHead, timeout_s: float = 120) -> None:
+    """Submit a no-op job until the head accepts it: its job agent starts after the dashboard
+    and until then submissions fail with "No available agent to submit job"."""
+    ray_cli = Path(sys.executable).parent / "ray"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc = subprocess.run(
+            [str(ray_cli), "job", "submit", "--address", head.dashboard_url, "--", "python", "-c", "pass"],
+            env=head.env, capture_output=True, text=True, timeout=120,
+        )
+        if proc.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the head's job agent did not accept a job: {proc.stderr[-2000:]}")
+        time.sleep(1)
 
 
 def _wait_for_dashboard(url: str, timeout_s: float = 60) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,7 @@ def _make_mlflow_callback(tracking_uri: str, run_id: str):
         def __init__(self):
             self._client = None
             self._failures = 0
+            self._resumed_at = 0
 
         def _mlflow(self):
             if self._client is None:
@@ -261,8 +263,11 @@ def _make_mlflow_callback(tracking_uri: str, run_id: str):
 
             m = dict(metrics[0])
             epoch = int(m.pop("epoch"))
-            m.pop("start_epoch", None)
+            start_epoch = int(m.pop("start_epoch", 0))
             try:
+                if start_epoch and start_epoch != self._resumed_at:
+                    self._resumed_at = start_epoch
+                    self._mlflow().set_tag(run_id, "raymaas.resumed_from_epoch", str(start_epoch))
                 log_metrics(self._mlflow(), run_id, m, step=epoch)
             except Exception as exc:  # tracking trouble must not kill training
                 print(f"raymaas: could not log epoch {epoch} to MLflow: {exc}", file=sys.stderr)
@@ -374,10 +379,33 @@ def run_training(spec: SupervisedSpec, address: str | None = None) -> TrainOutco
     )
 
     with _final_status(client, job_run.run_id) as status:
-        result = trainer.fit()
+        result = _fit_interruptibly(trainer)
         outcome = _publish(spec, client, job_run, result.checkpoint, example, feature_columns, n_features, n_classes)
         status.set("FINISHED")
     return outcome
+
+
+def _fit_interruptibly(trainer):
+    """trainer.fit() in a helper thread, so that SIGTERM reaches this (main) thread at once.
+
+    While the main thread sits inside Ray's blocking `ray.get`, Python signal handlers do not
+    run: `ray job stop` would SIGKILL the driver 3 s later and the run would stay RUNNING.
+    """
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the main thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="raymaas-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 class _Status:
@@ -403,6 +431,11 @@ def _final_status(client, run_id: str):
     except _Killed as exc:
         # `ray job stop` sends SIGTERM and SIGKILLs 3 s later: mark the run first.
         end_job_run(client, run_id, "KILLED", error=f"stopped by {exc}")
+        import ray
+
+        # Ends this job's Train controller and workers now; left to interpreter exit, the
+        # teardown waits on the blocked fit thread for about 10 s.
+        ray.shutdown()
         raise SystemExit(128 + (signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT)) from None
     except BaseException as exc:
         end_job_run(client, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,143 @@
+"""Jobs survive worker loss, `ray job stop` leaves a true run status, and a resubmitted job
+continues its own run: all on a real Ray head through the real job API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import DEBUG_SPEC, REPO, head_processes
+from raymaas.tracking import JOB_KEY_TAG
+
+pytestmark = pytest.mark.slow
+
+# Epochs of a few seconds each on 2 workers: long enough to act in the middle of a run.
+SLOW_EPOCHS = [
+    "--set", "data.source=synthetic", "--set", "data.n_samples=30000", "--set", "data.n_features=32",
+    "--set", "model.hidden_sizes=[256, 256]", "--set", "train_loop_config.batch_size=32",
+]
+
+
+def runs_named(client, run_name: str):
+    return client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{JOB_KEY_TAG}` = '{run_name}'",
+    )
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def epochs_logged(client, run_name: str) -> list[int]:
+    runs = runs_named(client, run_name)
+    if not runs:
+        return []
+    return sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_accuracy"))
+
+
+def train_workers(ray_head) -> list[psutil.Process]:
+    found = []
+    for proc in head_processes(ray_head.temp_dir):
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_killed_worker_resumes_from_checkpoint_in_one_run(ray_head, mlflow_client):
+    run_name = "ft-kill-worker"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), *SLOW_EPOCHS,
+         "--set", "name=ft-kill", "--set", f"mlflow.run_name={run_name}",
+         "--set", "train_loop_config.epochs=5", "--set", "failure_config.max_failures=2"],
+        cwd=REPO, env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for(lambda: len(epochs_logged(mlflow_client, run_name)) >= 2, 300, "two epochs")
+        workers = wait_for(lambda: train_workers(ray_head), 30, "a Ray Train worker process")
+        victim = workers[-1]
+        killed_after = epochs_logged(mlflow_client, run_name)[-1]
+        victim.send_signal(signal.SIGKILL)
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, output[-4000:]
+    (run,) = runs_named(mlflow_client, run_name)
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags["raymaas.worker_failures"]) >= 1
+    resumed_from = int(run.data.tags["raymaas.resumed_from_epoch"])
+    assert 1 <= resumed_from <= killed_after + 2  # the epoch after the last checkpoint, never 0
+    # Each epoch logged once: the restarted workers did not begin again at epoch 0.
+    assert epochs_logged(mlflow_client, run_name) == list(range(5))
+
+
+def _ray_cli(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    return subprocess.run([ray, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ray_job_submit_stop_and_resubmit(ray_head, mlflow_client):
+    """The README's `ray job submit`; `ray job stop` leaves the run KILLED; submitting the same
+    run name again continues that run from its checkpoint and finishes it."""
+    env = {k: v for k, v in ray_head.env.items() if k != "RAY_ADDRESS"}
+    run_name = "ft-submit"
+    args = [str(DEBUG_SPEC.relative_to(REPO)), *SLOW_EPOCHS, "--set", "name=ft-submit",
+            "--set", f"mlflow.run_name={run_name}", "--set", "train_loop_config.epochs=6"]
+    job_id = f"ft-submit-{os.getpid()}"
+    submitted = _ray_cli(
+        "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".", "--no-wait",
+        "--submission-id", job_id, "--", "python", "-m", "jobs.supervised", *args, env=env, timeout=120,
+    )
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    wait_for(lambda: len(epochs_logged(mlflow_client, run_name)) >= 1, 300, "the first epoch of the submitted job")
+    stopped = _ray_cli("job", "stop", "--address", ray_head.dashboard_url, job_id, env=env, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (run,) = wait_for(
+        lambda: [r for r in runs_named(mlflow_client, run_name) if r.info.status != "RUNNING"], 60, "a final status"
+    )
+    assert run.info.status == "KILLED"
+    done_before = epochs_logged(mlflow_client, run_name)
+    assert 1 <= len(done_before) < 6
+
+    again = _ray_cli(
+        "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".",
+        "--", "python", "-m", "jobs.supervised", *args, env=env,
+    )
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "[continuing]" in again.stdout
+    (run,) = runs_named(mlflow_client, run_name)
+    assert run.info.status == "FINISHED"
+    assert epochs_logged(mlflow_client, run_name) == list(range(6))
+    assert int(run.data.tags["raymaas.resumed_from_epoch"]) == done_before[-1] + 1
+    version = mlflow_client.search_model_versions("name='ft-submit'")
+    assert len(version) == 1 and version[0].run_id == run.info.run_id
+
+
+def test_gpus_the_cluster_cannot_provide_fail_fast(ray_head):
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), "--set", "name=ft-gpu",
+         "--set", "scaling_config.use_gpu=true", "--set", "scaling_config.placement_timeout_s=3"],
+        cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=120,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "GPU: needs 2, cluster has 0" in proc.stderr
+    assert elapsed < 60  # 3 s of waiting plus joining the cluster; Ray alone would retry forever

@@ -135,7 +135,7 @@ def stop_ray_head(temp_dir: Path) -> None:
             pass
 
 
-def _wait_for_job_agent(head: RayHead, timeout_s: float = 120) -> None:
+def _wait_for_job_agent(head: RayHead, timeout_s: float = 300) -> None:
     """Submit a no-op job until the head accepts it: its job agent starts after the dashboard
     and until then submissions fail with "No available agent to submit job"."""
     ray_cli = Path(sys.executable).parent / "ray"

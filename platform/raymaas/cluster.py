@@ -19,17 +19,17 @@ def raymaas_code_dir() -> str:
     return str(Path(raymaas.__file__).parent)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+def connect(address: str | None = None, num_cpus: int | None = None, py_modules: list[str] = ()) -> None:
     """Join the cluster at address (or RAY_ADDRESS), or start a local Ray in this process.
 
-    On an existing cluster the platform's code travels as a `py_modules` package, so nodes
-    need only the third-party packages.
+    On an existing cluster the platform's code (and py_modules, a user's own packages)
+    travels with the job, so nodes need only the third-party packages.
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     env_vars = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "RAYMAAS_HOME") if k in os.environ}
-    runtime_env = {"py_modules": [raymaas_code_dir()], "env_vars": env_vars}
+    runtime_env = {"py_modules": [raymaas_code_dir(), *py_modules], "env_vars": env_vars}
     if address:
         _use_token_auth_if_available()
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
@@ -37,6 +37,21 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         # "local": a fresh Ray in this process even if `ray start` left a cluster address
         # behind (ray.init() would join that one). No dashboard: seconds and ~300 MB saved.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars})
+
+
+def package_dir_of(module_name: str) -> str | None:
+    """The folder of the top-level package holding module_name, unless it is installed
+    (site-packages) or a lone module file, which Ray cannot ship as a package."""
+    import importlib.util
+
+    top = module_name.split(".")[0]
+    found = importlib.util.find_spec(top)
+    if found is None or not found.submodule_search_locations:
+        return None
+    folder = Path(next(iter(found.submodule_search_locations))).resolve()
+    if "site-packages" in folder.parts or folder == Path(raymaas_code_dir()).resolve():
+        return None
+    return str(folder)
 
 
 def _use_token_auth_if_available() -> None:

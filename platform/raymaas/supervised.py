@@ -23,7 +23,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from raymaas.data import BUILTIN_DATASETS, DataSpec, load_builtin, shard_rows
-from raymaas.models import ModelSpec, build_model
+from raymaas.models import BUILTIN_MODELS, ModelSpec, build_model
 from raymaas.specs import SpecModel, flatten
 
 
@@ -318,7 +318,12 @@ def run_training(spec: SupervisedSpec, address: str | None = None) -> TrainOutco
     client = tracking.get_client(tracking_uri)
     scaling = spec.scaling_config
     needed_cpus = max(1, scaling.num_workers) * scaling.resources_per_worker.get("CPU", 1)
-    cluster.connect(address, num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed_cpus))))
+    user_code = [] if spec.model.name in BUILTIN_MODELS else [cluster.package_dir_of(spec.model.name.split(":")[0])]
+    cluster.connect(
+        address,
+        num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed_cpus))),
+        py_modules=[d for d in user_code if d],
+    )
     use_gpu = cluster.resolve_use_gpu(scaling.use_gpu)
     per_worker = dict(scaling.resources_per_worker)
     if use_gpu:

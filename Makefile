@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench head stop clean
+.PHONY: demo test test-fast bench head stop-head clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_overhead.py
+
+# A local head for the `ray job submit` workflow. Jobs inherit its environment, so their
+# runs land in this project's MLflow store rather than in the job's temporary folder.
+head: $(STAMP)
+	RAYMAAS_HOME=$(CURDIR) $(VENV)/bin/ray start --head --num-cpus=4 --dashboard-host=127.0.0.1 --disable-usage-stats
+	@echo "submit with: RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.supervised jobs/specs/digits_mlp.yaml"
+
+stop-head:
+	$(VENV)/bin/ray stop
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -31,8 +31,9 @@ bench: $(STAMP)
 
 # A local head for the `ray job submit` workflow. Jobs inherit its environment, so their
 # runs land in this project's MLflow store rather than in the job's temporary folder.
+# PATH: a job driver runs `python` as the head finds it, which must be this venv's.
 head: $(STAMP)
-	RAYMAAS_HOME=$(CURDIR) $(VENV)/bin/ray start --head --num-cpus=4 --dashboard-host=127.0.0.1 --disable-usage-stats
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH RAYMAAS_HOME=$(CURDIR) $(VENV)/bin/ray start --head --num-cpus=4 --dashboard-host=127.0.0.1 --disable-usage-stats
 	@echo "submit with: RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.supervised jobs/specs/digits_mlp.yaml"
 
 stop-head:

@@ -1,0 +1,445 @@
+"""The `raymaas` command: train a spec here or on a cluster, list runs and models, promote, explain.
+
+    raymaas train jobs/specs/digits_debug.yaml                            # the driver runs here
+    raymaas train jobs/specs/digits_mlp.yaml --address http://HEAD:8265   # through Ray's job API
+    raymaas runs | raymaas models | raymaas promote NAME VERSION | raymaas explain
+
+Every command reads the MLflow store that jobs write to (MLFLOW_TRACKING_URI, else the
+embedded SQLite store of the project; see raymaas.tracking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import yaml
+
+from raymaas.specs import EXIT_INVALID_SPEC, SpecError, apply_overrides, describe_fields, load_spec
+
+# The module each job kind runs as (`python -m MODULE SPEC --set ...`), in the project root.
+JOB_ENTRYPOINTS = {"supervised": "jobs.supervised", "rl": "jobs.rl"}
+# The spec model of each kind, imported only when needed (raymaas.supervised imports torch).
+SPEC_MODELS = {"supervised": "raymaas.supervised:SupervisedSpec"}
+# What never travels with a job: the environment, the local MLflow store, Train storage.
+JOB_EXCLUDES = [
+    ".venv", ".git", "mlartifacts", "mlflow.db", "ray_results",
+    ".raymaas", "__pycache__", ".pytest_cache", "*.egg-info",
+]
+# Shown by `raymaas runs`: the first of these a run has, else its first metric by name.
+MAIN_METRICS = ("val_accuracy", "episode_return_mean")
+
+
+class CliError(Exception):
+    """A failure the user can fix; main() prints it and exits with exit_code."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Validate the spec here, then run its job locally or submit it to a cluster's job API."""
+    spec_path = Path(args.spec)
+    kind = job_kind(spec_path, args.set)
+    if kind not in JOB_ENTRYPOINTS:
+        raise CliError(f"unknown job kind {kind!r} in {spec_path} (kinds: {', '.join(JOB_ENTRYPOINTS)})",
+                       EXIT_INVALID_SPEC)
+    try:
+        validate_job_spec(kind, spec_path, args.set)
+    except SpecError as err:
+        raise CliError(str(err), EXIT_INVALID_SPEC) from None
+    root = find_project_root(spec_path)
+    module = JOB_ENTRYPOINTS[kind]
+    if not (root / (module.replace(".", "/") + ".py")).is_file():
+        raise CliError(f"no entrypoint {module} in {root} for {kind} jobs")
+    if args.address:
+        return submit_job(args.address, root, module, spec_path, args.set)
+    return run_local(root, module, spec_path, args.set)
+
+
+def job_kind(spec_path: Path, overrides: Sequence[str] = ()) -> str:
+    """The spec's `kind:`, else `rl` if it names an `algo`, else `supervised`."""
+    try:
+        data = yaml.safe_load(spec_path.read_text())
+        data = apply_overrides(data, overrides) if isinstance(data, dict) else {}
+    except (OSError, yaml.YAMLError, SpecError):
+        data = {}  # validation reports the problem in full
+    if "kind" in data:
+        return str(data["kind"])
+    return "rl" if "algo" in data else "supervised"
+
+
+def validate_job_spec(kind: str, spec_path: Path, overrides: Sequence[str]) -> None:
+    """Validate exactly what the job's entrypoint will, so a bad spec never reaches a cluster."""
+    model = spec_model(kind)
+    if model is not None:
+        load_spec(model, spec_path, overrides)
+
+
+def spec_model(kind: str):
+    """The spec model class of a job kind, or None if the kind has none yet."""
+    target = SPEC_MODELS.get(kind)
+    if target is None:
+        return None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def find_project_root(spec_path: Path) -> Path:
+    """The folder holding the `jobs` package: looked for above the spec, then above the cwd."""
+    cwd = Path.cwd().resolve()
+    for folder in (*spec_path.resolve().parents, cwd, *cwd.parents):
+        if (folder / "jobs" / "__init__.py").is_file():
+            return folder
+    raise CliError(f"cannot find the project folder (the one holding jobs/) above {spec_path} or {cwd}")
+
+
+def run_local(root: Path, module: str, spec_path: Path, overrides: Sequence[str]) -> int:
+    """`python -m MODULE SPEC --set ...` with this Python, output streamed; its exit code."""
+    cmd = [sys.executable, "-m", module, str(spec_path), *_set_args(overrides)]
+    env = dict(os.environ)
+    if root != Path.cwd().resolve():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # The job got the same Ctrl-C and marks its MLflow run KILLED before it exits.
+        return proc.wait()
+
+
+def submit_job(address: str, root: Path, module: str, spec_path: Path, overrides: Sequence[str]) -> int:
+    """Submit the job to the cluster's job API with the project's code, follow its logs."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from raymaas.cluster import _use_token_auth_if_available, raymaas_code_dir
+    from raymaas.tracking import resolve_tracking_uri
+
+    try:
+        rel_spec = spec_path.resolve().relative_to(root)
+    except ValueError:
+        raise CliError(f"spec {spec_path} is outside the project folder {root}, so it would not travel with the job",
+                       EXIT_INVALID_SPEC) from None
+    env_vars = {
+        "MLFLOW_TRACKING_URI": resolve_tracking_uri(),
+        # The driver's raymaas.cluster.connect() passes ray.init the same py_modules and
+        # env_vars again; inside a job Ray refuses any overlap with the job's runtime env
+        # ("Failed to merge the Job's runtime env") unless told to let the driver's win.
+        "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
+    }
+    if os.environ.get("RAYMAAS_HOME"):
+        env_vars["RAYMAAS_HOME"] = os.environ["RAYMAAS_HOME"]
+    runtime_env = {
+        "working_dir": str(root),
+        "py_modules": [raymaas_code_dir()],
+        "env_vars": env_vars,
+        "excludes": JOB_EXCLUDES,
+    }
+    entrypoint = shlex.join(["python", "-m", module, rel_spec.as_posix(), *_set_args(overrides)])
+
+    # An explicit --address must win: Ray's client otherwise takes RAY_ADDRESS (often the
+    # GCS address of the same cluster, which it cannot use without joining it).
+    for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        os.environ.pop(var, None)
+    # The dashboard of a Ray 2.60 cluster answers 401 unless the saved token is sent, which
+    # the client does only in token mode.
+    _use_token_auth_if_available()
+    try:
+        client = JobSubmissionClient(address)
+    except ConnectionError as err:
+        raise CliError(f"cannot reach the Ray job API at {address}: {err}") from None
+    job_id = _submit_with_retry(
+        client,
+        submission_id=f"raymaas-{spec_path.stem}-{secrets.token_hex(4)}",
+        entrypoint=entrypoint,
+        runtime_env=runtime_env,
+        metadata={"raymaas.spec": str(rel_spec)},
+    )
+    print(f"raymaas: submitted {job_id} to {address}: {entrypoint}\n"
+          f"raymaas: MLflow store {env_vars['MLFLOW_TRACKING_URI']}\n"
+          f"raymaas: following its logs (Ctrl-C stops following, not the job: `ray job stop --address {address} {job_id}`)",
+          flush=True)
+    try:
+        asyncio.run(_print_job_logs(client, job_id))
+    except KeyboardInterrupt:
+        print(f"\nraymaas: stopped following {job_id}; it keeps running", file=sys.stderr)
+        return 130
+    except RuntimeError as err:  # the log stream broke; the job itself may be fine
+        print(f"raymaas: lost the log stream of {job_id}: {err}", file=sys.stderr)
+    info = _wait_for_job_end(client, job_id)
+    exit_code = "" if info.driver_exit_code is None else f", driver exit code {info.driver_exit_code}"
+    # On failure Ray's message repeats the last 20,000 characters of the logs just printed.
+    message = (info.message or "").partition("\n")[0]
+    print(f"raymaas: job {job_id} {info.status}{exit_code}: {message}", flush=True)
+    return 0 if info.status == JobStatus.SUCCEEDED else 1
+
+
+def _submit_with_retry(client, timeout_s: float = 120, **request) -> str:
+    # A head that has just started (or is busy) may not have its job agent up yet: the job API
+    # then answers 500 "No available agent to submit job, please try again later" before it
+    # creates anything, so trying again is safe.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**request)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() >= deadline:
+                raise CliError(f"the Ray job API refused the job: {err}") from None
+            print("raymaas: the cluster's job agent is not ready yet; trying again", file=sys.stderr, flush=True)
+            time.sleep(2)
+
+
+async def _print_job_logs(client, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        print(lines, end="", flush=True)
+
+
+def _wait_for_job_end(client, job_id: str, timeout_s: float = 60):
+    # The log stream closes when the driver exits; the status may lag it by a moment.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = client.get_job_info(job_id)
+        if info.status.is_terminal() or time.monotonic() >= deadline:
+            return info
+        time.sleep(1)
+
+
+def _set_args(overrides: Iterable[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+# --------------------------------------------------------------------------- runs and models
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """Print the most recent MLflow runs, newest first."""
+    from raymaas.tracking import get_client
+
+    client = get_client()
+    if args.experiment:
+        exp = client.get_experiment_by_name(args.experiment)
+        if exp is None:
+            raise CliError(f"no experiment named {args.experiment!r} in {client.tracking_uri}")
+        experiments = [exp]
+    else:
+        experiments = client.search_experiments()
+    names = {e.experiment_id: e.name for e in experiments}
+    runs = client.search_runs(list(names), order_by=["attributes.start_time DESC"], max_results=args.limit) if names else []
+    if not runs:
+        print(f"no runs in {client.tracking_uri}")
+        return 0
+    rows = []
+    for run in runs:
+        info, metrics = run.info, run.data.metrics
+        metric = next((m for m in MAIN_METRICS if m in metrics), min(metrics, default=None))
+        rows.append([
+            info.run_name,
+            names.get(info.experiment_id, info.experiment_id),
+            info.status,
+            format_time(info.start_time),
+            format_duration(info.start_time, info.end_time),
+            f"{metric}={metrics[metric]:.4g}" if metric else "",
+            info.run_id,
+        ])
+    print(format_table(["run", "experiment", "status", "started", "duration", "metric", "run id"], rows))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Print every version of every registered model, with aliases and the gate's decision."""
+    from raymaas.registry import DECISION_TAG, GATE_METRIC_TAG, GATE_VALUE_TAG
+    from raymaas.tracking import get_client
+
+    client = get_client()
+    rows = []
+    for model in _all_registered_models(client):
+        # search_model_versions leaves out aliases; the registered model maps alias -> version.
+        aliases: dict[str, list[str]] = {}
+        for alias, version in sorted(model.aliases.items()):
+            aliases.setdefault(str(version), []).append(alias)
+        versions = client.search_model_versions(f"name='{model.name}'")
+        for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+            metric, value = mv.tags.get(GATE_METRIC_TAG), mv.tags.get(GATE_VALUE_TAG)
+            rows.append([
+                model.name,
+                mv.version,
+                ",".join(aliases.get(str(mv.version), [])),
+                f"{metric}={_format_number(value)}" if metric and value is not None else "",
+                mv.tags.get(DECISION_TAG, ""),
+                format_time(mv.creation_timestamp),
+            ])
+    if not rows:
+        print(f"no registered models in {client.tracking_uri}")
+        return 0
+    print(format_table(["model", "version", "aliases", "gate", "decision", "created"], rows))
+    return 0
+
+
+def _all_registered_models(client):
+    token = None
+    while True:
+        page = client.search_registered_models(order_by=["name ASC"], page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Move the `champion` alias to a version by hand."""
+    from mlflow.exceptions import MlflowException
+
+    from raymaas.registry import CHAMPION, promote
+    from raymaas.tracking import get_client
+
+    client = get_client()
+    try:
+        client.get_registered_model(args.name)
+    except MlflowException:
+        raise CliError(f"no registered model named {args.name!r} in {client.tracking_uri}") from None
+    try:
+        before = client.get_model_version_by_alias(args.name, CHAMPION).version
+    except MlflowException:
+        before = None
+    try:
+        promote(client, args.name, args.version)
+    except MlflowException as err:
+        raise CliError(f"cannot promote {args.name} version {args.version}: {err.message}") from None
+    was = f" (was version {before})" if before is not None else ""
+    print(f"raymaas: {args.name}@{CHAMPION} is now version {args.version}{was}")
+    return 0
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Print every field of a job kind's spec with its default and description."""
+    model = spec_model(args.kind)
+    if model is None:
+        raise CliError(f"the {args.kind} job kind has no spec model yet")
+    rows = [[name, default, description] for name, default, description in describe_fields(model)]
+    print(f"fields of a {args.kind} spec (YAML keys; override any with --set FIELD=VALUE):\n")
+    print(format_table(["field", "default", "description"], rows))
+    return 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Rows as plain text columns, left-aligned, under the header and a rule."""
+    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    cells.insert(1, ["-" * w for w in widths])
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def format_time(millis: int | None) -> str:
+    """An MLflow timestamp (ms since the epoch) as local time."""
+    if not millis:
+        return ""
+    return datetime.fromtimestamp(millis / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(start_ms: int | None, end_ms: int | None) -> str:
+    """How long a run took, or has been running (with a trailing +)."""
+    if not start_ms:
+        return ""
+    seconds = int(((end_ms or time.time() * 1000) - start_ms) / 1000)
+    if seconds < 60:
+        text = f"{seconds}s"
+    elif seconds < 3600:
+        text = f"{seconds // 60}m{seconds % 60:02d}s"
+    else:
+        text = f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return text if end_ms else f"{text}+"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _format_number(raw: str) -> str:
+    try:
+        return f"{float(raw):.4f}"
+    except ValueError:
+        return raw
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raymaas",
+        description="Train models on Ray, track them in MLflow, move the registry's champion alias.",
+        epilog="The MLflow store is MLFLOW_TRACKING_URI, else mlflow.db in the project folder (RAYMAAS_HOME).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train", help="validate a spec, then run its job here or on a cluster",
+        description="Validate a job spec, then run its job: locally (`python -m jobs.<kind> SPEC`) "
+                    "or, with --address, through the cluster's Ray job API with the project's code. "
+                    "Exit codes: 0 done, 2 invalid spec; locally the job's own code, on a cluster 1 if it failed.",
+    )
+    train.add_argument("spec", help="YAML spec, e.g. jobs/specs/digits_debug.yaml")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec field, e.g. train_loop_config.epochs=3 (repeatable)")
+    train.add_argument("--address", metavar="URL",
+                       help="Ray dashboard of the cluster to submit to, e.g. http://127.0.0.1:8265 "
+                            "(default: run the job's driver here; it joins RAY_ADDRESS if set, else starts a local Ray)")
+    train.set_defaults(func=cmd_train)
+
+    runs = sub.add_parser("runs", help="list recent MLflow runs", description=cmd_runs.__doc__)
+    runs.add_argument("--experiment", metavar="NAME", help="only this experiment (default: all)")
+    runs.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N runs (default: 20)")
+    runs.set_defaults(func=cmd_runs)
+
+    models = sub.add_parser("models", help="list registered model versions", description=cmd_models.__doc__)
+    models.set_defaults(func=cmd_models)
+
+    promote = sub.add_parser("promote", help="move the champion alias by hand", description=cmd_promote.__doc__)
+    promote.add_argument("name", help="registered model name")
+    promote.add_argument("version", help="model version to become champion")
+    promote.set_defaults(func=cmd_promote)
+
+    explain = sub.add_parser("explain", help="list a spec's fields, defaults and meaning", description=cmd_explain.__doc__)
+    explain.add_argument("kind", nargs="?", default="supervised", choices=sorted(JOB_ENTRYPOINTS),
+                         help="job kind (default: supervised)")
+    explain.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

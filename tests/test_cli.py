@@ -1,0 +1,225 @@
+"""The `raymaas` command, run as a subprocess against the session's real Ray head and MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import DEBUG_SPEC, REPO
+from raymaas.cli import find_project_root, format_table, job_kind
+
+
+def raymaas(*args: str, env: dict | None = None, timeout: float = 300, cwd=REPO) -> subprocess.CompletedProcess:
+    """Run `python -m raymaas.cli ARGS` to completion, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "raymaas.cli", *args], env=env, cwd=str(cwd), capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def user_env(ray_head) -> dict:
+    """A user's shell pointed at the head: no RAY_AUTH_MODE, so the CLI must send Ray's token itself."""
+    return {k: v for k, v in ray_head.env.items() if k != "RAY_AUTH_MODE"}
+
+
+def parse_table(stdout: str) -> list[dict[str, str]]:
+    """Rows of a table printed by the CLI, as dicts keyed by header; columns cut at the rule."""
+    lines = stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("-") and set(line) <= {"-", " "})
+    header, rule = lines[at - 1], lines[at]
+    starts = [i for i, c in enumerate(rule) if c == "-" and (i == 0 or rule[i - 1] == " ")]
+    bounds = list(zip(starts, [*starts[1:], None]))
+    names = [header[a:b].strip() for a, b in bounds]
+    return [{n: line[a:b].strip() for n, (a, b) in zip(names, bounds)} for line in lines[at + 1 :] if line.strip()]
+
+
+def all_run_ids(client) -> set[str]:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return {r.info.run_id for r in client.search_runs(experiments)} if experiments else set()
+
+
+def submitted_jobs(ray_head) -> list[str]:
+    """Ids of the jobs submitted to the head's job API (asked from a separate process)."""
+    script = textwrap.dedent(
+        f"""
+        import json
+        from raymaas.cluster import _use_token_auth_if_available
+        from ray.job_submission import JobSubmissionClient
+        _use_token_auth_if_available()
+        jobs = JobSubmissionClient({ray_head.dashboard_url!r}).list_jobs()
+        print(json.dumps([j.submission_id for j in jobs if j.submission_id]))
+        """
+    )
+    env = {k: v for k, v in user_env(ray_head).items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- no cluster needed
+
+
+def test_help_lists_every_command():
+    proc = raymaas("--help")
+    assert proc.returncode == 0
+    for command in ("train", "runs", "models", "promote", "explain"):
+        assert command in proc.stdout
+    proc = raymaas("train", "--help")
+    assert proc.returncode == 0 and "--address" in proc.stdout and "--set" in proc.stdout
+
+
+def test_explain_lists_fields_with_defaults_and_descriptions():
+    proc = raymaas("explain")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["field"]: row for row in parse_table(proc.stdout)}
+    assert rows["scaling_config.num_workers"]["default"] == "2"
+    assert "Ray Train workers" in rows["scaling_config.num_workers"]["description"]
+    assert rows["name"]["default"] == "(required)"
+    assert "train_loop_config.epochs" in rows and "mlflow.registered_model_name" in rows
+
+
+def test_job_kind_from_the_spec(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\nalgo: PPO\n")
+    assert job_kind(spec) == "rl"
+    assert job_kind(spec, ["kind=supervised"]) == "supervised"
+    assert job_kind(DEBUG_SPEC) == "supervised"
+    assert find_project_root(DEBUG_SPEC) == REPO
+
+
+def test_format_table_aligns_columns():
+    text = format_table(["a", "bb"], [["xxx", 1], ["y", ""]])
+    assert text.splitlines() == ["a    bb", "---  --", "xxx  1", "y"]
+
+
+def test_unknown_kind_and_spec_outside_the_project_exit_2(tmp_path):
+    spec = tmp_path / "odd.yaml"
+    spec.write_text("kind: nosuch\nname: x\n")
+    proc = raymaas("train", str(spec))
+    assert proc.returncode == 2 and "unknown job kind 'nosuch'" in proc.stderr
+    spec.write_text("name: outside\n")
+    proc = raymaas("train", str(spec), "--address", "http://127.0.0.1:1")
+    assert proc.returncode == 2 and "outside the project folder" in proc.stderr
+
+
+# --------------------------------------------------------------------------- real store and head
+
+
+def test_invalid_spec_reaches_neither_mlflow_nor_the_cluster(ray_head, mlflow_client):
+    runs_before, jobs_before = all_run_ids(mlflow_client), submitted_jobs(ray_head)
+    for address in (["--address", ray_head.dashboard_url], []):
+        proc = raymaas("train", str(DEBUG_SPEC), "--set", "train_loop_config.epochz=3", *address, env=user_env(ray_head))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "train_loop_config.epochz: unknown field" in proc.stderr
+        assert "submitted" not in proc.stdout
+    assert all_run_ids(mlflow_client) == runs_before
+    assert submitted_jobs(ray_head) == jobs_before
+
+
+def test_local_train_passes_the_job_exit_code_through(ray_head, mlflow_client):
+    """A valid spec the cluster cannot serve: the local driver's own exit code (3) comes back."""
+    runs_before = all_run_ids(mlflow_client)
+    proc = raymaas(
+        "train", str(DEBUG_SPEC), "--set", "name=cli-no-gpu", "--set", "scaling_config.use_gpu=true",
+        "--set", "scaling_config.placement_timeout_s=1", env=user_env(ray_head),
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
+    assert "cannot provide what the job asks for" in proc.stderr
+    assert all_run_ids(mlflow_client) == runs_before
+
+
+def test_failed_job_exits_1_with_its_status(ray_head, mlflow_client):
+    """Submitted through the job API, the same unservable spec: its logs stream back, then FAILED."""
+    proc = raymaas(
+        "train", str(DEBUG_SPEC), "--address", ray_head.dashboard_url, "--set", "name=cli-no-gpu",
+        "--set", "scaling_config.use_gpu=true", "--set", "scaling_config.placement_timeout_s=1", env=user_env(ray_head),
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "cannot provide what the job asks for" in proc.stdout  # the driver's own stderr, streamed
+    last = proc.stdout.splitlines()[-1]
+    assert "FAILED, driver exit code 3" in last and len(last) < 300
+
+
+def test_runs_rejects_an_unknown_experiment(ray_head):
+    proc = raymaas("runs", "--experiment", "no-such-experiment", env=user_env(ray_head))
+    assert proc.returncode == 1 and "no experiment named 'no-such-experiment'" in proc.stderr
+
+
+def test_promote_moves_champion_and_rejects_what_does_not_exist(ray_head, mlflow_client, tmp_path):
+    # Two versions registered straight in the store: promotion needs no training.
+    (tmp_path / "MLmodel").write_text("flavors: {}\n")
+    name = "cli-promote"
+    mlflow_client.create_registered_model(name)
+    for value in ("0.5", "0.6"):
+        mlflow_client.create_model_version(
+            name, source=str(tmp_path), tags={"raymaas.gate_metric": "val_accuracy", "raymaas.gate_value": value}
+        )
+    mlflow_client.set_registered_model_alias(name, "champion", "1")
+
+    proc = raymaas("promote", name, "2", env=user_env(ray_head))
+    assert proc.returncode == 0, proc.stderr
+    assert "now version 2 (was version 1)" in proc.stdout
+    assert str(mlflow_client.get_model_version_by_alias(name, "champion").version) == "2"
+    assert mlflow_client.get_model_version(name, "2").tags["raymaas.promotion_reason"] == "promoted by hand"
+
+    rows = [r for r in parse_table(raymaas("models", env=user_env(ray_head)).stdout) if r["model"] == name]
+    assert [(r["version"], r["aliases"], r["gate"]) for r in rows] == [
+        ("2", "champion", "val_accuracy=0.6000"), ("1", "", "val_accuracy=0.5000"),
+    ]
+
+    proc = raymaas("promote", name, "7", env=user_env(ray_head))
+    assert proc.returncode == 1 and "not found" in proc.stderr
+    proc = raymaas("promote", "no-such-model", "1", env=user_env(ray_head))
+    assert proc.returncode == 1 and "no registered model named 'no-such-model'" in proc.stderr
+    assert str(mlflow_client.get_model_version_by_alias(name, "champion").version) == "2"
+
+
+@pytest.fixture(scope="module")
+def trained_via_job_api(ray_head):
+    """The debug spec submitted through the head's job API by `raymaas train --address`."""
+    proc = raymaas(
+        "train", "jobs/specs/digits_debug.yaml", "--address", ray_head.dashboard_url, "--set", "name=cli-debug",
+        env=user_env(ray_head), timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # the job's own output, streamed back: its outcome line names the run
+    run_id = next(line for line in proc.stdout.splitlines() if line.startswith("raymaas: run ")).split()[2]
+    return run_id, proc
+
+
+@pytest.mark.slow
+def test_train_through_the_job_api(trained_via_job_api, ray_head, mlflow_client):
+    run_id, proc = trained_via_job_api
+    assert "SUCCEEDED" in proc.stdout.splitlines()[-1]
+    (job_id,) = [j for j in submitted_jobs(ray_head) if j in proc.stdout]
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["raymaas.job_kind"] == "supervised"
+    assert run.data.params["name"] == "cli-debug"
+
+
+@pytest.mark.slow
+def test_runs_and_models_show_the_trained_job(trained_via_job_api, ray_head, mlflow_client):
+    run_id, _ = trained_via_job_api
+    proc = raymaas("runs", env=user_env(ray_head))
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [r for r in parse_table(proc.stdout) if r["run id"] == run_id]
+    assert row["experiment"] == "cli-debug" and row["status"] == "FINISHED"
+    assert row["run"].startswith("cli-debug-")
+    accuracy = mlflow_client.get_run(run_id).data.metrics["val_accuracy"]
+    assert row["metric"] == f"val_accuracy={accuracy:.4g}"
+
+    proc = raymaas("runs", "--experiment", "cli-debug", "--limit", "1", env=user_env(ray_head))
+    assert [r["run id"] for r in parse_table(proc.stdout)] == [run_id]
+
+    proc = raymaas("models", env=user_env(ray_head))
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [r for r in parse_table(proc.stdout) if r["model"] == "cli-debug"]
+    assert row["version"] == "1"
+    assert row["aliases"] == "candidate,champion"
+    assert row["gate"] == f"val_accuracy={accuracy:.4f}"
+    assert row["decision"] == "champion"

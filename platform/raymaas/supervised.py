@@ -321,7 +321,9 @@ def run_training(spec: SupervisedSpec, address: str | None = None) -> TrainOutco
     user_code = [] if spec.model.name in BUILTIN_MODELS else [cluster.package_dir_of(spec.model.name.split(":")[0])]
     cluster.connect(
         address,
-        num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed_cpus))),
+        # Logical CPUs for a local Ray: the workers' own, plus room for Ray Data's read
+        # tasks, which would otherwise wait behind the workers for a free CPU.
+        num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed_cpus)) + 2),
         py_modules=[d for d in user_code if d],
     )
     use_gpu = cluster.resolve_use_gpu(scaling.use_gpu)

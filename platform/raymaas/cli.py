@@ -136,10 +136,6 @@ def submit_job(address: str, root: Path, module: str, spec_path: Path, overrides
                        EXIT_INVALID_SPEC) from None
     env_vars = {
         "MLFLOW_TRACKING_URI": resolve_tracking_uri(),
-        # The driver's raymaas.cluster.connect() passes ray.init the same py_modules and
-        # env_vars again; inside a job Ray refuses any overlap with the job's runtime env
-        # ("Failed to merge the Job's runtime env") unless told to let the driver's win.
-        "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
     }
     if os.environ.get("RAYMAAS_HOME"):
         env_vars["RAYMAAS_HOME"] = os.environ["RAYMAAS_HOME"]

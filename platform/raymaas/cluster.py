@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, py_modules:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     env_vars = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "RAYMAAS_HOME") if k in os.environ}
-    runtime_env = {"py_modules": [raymaas_code_dir(), *py_modules], "env_vars": env_vars}
+    runtime_env = _without_job_fields({"py_modules": [raymaas_code_dir(), *py_modules], "env_vars": env_vars})
     if address:
         _use_token_auth_if_available()
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
@@ -67,6 +68,17 @@ def _use_token_auth_if_available() -> None:
     )
 
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _without_job_fields(runtime_env: dict) -> dict:
+    """Drop the fields a `ray job submit` job already sets: Ray refuses to merge a driver's
+    runtime env with the job's when both set the same field ("Failed to merge the Job's
+    runtime env"), and the job's own copy is what its workers get anyway."""
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not job_config:
+        return runtime_env
+    job_fields = json.loads(job_config).get("runtime_env") or {}
+    return {k: v for k, v in runtime_env.items() if k not in job_fields}
 
 
 def resolve_use_gpu(use_gpu: bool | str) -> bool:

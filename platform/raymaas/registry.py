@@ -56,7 +56,7 @@ def promote_if_better(
         promoted, reason = False, f"version {version} has no {GATE_VALUE_TAG} tag to compare"
     elif champion is None:
         promoted, reason = True, f"first champion ({metric}={value:.4f})"
-    elif champion.version == str(version):
+    elif str(champion.version) == str(version):  # the SQLite store returns ints
         promoted, reason = True, "already champion"
     else:
         best = _gate_value(champion)

@@ -64,6 +64,7 @@ class MlflowSpec(SpecModel):
 
 
 class SupervisedSpec(SpecModel):
+    kind: Literal["supervised"] = Field("supervised", description="job kind: picks the entrypoint `raymaas train` runs")
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="job name: experiment and registered model default to it")
     data: DataSpec = Field(default_factory=DataSpec, description="where the rows come from")
     model: ModelSpec = Field(default_factory=ModelSpec, description="the network")

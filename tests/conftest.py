@@ -94,12 +94,14 @@ def ray_head(tmp_path_factory) -> RayHead:
     driver_env = {**os.environ, "RAY_ADDRESS": address, "RAYMAAS_HOME": str(home),
                   "MLFLOW_TRACKING_URI": tracking_uri, "RAY_AUTH_MODE": "token"}
     head = RayHead(address, f"http://127.0.0.1:{dash}", home, tracking_uri, driver_env, temp_dir)
-    _wait_for_dashboard(head.dashboard_url)
-    _wait_for_job_agent(head)
-    yield head
-    stop_ray_head(temp_dir)
-    shutil.rmtree(base / "bare-venv", ignore_errors=True)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    try:
+        _wait_for_dashboard(head.dashboard_url)
+        _wait_for_job_agent(head)
+        yield head
+    finally:  # also when the head never became ready: no Ray left behind
+        stop_ray_head(temp_dir)
+        shutil.rmtree(base / "bare-venv", ignore_errors=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def head_processes(temp_dir: Path) -> list:

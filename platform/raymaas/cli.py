@@ -320,6 +320,44 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Publish the models of a Ray Serve config: start a local Ray (or join --address), deploy
+    every application, print the endpoints, serve until Ctrl-C."""
+    config = Path(args.config)
+    if not config.is_file():
+        raise CliError(f"Serve config {config} does not exist", EXIT_INVALID_SPEC)
+    # import_path `serve.app:...` resolves against the project folder (the one holding serve/)
+    root = next((f for f in config.resolve().parents if (f / "serve" / "app.py").is_file()), Path.cwd())
+    sys.path.insert(0, str(root))
+    from ray import serve
+
+    from raymaas.cluster import connect
+    from raymaas.serving import deploy_config
+
+    connect(args.address)
+    try:
+        deployed = deploy_config(str(config), http_host=args.host, http_port=args.port)
+    except (ValueError, TypeError) as err:  # args that fail their pydantic model, bad import paths
+        raise CliError(f"cannot deploy {config}: {err}", EXIT_INVALID_SPEC) from None
+    for app in deployed:
+        print(f"raymaas: application {app.name!r} at {app.url or app.base_url}/", flush=True)
+    if deployed:
+        print(f"raymaas: GET {deployed[0].base_url}/models lists the published models, "
+              f"{deployed[0].base_url}/docs the routes; Ctrl-C stops serving", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        for app in deployed:
+            serve.delete(app.name)
+        if not args.address:
+            serve.shutdown()
+    return 0
+
+
 # --------------------------------------------------------------------------- explain
 
 
@@ -420,6 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("name", help="registered model name")
     promote.add_argument("version", help="model version to become champion")
     promote.set_defaults(func=cmd_promote)
+
+    serve_cmd = sub.add_parser("serve", help="publish registered models with Ray Serve", description=cmd_serve.__doc__)
+    serve_cmd.add_argument("config", nargs="?", default="serve/config.yaml", help="Serve config file (default: serve/config.yaml)")
+    serve_cmd.add_argument("--address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    serve_cmd.add_argument("--host", help="HTTP host of Serve's proxy (default: the config's, else 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=_positive_int, help="HTTP port (default: the config's, else 8000)")
+    serve_cmd.set_defaults(func=cmd_serve)
 
     explain = sub.add_parser("explain", help="list a spec's fields, defaults and meaning", description=cmd_explain.__doc__)
     explain.add_argument("kind", nargs="?", default="supervised", choices=sorted(JOB_ENTRYPOINTS),

@@ -1,0 +1,403 @@
+"""Ray Serve publishing on the real test head: real Serve, real HTTP on 127.0.0.1, real MLflow.
+
+One Serve instance for the module: an index app at /, a dedicated app following
+`test-serve-tiny@champion` (API keys on), and a shared (multiplexed) app with a scikit-learn
+model registered by hand and a model trained by the supervised job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import DEBUG_SPEC, RayHead, free_port, make_bare_python, run_job, stop_ray_head
+
+TINY = "test-serve-tiny"
+SKLEARN = "test-serve-sklearn"
+JOB_MODEL = "test-serve-digits"
+API_KEY = "test-key-1"
+TINY_BODY_LIMIT = 100_000
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A bare-Python head of this module's own, with every port of its own: heads started
+    by concurrent test sessions on one machine otherwise share the dashboard agent's default
+    port, and all but one never get a job agent. Jobs here join by address (no job API)."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    base = tmp_path_factory.mktemp("serve-head")
+    home = base / "home"
+    home.mkdir()
+    python = make_bare_python(base / "bare-venv")
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    env = {**os.environ, "PATH": f"{python.parent}:{os.environ['PATH']}", "RAYMAAS_HOME": str(home),
+           "MLFLOW_TRACKING_URI": tracking_uri}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("PYTHONPATH", None)
+    temp_dir = Path(tempfile.mkdtemp(prefix="rms", dir="/tmp"))
+    port = free_port()
+    ports = {flag: free_port() for flag in ("dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                             "ray-client-server-port", "metrics-export-port", "runtime-env-agent-port")}
+    try:
+        subprocess.run([str(python.parent / "ray"), "start", "--head", f"--temp-dir={temp_dir}", f"--port={port}",
+                        "--num-cpus=4", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                        *(f"--{flag}={p}" for flag, p in ports.items()), "--disable-usage-stats"],
+                       env=env, check=True, capture_output=True, cwd=str(base))
+        address = f"127.0.0.1:{port}"
+        driver_env = {**os.environ, "RAY_ADDRESS": address, "RAYMAAS_HOME": str(home),
+                      "MLFLOW_TRACKING_URI": tracking_uri, "RAY_AUTH_MODE": "token"}
+        yield RayHead(address, f"http://127.0.0.1:{ports['dashboard-port']}", home, tracking_uri, driver_env, temp_dir)
+    finally:
+        stop_ray_head(temp_dir)
+        shutil.rmtree(base / "bare-venv", ignore_errors=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(ray_head):
+    from raymaas.tracking import get_client
+
+    return get_client(ray_head.tracking_uri)
+
+
+def _train_tiny(seed: int):
+    import mlflow
+    import torch
+
+    from raymaas.pyfunc import log_classifier
+
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    with mlflow.start_run(run_name=f"tiny-{seed}"):
+        info = log_classifier(module, np.random.default_rng(seed).random((8, 64), dtype=np.float32))
+    return mlflow.register_model(info.model_uri, TINY).version
+
+
+@pytest.fixture(scope="module")
+def registered(ray_head, mlflow_client):
+    """Two versions of a tiny torch model (v1 champion), a hand-registered scikit-learn model
+    with named columns, and a model produced by the supervised job on the head."""
+    import mlflow
+    import pandas as pd
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from raymaas.tracking import ensure_experiment
+
+    job = run_job(["jobs.supervised", str(DEBUG_SPEC), "--set", f"name={JOB_MODEL}"], env=ray_head.env)
+    assert job.returncode == 0, job.stderr[-3000:]
+
+    mlflow.set_experiment(experiment_id=ensure_experiment(mlflow_client, "test-serve"))
+    v1, v2 = _train_tiny(1), _train_tiny(2)
+    mlflow_client.set_registered_model_alias(TINY, "champion", v1)
+
+    iris = load_iris(as_frame=True)
+    frame = iris.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    clf = LogisticRegression(max_iter=500).fit(frame, iris.target)
+    with mlflow.start_run(run_name="sklearn-by-hand"):
+        mlflow.sklearn.log_model(clf, name="model", input_example=frame.head(3), registered_model_name=SKLEARN)
+    return {"tiny": (str(v1), str(v2)), "iris": frame}
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_head, registered, tmp_path_factory):
+    """Serve on the test head (the driver ships raymaas; the head's Python lacks it)."""
+    import ray
+    from ray import serve
+
+    from raymaas.cluster import connect
+    from raymaas.serving import IndexSpec, ServeSpec, build_index_app, build_model_app
+
+    keys = tmp_path_factory.mktemp("keys") / "api_keys"
+    keys.write_text(f"# one key a line\n{API_KEY}\nsecond-key\n")
+    # not RAY_AUTH_MODE: set after `import ray` it is ignored; connect() switches to token mode itself
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAYMAAS_HOME")}
+    os.environ.update({k: ray_head.env[k] for k in saved})
+    connect(ray_head.address)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    key_env = {"runtime_env": {"env_vars": {"RAYMAAS_API_KEYS_FILE": str(keys)}}}
+    tiny = ServeSpec.model_validate({
+        "models": [{"name": TINY}],  # alias champion by default
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
+                               "upscale_delay_s": 1, "downscale_delay_s": 600},
+        "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002},
+        "ray_actor_options": {"num_cpus": 0.25, **key_env},
+        "max_request_bytes": TINY_BODY_LIMIT,
+        "poll_interval_s": 1,
+    })
+    shared = ServeSpec.model_validate({
+        "models": [{"name": SKLEARN, "version": 1}, {"name": JOB_MODEL}],
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+        "ray_actor_options": {"num_cpus": 0.25},
+    })
+    serve.run(build_index_app(IndexSpec()), name="index", route_prefix="/")
+    serve.run(build_model_app(tiny), name="tiny", route_prefix=tiny.route_prefix)
+    serve.run(build_model_app(shared), name="shared", route_prefix=shared.route_prefix)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def call(url: str, body=None, headers: dict | None = None, key: str | None = API_KEY, raw: bytes | None = None):
+    """(status, headers, parsed JSON body) of one request."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    h = {"content-type": "application/json", **(headers or {})}
+    if key:
+        h["x-api-key"] = key
+    req = urllib.request.Request(url, data=data, headers=h, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.headers, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        payload = err.read()
+        return err.code, err.headers, json.loads(payload) if payload.startswith(b"{") else payload
+
+
+def _pyfunc(uri: str):
+    import mlflow
+
+    return mlflow.pyfunc.load_model(uri)
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+@pytest.mark.slow
+def test_platform_trained_models_match_pyfunc(endpoint, registered):
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data[:40].astype(np.float32)
+    for name, uri in ((TINY, f"models:/{TINY}/{registered['tiny'][0]}"), (JOB_MODEL, f"models:/{JOB_MODEL}@champion")):
+        expected = _pyfunc(uri).predict(x).tolist()
+        status, headers, body = call(f"{endpoint}/models/{name}/invocations", {"inputs": x.tolist()})
+        assert status == 200, body
+        assert body["predictions"] == expected
+        assert headers["x-model-name"] == name and headers["x-model-version"]
+        # every scoring format that fits a tensor signature
+        status, _, body = call(f"{endpoint}/models/{name}/invocations", {"instances": x[:3].tolist()})
+        assert status == 200 and body["predictions"] == expected[:3], body
+
+
+@pytest.mark.slow
+def test_sklearn_model_registered_by_hand(endpoint, registered):
+    frame = registered["iris"].sample(25, random_state=0)
+    expected = _pyfunc(f"models:/{SKLEARN}/1").predict(frame).tolist()
+    url = f"{endpoint}/models/{SKLEARN}/invocations"
+    split = json.loads(frame.to_json(orient="split", index=False))
+    for body in ({"dataframe_split": split}, {"dataframe_records": frame.to_dict(orient="records")}):
+        status, headers, out = call(url, body, key=None)  # the shared app has no keys configured
+        assert status == 200, out
+        assert out["predictions"] == expected
+        assert headers["x-model-version"] == "1" and "x-model-alias" not in headers
+    # named columns in another order are fine
+    status, _, out = call(url, {"dataframe_records": frame[frame.columns[::-1]].to_dict(orient="records")}, key=None)
+    assert status == 200 and out["predictions"] == expected
+
+
+@pytest.mark.slow
+def test_listing_health_and_docs(endpoint, registered):
+    status, _, body = call(f"{endpoint}/models", key=None)
+    assert status == 200
+    models = {m["name"]: m for m in body["models"]}
+    assert set(models) == {TINY, SKLEARN, JOB_MODEL}
+    assert models[TINY]["alias"] == "champion" and models[TINY]["version"] == registered["tiny"][0]
+    assert models[SKLEARN]["version"] == "1" and models[SKLEARN]["alias"] is None
+    assert models[TINY]["signature"]["inputs"] == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 64]}}]
+    assert [c["name"] for c in models[SKLEARN]["signature"]["inputs"]] == list(registered["iris"].columns)
+    assert models[JOB_MODEL]["route"] == f"/models/{JOB_MODEL}/invocations"
+    assert call(f"{endpoint}/health", key=None)[:3:2] == (200, {"status": "ok"})
+    status, _, doc = call(f"{endpoint}/openapi.json", key=None)
+    assert status == 200 and f"/models/{TINY}/invocations" in doc["paths"]
+    with urllib.request.urlopen(f"{endpoint}/docs", timeout=30) as resp:
+        assert resp.status == 200 and b"swagger" in resp.read().lower()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({"inputs": [[0.5] * 63]}, 422, "shape"),  # wrong shape
+        ({"inputs": [["a"] * 64]}, 422, "float"),  # wrong dtype
+        ({"inputs": [[1.0] * 64], "instances": [[1.0] * 64]}, 422, "exactly one"),
+        ({"data": [[1.0] * 64]}, 422, "exactly one"),  # no scoring format
+        ([[1.0] * 64], 422, "JSON object"),
+        ({"inputs": [[1.0] * 64, [1.0] * 3]}, 422, "inputs"),  # ragged
+        ({"inputs": [[1.0] * 64], "params": [1]}, 422, "params"),
+    ],
+)
+def test_bad_tensor_input_is_422_saying_what_is_expected(endpoint, registered, body, status, says):
+    code, _, out = call(f"{endpoint}/models/{TINY}/invocations", body)
+    assert code == status, out
+    assert says in out["message"]
+    if body and isinstance(body, dict) and "params" not in body:
+        assert out["expected"] == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 64]}}]
+
+
+@pytest.mark.slow
+def test_missing_column_is_422(endpoint, registered):
+    frame = registered["iris"].head(3)
+    code, _, out = call(f"{endpoint}/models/{SKLEARN}/invocations",
+                        {"dataframe_records": frame.drop(columns=["petal_width"]).to_dict(orient="records")}, key=None)
+    assert code == 422, out
+    assert "petal_width" in out["message"]
+    assert [c["name"] for c in out["expected"]] == list(registered["iris"].columns)
+
+
+@pytest.mark.slow
+def test_malformed_unknown_and_too_large(endpoint, registered):
+    url = f"{endpoint}/models/{TINY}/invocations"
+    for raw in (b"{not json", b"", b"\xff\xfe"):
+        code, _, out = call(url, raw=raw)
+        assert code == 400, (raw, out)
+    code, _, out = call(url, raw=b"x" * (TINY_BODY_LIMIT + 1))
+    assert code == 413 and str(TINY_BODY_LIMIT) in out["message"]
+    code, _, out = call(f"{endpoint}/models/no-such-model/invocations", {"inputs": [[1.0] * 64]})
+    assert code == 404 and "no-such-model" in out["message"]
+    code, _, out = call(url, raw=b"{}", headers={"content-type": "text/csv"})
+    assert code == 415
+
+
+@pytest.mark.slow
+def test_api_keys(endpoint, registered):
+    url, body = f"{endpoint}/models/{TINY}/invocations", {"inputs": [[1.0] * 64]}
+    assert call(url, body, key=None)[0] == 401
+    code, headers, _ = call(url, body, key="wrong")
+    assert code == 401 and headers["www-authenticate"] == "Bearer"
+    assert call(url, body, key=None, headers={"authorization": "Bearer wrong"})[0] == 401
+    assert call(url, body, key=None, headers={"authorization": f"Bearer {API_KEY}"})[0] == 200
+    assert call(url, body, key="second-key")[0] == 200
+    # checked before the body is read or parsed: no key says nothing about the model
+    assert call(url, raw=b"{not json", key=None)[0] == 401
+    assert call(f"{endpoint}/health", key=None)[0] == 200
+
+
+# --------------------------------------------------------------------------- promotion and failures under load
+
+
+async def _load(url: str, body: bytes, concurrency: int, stop: asyncio.Event, log: list, max_requests: int):
+    """Closed-loop load: (time, status, version) per request, until stop or max_requests."""
+    import aiohttp
+
+    headers = {"content-type": "application/json", "x-api-key": API_KEY}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async def worker():
+            while not stop.is_set() and len(log) < max_requests:
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        log.append((time.monotonic(), resp.status, resp.headers.get("x-model-version")))
+                except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                    log.append((time.monotonic(), type(err).__name__, None))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def _replicas(app: str) -> int:
+    from ray import serve
+
+    return serve.status().applications[app].deployments["ModelEndpoint"].replica_states.get("RUNNING", 0)
+
+
+@pytest.mark.slow
+def test_champion_moves_under_load_without_a_failed_request(endpoint, registered, mlflow_client):
+    v1, v2 = registered["tiny"]
+    url = f"{endpoint}/models/{TINY}/invocations"
+    x = np.random.default_rng(3).random((4, 64), dtype=np.float32)
+    body = json.dumps({"inputs": x.tolist()}).encode()
+    log: list = []
+
+    async def scenario():
+        stop = asyncio.Event()
+        load = asyncio.create_task(_load(url, body, 8, stop, log, max_requests=20_000))
+        await asyncio.sleep(5)
+        moved_at = time.monotonic()
+        await asyncio.to_thread(mlflow_client.set_registered_model_alias, TINY, "champion", v2)
+        deadline = moved_at + 45
+        while time.monotonic() < deadline and not any(t > moved_at and v == v2 for t, _, v in log[-50:]):
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(3)  # and keep going a while on the new version
+        stop.set()
+        await load
+        return moved_at
+
+    moved_at = asyncio.run(scenario())
+    failed = [entry for entry in log if entry[1] != 200]
+    assert len(log) > 50 and not failed, f"{len(failed)} of {len(log)} requests failed: {failed[:5]}"
+    first_v2 = min(t for t, _, v in log if v == v2)
+    assert first_v2 - moved_at < 30, f"served the new version only after {first_v2 - moved_at:.1f}s"
+    assert {v for t, _, v in log if t > first_v2 + 1} == {v2}, "every replica must switch"
+    assert {v for t, _, v in log if t < moved_at} == {v1}
+    print(f"\n{len(log)} requests, 0 failed; version {v2} served {first_v2 - moved_at:.1f}s after the alias moved")
+    status, headers, out = call(url, {"inputs": x.tolist()})
+    assert headers["x-model-version"] == v2
+    assert out["predictions"] == _pyfunc(f"models:/{TINY}/{v2}").predict(x).tolist()
+
+
+@pytest.mark.slow
+def test_killed_replica_is_replaced_under_load(endpoint, ray_head, registered):
+    from ray.util.state import list_actors
+
+    url = f"{endpoint}/models/{TINY}/invocations"
+    body = json.dumps({"inputs": [[0.5] * 64]}).encode()
+    log: list = []
+
+    def replica_pids():
+        actors = list_actors(address=ray_head.address, filters=[("class_name", "=", "ServeReplica:tiny:ModelEndpoint"),
+                                                                 ("state", "=", "ALIVE")])
+        return {a.pid for a in actors}
+
+    async def scenario():
+        stop = asyncio.Event()
+        load = asyncio.create_task(_load(url, body, 8, stop, log, max_requests=20_000))
+        # the load (8 in flight, target 2 a replica) scales the app to its max of 2 replicas
+        deadline = time.monotonic() + 60
+        while _replicas("tiny") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+        scaled = _replicas("tiny")
+        before = replica_pids()
+        victim = sorted(before)[0]
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)  # a replica of this module's own Serve app on its own head
+        deadline = killed_at + 90
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            pids = replica_pids()
+            if victim not in pids and len(pids) >= len(before) and _replicas("tiny") >= len(before):
+                break
+        recovered_at = time.monotonic()
+        await asyncio.sleep(3)
+        stop.set()
+        await load
+        return scaled, before, victim, killed_at, recovered_at
+
+    scaled, before, victim, killed_at, recovered_at = asyncio.run(scenario())
+    assert scaled == 2, "the load should have scaled the app to 2 replicas"
+    after = replica_pids()
+    assert victim not in after and len(after) == len(before), (before, after)
+    failed = [entry for entry in log if entry[1] != 200]
+    share = len(failed) / len(log)
+    print(f"\nkilled replica {victim}: {len(failed)} of {len(log)} requests failed ({share:.2%}); "
+          f"replaced after {recovered_at - killed_at:.1f}s; failures: {sorted({str(f[1]) for f in failed})}")
+    assert share < 0.05
+    tail = [s for t, s, _ in log if t > recovered_at]
+    assert tail and all(s == 200 for s in tail)

@@ -30,14 +30,14 @@ from raymaas.specs import EXIT_INVALID_SPEC, SpecError, apply_overrides, describ
 # The module each job kind runs as (`python -m MODULE SPEC --set ...`), in the project root.
 JOB_ENTRYPOINTS = {"supervised": "jobs.supervised", "rl": "jobs.rl"}
 # The spec model of each kind, imported only when needed (raymaas.supervised imports torch).
-SPEC_MODELS = {"supervised": "raymaas.supervised:SupervisedSpec"}
+SPEC_MODELS = {"supervised": "raymaas.supervised:SupervisedSpec", "rl": "raymaas.rl:RLSpec"}
 # What never travels with a job: the environment, the local MLflow store, Train storage.
 JOB_EXCLUDES = [
     ".venv", ".git", "mlartifacts", "mlflow.db", "ray_results",
     ".raymaas", "__pycache__", ".pytest_cache", "*.egg-info",
 ]
 # Shown by `raymaas runs`: the first of these a run has, else its first metric by name.
-MAIN_METRICS = ("val_accuracy", "episode_return_mean")
+MAIN_METRICS = ("val_accuracy", "eval_return_mean", "episode_return_mean")
 
 
 class CliError(Exception):

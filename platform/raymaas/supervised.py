@@ -7,11 +7,8 @@ the driver logs the plots and the model, registers it and sets the run's final s
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from raymaas.data import BUILTIN_DATASETS, DataSpec, load_builtin, shard_rows
+from raymaas.lifecycle import call_interruptibly, final_status
 from raymaas.models import BUILTIN_MODELS, ModelSpec, build_model
 from raymaas.specs import SpecModel, flatten
 
@@ -300,10 +298,6 @@ class TrainOutcome:
     epochs: int
 
 
-class _Killed(BaseException):
-    """SIGTERM (what `ray job stop` sends) or Ctrl-C reached the driver."""
-
-
 def run_training(spec: SupervisedSpec, address: str | None = None) -> TrainOutcome:
     """Run the job on Ray Train, track it as one MLflow run, register and gate the model."""
     import ray
@@ -386,73 +380,11 @@ def run_training(spec: SupervisedSpec, address: str | None = None) -> TrainOutco
         datasets=datasets,
     )
 
-    with _final_status(client, job_run.run_id) as status:
-        result = _fit_interruptibly(trainer)
+    with final_status(client, job_run.run_id) as status:
+        result = call_interruptibly(trainer.fit)
         outcome = _publish(spec, client, job_run, result.checkpoint, example, feature_columns, n_features, n_classes)
         status.set("FINISHED")
     return outcome
-
-
-def _fit_interruptibly(trainer):
-    """trainer.fit() in a helper thread, so that SIGTERM reaches this (main) thread at once.
-
-    While the main thread sits inside Ray's blocking `ray.get`, Python signal handlers do not
-    run: `ray job stop` would SIGKILL the driver 3 s later and the run would stay RUNNING.
-    """
-    outcome: dict = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as exc:  # handed to the main thread below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fit, name="raymaas-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.2)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-class _Status:
-    def __init__(self):
-        self.value: str | None = None
-
-    def set(self, value: str) -> None:
-        self.value = value
-
-
-@contextlib.contextmanager
-def _final_status(client, run_id: str):
-    """Leave the run FINISHED, FAILED (with the error) or KILLED; never RUNNING."""
-    from raymaas.tracking import end_job_run
-
-    def on_signal(signum, frame):
-        raise _Killed(signal.Signals(signum).name)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    status = _Status()
-    try:
-        yield status
-    except _Killed as exc:
-        # `ray job stop` sends SIGTERM and SIGKILLs 3 s later: mark the run first.
-        end_job_run(client, run_id, "KILLED", error=f"stopped by {exc}")
-        import ray
-
-        # Ends this job's Train controller and workers now; left to interpreter exit, the
-        # teardown waits on the blocked fit thread for about 10 s.
-        ray.shutdown()
-        raise SystemExit(128 + (signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT)) from None
-    except BaseException as exc:
-        end_job_run(client, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
-        raise
-    else:
-        end_job_run(client, run_id, status.value or "FINISHED")
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _publish(spec, client, job_run, checkpoint, example, feature_columns, n_features, n_classes) -> TrainOutcome:

@@ -85,6 +85,11 @@ def ray_head(tmp_path_factory) -> RayHead:
     subprocess.run(
         [str(python.parent / "ray"), "start", "--head", f"--temp-dir={temp_dir}", f"--port={port}", "--num-cpus=4",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         # Ray's fixed default ports for these would collide with any other Ray on the
+         # machine: the second head's job agent then never comes up ("No available agent").
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--ray-client-server-port={free_port()}",
          "--disable-usage-stats"],
         env=head_env, check=True, capture_output=True, cwd=str(base),
     )

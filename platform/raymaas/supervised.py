@@ -249,12 +249,35 @@ def _make_mlflow_callback(tracking_uri: str, run_id: str):
             self._client = None
             self._failures = 0
             self._resumed_at = 0
+            self._ready = None
+
+        def __getstate__(self):
+            return {**self.__dict__, "_client": None, "_ready": None}
+
+        def __setstate__(self, state):
+            # Unpickled in the Train controller before the workers start: import MLflow and
+            # open the store now, in the background. Done lazily in the first after_report,
+            # its ~1.5 CPU-seconds ran beside the workers' second epoch and slowed it (seen
+            # in bench/train_overhead.py on 2 cores).
+            import threading
+
+            self.__dict__.update(state)
+            self._ready = threading.Thread(target=self._connect, name="raymaas-mlflow", daemon=True)
+            self._ready.start()
+
+        def _connect(self):
+            from raymaas.tracking import get_client
+
+            try:
+                self._client = get_client(tracking_uri)
+            except Exception as exc:  # after_report retries and reports it
+                print(f"raymaas: MLflow store not reachable yet: {exc}", file=sys.stderr)
 
         def _mlflow(self):
+            if self._ready is not None:
+                self._ready.join()
             if self._client is None:
-                from raymaas.tracking import get_client
-
-                self._client = get_client(tracking_uri)
+                self._connect()
             return self._client
 
         def after_report(self, run_context, metrics, checkpoint):

@@ -175,6 +175,22 @@ def _wait_for_dashboard(url: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"Ray dashboard at {url} did not come up in {timeout_s}s")
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_point_at_the_test_store(request):
+    """MLflow's tracking and registry URIs are process-wide, and MLflow copies them into the
+    environment that subprocesses inherit: a test that points them at another store (its own
+    head's, a temporary one) must not leak into the next test. Tests on a head get its store."""
+    if "ray_head" in request.fixturenames:
+        import mlflow
+
+        uri = request.getfixturevalue("ray_head").tracking_uri
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        os.environ["MLFLOW_REGISTRY_URI"] = uri
+    yield
+
+
 @pytest.fixture(scope="session")
 def mlflow_client(ray_head):
     from raymaas.tracking import get_client

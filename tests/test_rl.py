@@ -186,7 +186,8 @@ def test_ray_job_submit_stop_and_resubmit_continues_the_run(ray_head, mlflow_cli
     env = {k: v for k, v in ray_head.env.items() if k != "RAY_ADDRESS"}
     run_name = "rl-submit"
     args = [str(DEBUG_SPEC.relative_to(REPO)), "--set", "name=test-rl-submit", "--set", f"mlflow.run_name={run_name}",
-            "--set", "stop.max_env_steps=6000", "--set", "checkpoint_config.checkpoint_frequency=1"]
+            # 60 iterations: enough that `ray job stop` lands mid-run even on a loaded machine
+            "--set", "stop.max_env_steps=30000", "--set", "checkpoint_config.checkpoint_frequency=1"]
     job_id = f"rl-submit-{os.getpid()}"
     submitted = _ray_cli("job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".", "--no-wait",
                          "--submission-id", job_id, "--", "python", "-m", "jobs.rl", *args, env=env, timeout=120)
@@ -198,7 +199,7 @@ def test_ray_job_submit_stop_and_resubmit_continues_the_run(ray_head, mlflow_cli
                        60, "a final status")
     assert run.info.status == "KILLED"
     before = _iterations_logged(mlflow_client, run_name)
-    assert 2 <= len(before) < 12
+    assert 2 <= len(before) < 60
 
     again = _ray_cli("job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".",
                      "--", "python", "-m", "jobs.rl", *args, env=env)
@@ -213,7 +214,7 @@ def test_ray_job_submit_stop_and_resubmit_continues_the_run(ray_head, mlflow_cli
     steps = [s for _, s in after]
     # every iteration once, env steps counting on across the two submissions
     assert iterations == list(range(1, len(after) + 1)) and len(after) > len(before)
-    assert steps == sorted(set(steps)) and steps[-1] >= 6000
+    assert steps == sorted(set(steps)) and steps[-1] >= 30000
     assert run.data.metrics["env_steps_sampled"] == steps[-1]
     (version,) = mlflow_client.search_model_versions("name='test-rl-submit'")
     assert version.run_id == run.info.run_id

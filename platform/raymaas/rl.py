@@ -26,8 +26,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from raymaas.policy import Act, Evaluation, action_mismatches
-from raymaas.specs import SpecError, SpecModel, flatten
-from raymaas.supervised import MlflowSpec
+from raymaas.specs import JobSpec, SpecError, SpecModel, flatten
 
 # The RLlib config class of each algorithm, imported only when a spec is validated.
 ALGO_CONFIGS = {"ppo": "ray.rllib.algorithms.ppo:PPOConfig", "dqn": "ray.rllib.algorithms.dqn:DQNConfig"}
@@ -56,9 +55,8 @@ class CheckpointSpec(SpecModel):
     checkpoint_frequency: int = Field(10, ge=1, description="save an RLlib checkpoint every this many iterations (and at the end)")
 
 
-class RLSpec(SpecModel):
+class RLSpec(JobSpec):
     kind: Literal["rl"] = Field("rl", description="job kind: picks the entrypoint `raymaas train` runs")
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="job name: experiment and registered model default to it")
     algo: Literal["ppo", "dqn"] = Field(..., description="RLlib algorithm: ppo (PPOConfig) or dqn (DQNConfig)")
     env: str = Field("CartPole-v1", description="gymnasium env id: a flat Box observation and a Discrete action space")
     seed: int = Field(0, description="config.debugging(seed=...): seeds the envs and the network")
@@ -68,15 +66,6 @@ class RLSpec(SpecModel):
     stop: StopSpec = Field(default_factory=StopSpec, description="when training ends (whichever comes first)")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="the greedy evaluation that decides target_return and the gate")
     checkpoint_config: CheckpointSpec = Field(default_factory=CheckpointSpec, description="RLlib checkpoints a resubmission continues from")
-    mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="MLflow experiment, run and registry names")
-
-    @property
-    def experiment_name(self) -> str:
-        return self.mlflow.experiment_name or self.name
-
-    @property
-    def registered_model_name(self) -> str:
-        return self.mlflow.registered_model_name or self.name
 
     @field_validator("env")
     @classmethod

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # A spec that fails validation exits with this code, before anything is started.
 EXIT_INVALID_SPEC = 2
@@ -17,6 +17,27 @@ class SpecModel(BaseModel):
     """Base of every spec section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class MlflowSpec(SpecModel):
+    experiment_name: str | None = Field(None, description="MLflow experiment (default: the job name)")
+    run_name: str | None = Field(None, description="a run name continues that run if it exists (default: a new name)")
+    registered_model_name: str | None = Field(None, description="Model Registry name (default: the job name)")
+
+
+class JobSpec(SpecModel):
+    """What every job kind's spec has: a name, and the MLflow names that default to it."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="job name: experiment and registered model default to it")
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="MLflow experiment, run and registry names")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment_name or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model_name or self.name
 
 
 class SpecError(ValueError):

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 from raymaas.data import BUILTIN_DATASETS, DataSpec, load_builtin, shard_rows
 from raymaas.lifecycle import call_interruptibly, final_status
 from raymaas.models import BUILTIN_MODELS, ModelSpec, build_model
-from raymaas.specs import SpecModel, flatten
+from raymaas.specs import JobSpec, SpecModel, flatten
 
 
 class TrainLoopConfig(SpecModel):
@@ -55,30 +55,14 @@ class CheckpointSpec(SpecModel):
     num_to_keep: int = Field(2, ge=1, description="newest checkpoints kept in storage")
 
 
-class MlflowSpec(SpecModel):
-    experiment_name: str | None = Field(None, description="MLflow experiment (default: the job name)")
-    run_name: str | None = Field(None, description="a run name continues that run if it exists (default: a new name)")
-    registered_model_name: str | None = Field(None, description="Model Registry name (default: the job name)")
-
-
-class SupervisedSpec(SpecModel):
+class SupervisedSpec(JobSpec):
     kind: Literal["supervised"] = Field("supervised", description="job kind: picks the entrypoint `raymaas train` runs")
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="job name: experiment and registered model default to it")
     data: DataSpec = Field(default_factory=DataSpec, description="where the rows come from")
     model: ModelSpec = Field(default_factory=ModelSpec, description="the network")
     train_loop_config: TrainLoopConfig = Field(default_factory=TrainLoopConfig, description="passed to train_loop_per_worker")
     scaling_config: ScalingSpec = Field(default_factory=ScalingSpec, description="ray.train.ScalingConfig")
     failure_config: FailureSpec = Field(default_factory=FailureSpec, description="ray.train.FailureConfig")
     checkpoint_config: CheckpointSpec = Field(default_factory=CheckpointSpec, description="ray.train.CheckpointConfig")
-    mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="MLflow experiment, run and registry names")
-
-    @property
-    def experiment_name(self) -> str:
-        return self.mlflow.experiment_name or self.name
-
-    @property
-    def registered_model_name(self) -> str:
-        return self.mlflow.registered_model_name or self.name
 
 
 GATE_METRIC = "val_accuracy"

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench head stop-head clean
+.PHONY: demo test test-fast bench head stop-head screenshot clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,17 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m jobs.supervised jobs/specs/digits_mlp.yaml
+	$(VENV)/bin/raymaas demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow"
+
+# docs/mlflow-runs.png from the project's store (after `make demo`); needs Debian's chromium.
+screenshot: $(STAMP)
+	$(PY) docs/screenshot.py
 
 bench: $(STAMP)
 	$(PY) bench/train_overhead.py

@@ -358,6 +358,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the digits classifier (Ray Train), PPO and DQN on CartPole (RLlib), each tracked,
+    registered and gated in MLflow; publish the three champions with Ray Serve and query them
+    over HTTP. Runs on the embedded default (a local Ray, the project's MLflow store)."""
+    from raymaas.demo import DemoError, run_demo
+
+    try:
+        return run_demo("debug" if args.debug else "full", keep_serving=args.keep_serving,
+                        host=args.host, port=args.port)
+    except DemoError as err:
+        raise CliError(str(err)) from None
+    except KeyboardInterrupt:
+        print("raymaas demo: interrupted", file=sys.stderr)
+        return 130
+
+
 # --------------------------------------------------------------------------- explain
 
 
@@ -465,6 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", help="HTTP host of Serve's proxy (default: the config's, else 127.0.0.1)")
     serve_cmd.add_argument("--port", type=_positive_int, help="HTTP port (default: the config's, else 8000)")
     serve_cmd.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="train, track, register, serve and query everything, end to end",
+                          description=cmd_demo.__doc__)
+    demo.add_argument("--keep-serving", action="store_true", help="leave the endpoints up until Ctrl-C")
+    demo.add_argument("--debug", action="store_true",
+                      help="the small debug specs: the whole path in a few minutes (policies will not solve CartPole)")
+    demo.add_argument("--host", default="127.0.0.1", help="HTTP host of the endpoints (default: 127.0.0.1)")
+    demo.add_argument("--port", type=_positive_int, default=8000, help="HTTP port of the endpoints (default: 8000)")
+    demo.set_defaults(func=cmd_demo)
 
     explain = sub.add_parser("explain", help="list a spec's fields, defaults and meaning", description=cmd_explain.__doc__)
     explain.add_argument("kind", nargs="?", default="supervised", choices=sorted(JOB_ENTRYPOINTS),

@@ -1,0 +1,439 @@
+"""The demo: every part of the platform, end to end, on the embedded default.
+
+`make demo` (or `raymaas demo`) trains the digits classifier on Ray Train, PPO and DQN on
+CartPole with RLlib, each as the job a user would run (`python -m jobs.supervised SPEC`,
+`python -m jobs.rl SPEC`), tracked in MLflow and registered and gated in its Model Registry;
+then publishes the three champions with Ray Serve and queries them over HTTP: held-out
+digits for the classifier, a CartPole episode played through each policy's endpoint.
+
+The demo only orchestrates. Progress comes from the MLflow store, which the jobs write and
+the demo reads, and the outcome of each job (version, alias, score) from the registry: the
+same places a user looks. Each job's own output goes to a log file, named when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raymaas import tracking
+from raymaas.specs import load_spec
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training job of the demo."""
+
+    title: str
+    kind: str  # supervised | rl
+    spec: str  # relative to the project root
+    overrides: tuple[str, ...] = ()  # --set arguments
+
+    @property
+    def module(self) -> str:
+        return f"jobs.{self.kind}"
+
+
+STAGES = {
+    "full": (
+        Stage("digits classifier on Ray Train (2 workers)", "supervised", "jobs/specs/digits_mlp.yaml"),
+        # Each policy gets at most 3 minutes here, so the demo ends within 10 on 2 cores; both
+        # solve CartPole well inside that (see the README's figures), the full specs allow 10.
+        Stage("PPO on CartPole-v1 (RLlib)", "rl", "jobs/specs/cartpole_ppo.yaml", ("stop.max_seconds=180",)),
+        Stage("DQN on CartPole-v1 (RLlib)", "rl", "jobs/specs/cartpole_dqn.yaml", ("stop.max_seconds=180",)),
+    ),
+    # Small and fast: what the test runs (the RL policies do not solve CartPole here).
+    "debug": (
+        Stage("digits classifier on Ray Train (2 workers, debug)", "supervised", "jobs/specs/digits_debug.yaml"),
+        Stage("PPO on CartPole-v1 (RLlib, debug)", "rl", "jobs/specs/cartpole_ppo_debug.yaml"),
+        Stage("DQN on CartPole-v1 (RLlib, debug)", "rl", "jobs/specs/cartpole_dqn_debug.yaml"),
+    ),
+}
+
+
+class DemoError(RuntimeError):
+    """A stage failed; the message says which and where its log is."""
+
+
+@dataclass
+class Trained:
+    """What a training stage left in MLflow."""
+
+    stage: Stage
+    spec: object
+    run_id: str
+    run_name: str
+    model_name: str
+    version: str
+    aliases: list[str]
+    score_name: str
+    score: float
+    seconds: float
+
+
+@dataclass
+class Answer:
+    """What an endpoint answered to the demo's queries."""
+
+    model_name: str
+    url: str
+    version: str
+    summary: str
+    details: list[str] = field(default_factory=list)
+
+
+class Progress:
+    """Stage headers and timing lines, flushed at once (the demo is watched live)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.started = time.monotonic()
+
+    def stage(self, number: int, title: str) -> None:
+        print(f"\n[{number}/{self.total}] {title}   (demo at {self.clock()})", flush=True)
+
+    def line(self, text: str) -> None:
+        print(f"      {text}", flush=True)
+
+    def clock(self) -> str:
+        return _duration(time.monotonic() - self.started)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# --------------------------------------------------------------------------- training stages
+
+
+def train(stage: Stage, progress: Progress, log_dir: Path, tracking_uri: str) -> Trained:
+    """Run one job as a user would, report its progress from MLflow, read its outcome there."""
+    from raymaas.cli import spec_model
+
+    spec_path = PROJECT_ROOT / stage.spec
+    spec = load_spec(spec_model(stage.kind), spec_path, stage.overrides)
+    run_name = tracking.new_run_name(spec.name)
+    log_path = log_dir / f"{spec.name}.log"
+    command = [sys.executable, "-m", stage.module, stage.spec,
+               *(arg for o in (*stage.overrides, f"mlflow.run_name={run_name}") for arg in ("--set", o))]
+    progress.line(f"$ python {' '.join(command[1:])}")
+    progress.line(f"job output: {log_path}")
+    # The embedded default: each job starts a Ray of its own in its process, as `make demo`
+    # promises, whatever cluster RAY_ADDRESS may name in this shell.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, PYTHONUNBUFFERED="1")
+    client = tracking.get_client(tracking_uri)
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        job = subprocess.Popen(command, cwd=str(PROJECT_ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        try:
+            watch = _Watcher(client, spec, stage.kind, run_name, progress, started)
+            while job.poll() is None:
+                watch.report()
+                time.sleep(2)
+            watch.report()
+        except KeyboardInterrupt:
+            job.send_signal(signal.SIGINT)  # the job ends its MLflow run as KILLED
+            job.wait(timeout=60)
+            raise
+    if job.returncode != 0:
+        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise DemoError(f"{stage.title} failed (exit {job.returncode}); last lines of {log_path}:\n{tail}")
+    return _outcome(client, stage, spec, run_name, time.monotonic() - started)
+
+
+class _Watcher:
+    """Prints a job's progress as its MLflow run records it: epochs, or env steps and returns."""
+
+    def __init__(self, client, spec, kind: str, run_name: str, progress: Progress, started: float):
+        self.client, self.spec, self.kind, self.run_name = client, spec, kind, run_name
+        self.progress, self.started = progress, started
+        self.run_id: str | None = None
+        self.last: tuple | None = None
+        self.last_print = 0.0
+
+    def report(self) -> None:
+        run = self._run()
+        if run is None:
+            return
+        m = run.data.metrics
+        elapsed = time.monotonic() - self.started
+        if self.kind == "supervised":
+            # The epoch is each metric's step.
+            history = self.client.get_metric_history(self.run_id, "val_accuracy")
+            if not history:
+                return
+            epoch = max(h.step for h in history)
+            key = (epoch,)
+            text = (f"epoch {epoch + 1}/{self.spec.train_loop_config.epochs}  "
+                    f"val_accuracy {m.get('val_accuracy', float('nan')):.3f}  "
+                    f"train_loss {m.get('train_loss', float('nan')):.3f}")
+        else:
+            if "env_steps_sampled" not in m:
+                return
+            key = (int(m["env_steps_sampled"]), m.get("eval_return_mean"))
+            stop = self.spec.stop
+            text = f"env steps {int(m['env_steps_sampled']):,}/{stop.max_env_steps:,}"
+            if "episode_return_mean" in m:
+                text += f"  training return {m['episode_return_mean']:.1f}"
+            if "eval_return_mean" in m:
+                text += f"  greedy return {m['eval_return_mean']:.1f}"
+            if stop.target_return is not None:
+                text += f" (target {stop.target_return:g})"
+        # Every epoch; RL iterations at most every 5 s (they come several per second).
+        if key != self.last and (self.kind == "supervised" or time.monotonic() - self.last_print >= 5):
+            self.progress.line(f"{text}   [{_duration(elapsed)}]")
+            self.last, self.last_print = key, time.monotonic()
+
+    def _run(self):
+        if self.run_id is None:
+            experiment = self.client.get_experiment_by_name(self.spec.experiment_name)
+            if experiment is None:
+                return None
+            runs = self.client.search_runs([experiment.experiment_id],
+                                           filter_string=f"tags.mlflow.runName = '{self.run_name}'", max_results=1)
+            if not runs:
+                return None
+            self.run_id = runs[0].info.run_id
+        return self.client.get_run(self.run_id)
+
+
+def _outcome(client, stage: Stage, spec, run_name: str, seconds: float) -> Trained:
+    experiment = client.get_experiment_by_name(spec.experiment_name)
+    run = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'",
+                             max_results=1)[0]
+    name = spec.registered_model_name
+    version = next(v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run.info.run_id)
+    # search_model_versions leaves aliases out; get_model_version has them.
+    version = client.get_model_version(name, str(version.version))
+    score_name = "val_accuracy" if stage.kind == "supervised" else "eval_return_mean"
+    return Trained(stage, spec, run.info.run_id, run_name, name, str(version.version), list(version.aliases),
+                   score_name, run.data.metrics.get(score_name, float("nan")), seconds)
+
+
+def describe(trained: Trained, client) -> str:
+    from raymaas.registry import REASON_TAG
+
+    version = client.get_model_version(trained.model_name, trained.version)
+    gate = "champion" if "champion" in trained.aliases else "candidate"
+    reason = version.tags.get(REASON_TAG)
+    gate += f" ({reason})" if reason else ""
+    target = getattr(getattr(trained.spec, "stop", None), "target_return", None)
+    if target is not None and not trained.score >= target:
+        gate += f"; did not reach {target:g} within its {trained.spec.stop.max_seconds:g} s"
+    return (f"{trained.model_name} version {trained.version}: {trained.score_name} {trained.score:.3f} -> {gate}"
+            f"   [{_duration(trained.seconds)}]")
+
+
+# --------------------------------------------------------------------------- serving and querying
+
+
+def publish(model_names: list[str], host: str, port: int, tracking_uri: str) -> str:
+    """Start a local Ray and Serve, publish each model's champion as its own application."""
+    import logging
+
+    import ray
+    from ray import serve
+
+    from raymaas.serving import IndexSpec, ServeSpec, build_index_app, build_model_app
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # the replicas' store
+    # The replicas' and Serve's own logs stay in Ray's log folder; the demo prints the answers.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(address="local", num_cpus=max(4, len(model_names)), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}})
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    serve.start(http_options={"host": host, "port": port})
+    targets = [serve.RunTarget(build_index_app(IndexSpec()), name="index", route_prefix="/")]
+    for name in model_names:
+        spec = ServeSpec.model_validate({
+            "models": [{"name": name, "alias": "champion"}],
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
+            "ray_actor_options": {"num_cpus": 0.5},
+            "tracking_uri": tracking_uri,
+        })
+        targets.append(serve.RunTarget(build_model_app(spec), name=name, route_prefix=spec.route_prefix))
+    # All at once: the replicas start in parallel (one serve.run after another waits for each).
+    serve.run_many(targets, wait_for_applications_running=False)
+    return f"http://{host}:{port}"
+
+
+def wait_until_serving(base_url: str, model_names: list[str], timeout_s: float = 180) -> None:
+    """Serve reports an application RUNNING once its replicas are up; wait for all of them."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    wanted = {"index", *model_names}
+    while True:
+        apps = serve.status().applications
+        states = {name: str(apps[name].status) for name in wanted if name in apps}
+        failed = {n: apps[n].message for n, s in states.items() if s.endswith("DEPLOY_FAILED")}
+        if failed:
+            raise DemoError(f"Serve could not deploy {', '.join(failed)}: {failed}")
+        if len(states) == len(wanted) and all(s.endswith("RUNNING") for s in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"Serve applications not running after {timeout_s:.0f}s: {states}")
+        time.sleep(1)
+
+
+def post_json(url: str, payload: dict, timeout: float = 30) -> tuple[dict, dict]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"content-type": "application/json", **_auth_header()})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read()), dict(response.headers)
+
+
+def _auth_header() -> dict:
+    # When the replicas require API keys (RAYMAAS_API_KEYS), the demo's client uses the first.
+    keys = [k.strip() for k in os.environ.get("RAYMAAS_API_KEYS", "").split(",") if k.strip()]
+    return {"authorization": f"Bearer {keys[0]}"} if keys else {}
+
+
+def query_classifier(trained: Trained, base_url: str) -> Answer:
+    """Send the held-out digits (never trained on) in batches; report the accuracy."""
+    import numpy as np
+
+    from raymaas.data import load_builtin
+
+    spec = trained.spec
+    split = load_builtin(spec.data, spec.train_loop_config.seed)
+    url = f"{base_url}/models/{trained.model_name}/invocations"
+    predicted, versions = [], set()
+    for start in range(0, len(split.x_val), 64):
+        body, headers = post_json(url, {"inputs": split.x_val[start:start + 64].tolist()})
+        predicted.extend(body["predictions"])
+        versions.add(headers.get("x-model-version"))
+    predicted = np.asarray(predicted).reshape(-1)
+    accuracy = float((predicted == split.y_val).mean())
+    shown = 12
+    return Answer(
+        trained.model_name, url, ",".join(sorted(v for v in versions if v)),
+        f"{accuracy:.1%} of {len(split.y_val)} held-out digits right ({(len(split.y_val) + 63) // 64} requests)",
+        [f"predicted {' '.join(str(int(p)) for p in predicted[:shown])}",
+         f"true      {' '.join(str(int(t)) for t in split.y_val[:shown])}"],
+    )
+
+
+def play_cartpole(trained: Trained, base_url: str, seed: int = 2026) -> Answer:
+    """One CartPole episode whose every action comes from the policy's endpoint."""
+    import gymnasium as gym
+    import numpy as np
+
+    url = f"{base_url}/models/{trained.model_name}/invocations"
+    env = gym.make(trained.spec.env)
+    obs, _ = env.reset(seed=seed)
+    total, steps, latencies, version = 0.0, 0, [], None
+    done = False
+    while not done:
+        sent = time.perf_counter()
+        body, headers = post_json(url, {"inputs": [np.asarray(obs, dtype=np.float32).tolist()]})
+        latencies.append(time.perf_counter() - sent)
+        version = headers.get("x-model-version")
+        obs, reward, terminated, truncated, _ = env.step(int(body["predictions"][0]))
+        total += float(reward)
+        steps += 1
+        done = terminated or truncated
+    env.close()
+    p50 = sorted(latencies)[len(latencies) // 2] * 1000
+    return Answer(trained.model_name, url, version or "?",
+                  f"episode return {total:.0f} over {steps} steps ({steps} requests, p50 {p50:.1f} ms)")
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.0.1", port: int = 8000) -> int:
+    stages = STAGES[mode]
+    tracking_uri = tracking.resolve_tracking_uri()
+    client = tracking.get_client(tracking_uri)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = tracking.raymaas_home() / ".raymaas" / "logs" / f"demo-{stamp}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(stages) + 2)
+    print(f"raymaas demo ({mode}): MLflow store {tracking_uri}", flush=True)
+
+    trained: list[Trained] = []
+    for number, stage in enumerate(stages, 1):
+        progress.stage(number, stage.title)
+        trained.append(train(stage, progress, log_dir, tracking_uri))
+        progress.line(describe(trained[-1], client))
+
+    names = [t.model_name for t in trained]
+    progress.stage(len(stages) + 1, f"publishing the champions of {', '.join(names)} with Ray Serve")
+    started = time.monotonic()
+    base_url = publish(names, host, port, tracking_uri)
+    try:
+        wait_until_serving(base_url, names)
+        progress.line(f"{len(names)} applications running at {base_url}   [{_duration(time.monotonic() - started)}]")
+
+        progress.stage(len(stages) + 2, "querying the endpoints over HTTP")
+        answers = []
+        for t in trained:
+            answer = query_classifier(t, base_url) if t.stage.kind == "supervised" else play_cartpole(t, base_url)
+            answers.append(answer)
+            progress.line(f"{answer.model_name} (version {answer.version}): {answer.summary}")
+            for detail in answer.details:
+                progress.line(f"  {detail}")
+
+        _summary(trained, answers, base_url, tracking_uri, progress)
+        if keep_serving:
+            print("\nraymaas demo: serving until Ctrl-C", flush=True)
+            _wait_for_interrupt()
+    finally:
+        import ray
+
+        ray.shutdown()  # Serve, its replicas and the local Ray, all started by this process
+    if keep_serving:
+        print("raymaas demo: endpoints stopped", flush=True)
+    return 0
+
+
+def _summary(trained: list[Trained], answers: list[Answer], base_url: str, tracking_uri: str, progress: Progress) -> None:
+    mlflow = Path(sys.executable).with_name("mlflow")
+    mlflow_cmd = str(mlflow) if mlflow.exists() else "mlflow"
+    try:
+        mlflow_cmd = os.path.relpath(mlflow_cmd)
+    except ValueError:
+        pass
+    print(f"\nraymaas demo: done in {progress.clock()}", flush=True)
+    print("\n  trained, tracked, registered:")
+    for t in trained:
+        print(f"    {t.model_name:<22} version {t.version:<4} {'/'.join(t.aliases) or '-':<20} "
+              f"{t.score_name} {t.score:.3f}   run {t.run_name}")
+    print("\n  MLflow UI (runs, metrics, plots, models):")
+    print(f"    {mlflow_cmd} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
+    print("    then open http://127.0.0.1:5000")
+    print("\n  endpoints (MLflow scoring format: POST {\"inputs\": [[...], ...]}):")
+    for a in answers:
+        print(f"    {a.url}")
+    print(f"    {base_url}/models (published models), {base_url}/docs (OpenAPI)")
+    example = answers[-1].url
+    print("\n  try:")
+    print(f"    curl -s {example} -H 'content-type: application/json' -d '{{\"inputs\": [[0.0, 0.1, 0.02, -0.1]]}}'")
+    print("  `raymaas serve` publishes the champions again later; `raymaas models` lists the versions.", flush=True)
+
+
+def _wait_for_interrupt() -> None:
+    """Until Ctrl-C (SIGINT) or SIGTERM."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,200 @@
+"""`raymaas demo` end to end on the debug specs, run twice in a fresh RAYMAAS_HOME, checked
+from outside: through a real `mlflow server` on the demo's store (its REST API) and real
+HTTP requests to the endpoints that `--keep-serving` leaves up.
+
+The demo runs on the embedded default (local Rays of its own), not on the test session's head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port
+
+MODELS = ("digits-debug", "cartpole-ppo-debug", "cartpole-dqn-debug")
+SERVING_LINE = "raymaas demo: serving until Ctrl-C"
+
+
+def demo_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")}
+    env.update(RAYMAAS_HOME=str(home), PYTHONUNBUFFERED="1")
+    return env
+
+
+class Demo:
+    """`raymaas demo` in a subprocess, its output collected line by line as it comes."""
+
+    def __init__(self, home: Path, *args: str):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "raymaas.cli", "demo", "--debug", *args], cwd=str(REPO), env=demo_env(home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None, f"demo ended (exit {self.proc.returncode}) before {text!r}:\n{self.output}"
+            assert time.monotonic() < deadline, f"no {text!r} after {timeout_s}s:\n{self.output}"
+            time.sleep(1)
+
+    def wait(self, timeout_s: float) -> int:
+        code = self.proc.wait(timeout=timeout_s)
+        self._reader.join(timeout=10)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group is the demo's own (start_new_session)
+            self.proc.wait(timeout=30)
+
+
+def http_json(url: str, payload: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("demo-home")
+
+
+@pytest.fixture(scope="module")
+def first_demo(demo_home) -> Demo:
+    """The first run: trains, registers, serves, queries, then stops serving by itself."""
+    demo = Demo(demo_home, "--port", str(free_port()))
+    try:
+        assert demo.wait(timeout_s=900) == 0, demo.output
+    finally:
+        demo.stop()
+    return demo
+
+
+@pytest.fixture(scope="module")
+def second_demo(demo_home, first_demo):
+    """The second run, with --keep-serving: yields while its endpoints are up, then Ctrl-C."""
+    port = free_port()
+    demo = Demo(demo_home, "--keep-serving", "--port", str(port))
+    try:
+        demo.wait_for_line(SERVING_LINE, timeout_s=900)
+        yield demo, f"http://127.0.0.1:{port}"
+        demo.proc.send_signal(signal.SIGINT)
+        assert demo.wait(timeout_s=120) == 0, demo.output
+        assert "raymaas demo: endpoints stopped" in demo.output
+    finally:
+        demo.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(demo_home, second_demo):
+    """A real `mlflow server` on the demo's store, read through its REST API only."""
+    port = free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{demo_home / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=str(demo_home), env=demo_env(demo_home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, f"mlflow server exited: {proc.stderr.read()[-3000:]}"
+                assert time.monotonic() < deadline, "mlflow server did not come up in 120 s"
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group it leads
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def test_first_demo_shows_every_stage_and_what_the_endpoints_answered(first_demo):
+    out = first_demo.output
+    for number in range(1, 6):
+        assert f"[{number}/5]" in out, out
+    # progress: epochs of the classifier, env steps of the policies, a time for each stage
+    assert re.search(r"epoch 3/3 +val_accuracy 0\.\d+", out), out
+    assert re.search(r"env steps [\d,]+/1,500", out), out
+    accuracy = re.search(r"digits-debug \(version 1\): ([\d.]+)% of (\d+) held-out digits right", out)
+    assert accuracy and float(accuracy.group(1)) >= 80, out
+    for policy in MODELS[1:]:
+        assert re.search(rf"{policy} \(version 1\): episode return \d+ over \d+ steps", out), out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    for model in MODELS:
+        assert f"/models/{model}/invocations" in out
+    assert re.search(r"raymaas demo: done in \S+", out)
+
+
+def test_running_again_adds_runs_and_versions_and_keeps_the_earlier_ones(mlflow_server, second_demo):
+    api = f"{mlflow_server}/api/2.0/mlflow"
+    for model in MODELS:
+        status, got = http_json(f"{api}/experiments/get-by-name?experiment_name={model}")
+        assert status == 200, got
+        status, found = http_json(f"{api}/runs/search", {"experiment_ids": [got["experiment"]["experiment_id"]]})
+        runs = found.get("runs", [])
+        assert len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs), found
+        gate_metric = "val_accuracy" if model.startswith("digits") else "eval_return_mean"
+        for run in runs:
+            assert gate_metric in {m["key"] for m in run["data"]["metrics"]}, run
+            status, listing = http_json(f"{api}/artifacts/list?run_id={run['info']['run_id']}")
+            assert status == 200 and {"plots", "spec.yaml"} <= {f["path"] for f in listing.get("files", [])}, listing
+
+        status, registered = http_json(f"{api}/registered-models/get?name={model}")
+        assert status == 200, registered
+        aliases = {a["alias"]: a["version"] for a in registered["registered_model"].get("aliases", [])}
+        assert "champion" in aliases, registered
+        status, versions = http_json(f"{api}/model-versions/search?filter=name%3D%27{model}%27")
+        assert sorted(int(v["version"]) for v in versions["model_versions"]) == [1, 2], versions
+
+
+def test_kept_endpoints_answer_and_list_the_three_champions(second_demo):
+    demo, base = second_demo
+    status, listing = http_json(f"{base}/models")
+    assert status == 200, listing
+    published = {m["name"]: m for m in listing["models"]}
+    assert set(MODELS) <= set(published), listing
+    status, body = http_json(f"{base}/models/digits-debug/invocations", {"inputs": [[0.0] * 64, [8.0] * 64]})
+    assert status == 200 and len(body["predictions"]) == 2, body
+    for policy in MODELS[1:]:
+        status, body = http_json(f"{base}/models/{policy}/invocations", {"inputs": [[0.0, 0.1, 0.02, -0.1]]})
+        assert status == 200 and body["predictions"][0] in (0, 1), body
+    # a bad request is the client's fault, named, not a 500
+    status, body = http_json(f"{base}/models/cartpole-ppo-debug/invocations", {"inputs": [[0.0, 0.1]]})
+    assert status == 422, body

@@ -273,3 +273,60 @@ def test_parity_check_refuses_any_mismatch():
     one_off = lambda o: np.where(np.arange(len(o)) == 7, 1 - policy(o), policy(o))  # noqa: E731
     with pytest.raises(PolicyExportError, match="differs from the RLlib module on 1 of 1000"):
         check_parity(policy, one_off, obs)
+
+
+USER_ENV_PACKAGE = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Corridor(gym.Env):
+    """Walk right to the end of a corridor: +1 per step closer, episode ends at the end."""
+
+    def __init__(self, length=8):
+        self.length = length
+        self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def _obs(self):
+        return np.array([self.pos / self.length, 1.0], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos, self.steps = 0, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.steps += 1
+        before = self.pos
+        self.pos = min(self.length, max(0, self.pos + (1 if action == 1 else -1)))
+        done = self.pos == self.length
+        return self._obs(), float(self.pos > before), done, self.steps >= 50, {}
+
+
+gym.register("Corridor-v0", entry_point=Corridor)
+'''
+
+
+def test_own_env_from_a_user_package_travels_with_the_job(ray_head, mlflow_client, tmp_path):
+    """`env: package.module:Env-v0` (gymnasium's convention): the module registers the env when
+    imported; the package is shipped to the head's EnvRunner actor, and the policy registers."""
+    package = tmp_path / "code" / "acme_envs"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(USER_ENV_PACKAGE)
+    env = ray_head.job_env(PYTHONPATH=str(tmp_path / "code"))
+    proc = run_job(["jobs.rl", str(DEBUG_SPEC), "--set", "name=test-rl-own-env", "--set", "env=acme_envs:Corridor-v0",
+                    "--set", "env_runners.num_env_runners=1", "--set", "stop.max_env_steps=1000"], env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = mlflow_client.get_run(_run_id(proc.stdout))
+    assert run.info.status == "FINISHED" and run.data.tags["env"] == "acme_envs:Corridor-v0"
+    import mlflow
+
+    policy = mlflow.pyfunc.load_model("models:/test-rl-own-env@champion")
+    actions = policy.predict(np.array([[0.0, 1.0], [0.5, 1.0]], dtype=np.float32))
+    assert actions.dtype == np.int64 and actions.shape == (2,) and set(actions) <= {0, 1}
+
+
+def test_own_env_that_cannot_be_imported_is_named():
+    with pytest.raises(SpecError, match=r"cannot import 'no_such_pkg' for env 'no_such_pkg:Corridor-v0'"):
+        load_spec(RLSpec, DEBUG_SPEC, ["env=no_such_pkg:Corridor-v0"])

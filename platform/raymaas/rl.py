@@ -137,10 +137,20 @@ def _check_keys(given: dict, known: frozenset[str], where: str) -> None:
 def check_env(env_id: str, algo: str | None = None) -> None:
     """Raise ValueError unless gymnasium knows env_id and it has a flat Box observation
     space and a Discrete action space (what the registered policy's signature promises)."""
+    import importlib
+
     import gymnasium as gym
 
+    # "package.module:Env-v0": your own env, registered with gymnasium when its module is
+    # imported (gymnasium's own convention; the package travels with the job).
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"cannot import {module!r} for env {env_id!r} (is its folder on PYTHONPATH?): {exc}") from None
     try:
-        gym.spec(env_id)
+        gym.spec(name)
     except gym.error.Error as exc:
         raise ValueError(f"gymnasium does not know env {env_id!r}: {exc}") from None
     try:
@@ -273,7 +283,9 @@ def run_rl(spec: RLSpec, address: str | None = None) -> RLOutcome:
     client = tracking.get_client(tracking_uri)
     runners = spec.env_runners.num_env_runners
     # Logical CPUs for a local Ray: one per EnvRunner actor; the learner runs in the driver.
-    cluster.connect(address, num_cpus=max(os.cpu_count() or 1, runners + 1))
+    env_module = spec.env.rpartition(":")[0]
+    user_code = [d for d in [cluster.package_dir_of(env_module) if env_module else None] if d]
+    cluster.connect(address, num_cpus=max(os.cpu_count() or 1, runners + 1), py_modules=user_code)
     if runners:
         cluster.wait_for_resources({"CPU": runners * config.num_cpus_per_env_runner}, timeout_s=30)
 

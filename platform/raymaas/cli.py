@@ -391,6 +391,46 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- up / down
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start a Ray head and an MLflow tracking server on this machine (127.0.0.1 only), for
+    `ray job submit` and `raymaas train --address`; print their addresses. `raymaas down` stops them."""
+    from raymaas import localcluster
+    from raymaas.tracking import raymaas_home
+
+    home = Path(args.home).expanduser() if args.home else raymaas_home()
+    try:
+        cluster = localcluster.start(home, num_cpus=args.num_cpus, port=args.port,
+                                     dashboard_port=args.dashboard_port, mlflow_port=args.mlflow_port)
+    except RuntimeError as err:
+        raise CliError(str(err)) from None
+    print(f"raymaas: Ray head            {cluster.gcs_address}\n"
+          f"raymaas: dashboard, job API  {cluster.dashboard_url}\n"
+          f"raymaas: MLflow server       {cluster.mlflow_url}   (store and artifacts in {cluster.home})\n"
+          f"raymaas: for this shell:\n"
+          + "".join(f"  {line}\n" for line in cluster.exports())
+          + "raymaas: then: ray job submit --working-dir . -- python -m jobs.supervised jobs/specs/digits_mlp.yaml\n"
+          f"raymaas:    or: raymaas train jobs/specs/digits_mlp.yaml --address {cluster.dashboard_url}\n"
+          f"raymaas: stop with: raymaas down" + (f" --home {cluster.home}" if args.home else ""), flush=True)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop the Ray head and MLflow server that `raymaas up` started, by PID; nothing else."""
+    from raymaas import localcluster
+    from raymaas.tracking import raymaas_home
+
+    home = Path(args.home).expanduser() if args.home else raymaas_home()
+    if localcluster.read_state(home.resolve()) is None:
+        print(f"raymaas: nothing to stop (no {localcluster.STATE_FILE} in {home})")
+        return 0
+    pids = localcluster.stop(home)
+    print(f"raymaas: stopped the Ray head and MLflow server of {home} ({len(pids)} processes)")
+    return 0
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -498,6 +538,19 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("kind", nargs="?", default="supervised", choices=sorted(JOB_ENTRYPOINTS),
                          help="job kind (default: supervised)")
     explain.set_defaults(func=cmd_explain)
+
+    up = sub.add_parser("up", help="start a local Ray head and MLflow server for `ray job submit`",
+                        description=cmd_up.__doc__)
+    up.add_argument("--home", metavar="DIR", help="RAYMAAS_HOME: MLflow store, artifacts, checkpoints (default: the project folder)")
+    up.add_argument("--num-cpus", type=_positive_int, metavar="N", help="CPUs the head offers (default: all)")
+    up.add_argument("--port", type=_positive_int, help="Ray GCS port (default: 6379 if free)")
+    up.add_argument("--dashboard-port", type=_positive_int, help="Ray dashboard and job API port (default: 8265 if free)")
+    up.add_argument("--mlflow-port", type=_positive_int, help="MLflow server port (default: 5000 if free)")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop what `raymaas up` started", description=cmd_down.__doc__)
+    down.add_argument("--home", metavar="DIR", help="the --home given to `raymaas up` (default: the project folder)")
+    down.set_defaults(func=cmd_down)
     return parser
 
 

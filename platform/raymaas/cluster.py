@@ -9,9 +9,28 @@ from pathlib import Path
 
 import ray
 
+from raymaas.specs import SpecError
+
+# Where Ray Train keeps checkpoints: a URI (s3://, gs://, ...) or a folder. Default:
+# $RAYMAAS_HOME/ray_results, which is node-local.
+STORAGE_PATH_ENV = "RAYMAAS_STORAGE_PATH"
+# "1" declares that a local folder used as storage is shared by every node in a way the
+# driver cannot see (the same machine, a mount of a kind not listed below).
+SHARED_STORAGE_ENV = "RAYMAAS_SHARED_STORAGE"
+# Environment the driver hands to its workers and the Train controller.
+_FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "RAYMAAS_HOME", STORAGE_PATH_ENV, SHARED_STORAGE_ENV)
+# Filesystem types (/proc/mounts) that other machines can mount too.
+_NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "glusterfs", "gpfs", "beegfs",
+               "fuse.s3fs", "fuse.gcsfuse", "fuse.goofys", "fuse.mountpoint-s3", "fuse.juicefs", "fuse.sshfs")
+
 
 class ResourceError(RuntimeError):
     """The cluster cannot give a job what its spec asks for."""
+
+
+class NodeLocalStorageError(SpecError):
+    """A job that may run on several nodes names a tracking store or checkpoint storage that
+    only one node can reach. An invalid spec, as far as exit codes go (2)."""
 
 
 def raymaas_code_dir() -> str:
@@ -29,7 +48,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, py_modules:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    env_vars = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "RAYMAAS_HOME") if k in os.environ}
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     runtime_env = _without_job_fields({"py_modules": [raymaas_code_dir(), *py_modules], "env_vars": env_vars})
     if address:
         _use_token_auth_if_available()
@@ -88,8 +107,10 @@ def resolve_use_gpu(use_gpu: bool | str) -> bool:
     return bool(use_gpu)
 
 
-def wait_for_resources(needed: dict[str, float], timeout_s: float) -> None:
+def wait_for_resources(needed: dict[str, float], timeout_s: float, bundles: list[dict[str, float]] | None = None) -> None:
     """Return once the cluster's total resources cover needed; else raise ResourceError.
+    bundles (one per worker, default one bundle of needed) is what the autoscaler is asked for:
+    a single bundle larger than any node type would never be granted.
 
     Ray's default for an impossible request is a silent retry loop, so a job asking for GPUs
     a cluster will never have would look like a hang. An autoscaling cluster may still be
@@ -108,7 +129,8 @@ def wait_for_resources(needed: dict[str, float], timeout_s: float) -> None:
                 request_resources(bundles=[])
             return
         if not requested:
-            request_resources(bundles=[{k: v for k, v in needed.items() if v}])
+            wanted = bundles if bundles is not None else [needed]
+            request_resources(bundles=[{k: v for k, v in b.items() if v} for b in wanted])
             requested = True
         if time.monotonic() >= deadline:
             request_resources(bundles=[])
@@ -119,3 +141,131 @@ def wait_for_resources(needed: dict[str, float], timeout_s: float) -> None:
                 " For an autoscaling cluster that adds nodes on demand, raise scaling_config.placement_timeout_s."
             )
         time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- multi-node checks
+
+
+def train_storage_path() -> str:
+    """Where Ray Train writes checkpoints: RAYMAAS_STORAGE_PATH, else $RAYMAAS_HOME/ray_results."""
+    from raymaas.tracking import raymaas_home
+
+    return os.environ.get(STORAGE_PATH_ENV) or str(raymaas_home() / "ray_results")
+
+
+def is_multi_node() -> bool:
+    """Whether a job on the cluster this driver joined may run on more than one node: the
+    cluster has several live nodes, or an autoscaler that may add some. A local Ray, or a
+    lone `ray start --head` (`raymaas up`), is one node."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return len(nodes) > 1 or autoscaler_may_add_nodes()
+
+
+def check_multi_node_storage(tracking_uri: str, storage_path: str) -> None:
+    """Refuse a job that may run on several nodes when its MLflow store or its checkpoint
+    storage is reachable from one node only; say what to set. Call after joining the cluster
+    and before anything is submitted to it."""
+    if not is_multi_node():
+        return
+    problems = []
+    local_tracking = node_local_tracking_uri(tracking_uri)
+    if local_tracking:
+        problems.append(
+            f"its MLflow tracking URI {tracking_uri} is {local_tracking}: set MLFLOW_TRACKING_URI to an MLflow "
+            "tracking server every node reaches (http://HEAD:5000 on a cluster from cluster.yaml; "
+            "`raymaas up` prints one for this machine)"
+        )
+    local_storage = node_local_storage(storage_path)
+    if local_storage:
+        problems.append(
+            f"its checkpoint storage {storage_path} is {local_storage}: set {STORAGE_PATH_ENV} to s3://BUCKET/PATH, "
+            f"gs://BUCKET/PATH or a folder on a filesystem every node mounts (NFS); if that folder is shared "
+            f"in a way raymaas cannot see, declare it with {SHARED_STORAGE_ENV}=1"
+        )
+    if problems:
+        raise NodeLocalStorageError(
+            "this job may run on several nodes of the cluster, but " + "; and ".join(problems) + "."
+        )
+
+
+def node_local_tracking_uri(uri: str) -> str | None:
+    """Why an MLflow tracking URI is reachable from one node only, or None if every node can use it."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if uri.strip() == "databricks":  # a hosted server, named without a scheme
+        return None
+    if scheme.startswith("sqlite") or scheme in ("", "file"):
+        return "a file on one node (SQLite or a file store)"
+    if scheme in ("http", "https") and _is_loopback(parsed.hostname or ""):
+        ips = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+        if len(ips) > 1:  # nodes on other machines: their 127.0.0.1 is not this one
+            return f"a server on {parsed.hostname}, which other machines of the cluster cannot reach"
+    return None
+
+
+def node_local_storage(path: str) -> str | None:
+    """Why a Ray Train storage path is reachable from one node only, or None if it is shared."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(path).scheme.lower()
+    if scheme and scheme != "file" and len(scheme) > 1:  # s3://, gs://, abfs://, hdfs://, ...
+        return None
+    if os.environ.get(SHARED_STORAGE_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return None
+    folder = Path(path.removeprefix("file://")).expanduser()
+    if _filesystem_type(folder) in _NETWORK_FS:
+        return None
+    return "a folder on this node's own disk"
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _filesystem_type(folder: Path) -> str | None:
+    """The type (/proc/mounts) of the filesystem holding folder, or of its nearest existing parent."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    folder = folder.resolve()
+    best, fs_type = "", None
+    for mount_point, kind in mounts:
+        mount_point = mount_point.replace("\\040", " ")
+        if (folder == Path(mount_point) or Path(mount_point) in folder.parents) and len(mount_point) > len(best):
+            best, fs_type = mount_point, kind
+    return fs_type
+
+
+def autoscaler_may_add_nodes() -> bool:
+    """Whether the cluster runs Ray's autoscaler with node types it can launch.
+
+    Every `ray start --head` runs Ray's monitor; without --autoscaling-config its provider is
+    read-only and names each node's type after the node ("node_<id>"), which a config with
+    real node types never does. Autoscaler v2 instead keeps its cluster config in the GCS.
+    """
+    try:
+        from ray.autoscaler._private.util import format_readonly_node_type
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get("__autoscaling_status")
+        report = (json.loads(raw) if raw else {}).get("autoscaler_report") or {}
+        types = {**(report.get("node_type_mapping") or {})}
+        if any(kind != format_readonly_node_type(node) for node, kind in types.items()):
+            return True
+        if report.get("pending_nodes") or report.get("pending_launches"):
+            return True
+        from ray._private.state import state
+
+        return state.get_cluster_config() is not None
+    except Exception:  # no autoscaler status (yet), or a format this version does not know
+        return False

@@ -333,7 +333,10 @@ def run_training(spec: SupervisedSpec, address: str | None = None) -> TrainOutco
     if use_gpu:
         per_worker.setdefault("GPU", 1)
     need = {k: v * max(1, scaling.num_workers) for k, v in per_worker.items()}
-    cluster.wait_for_resources(need, scaling.placement_timeout_s)
+    storage_path = cluster.train_storage_path()
+    # Several nodes: refuse a SQLite store or a node-local checkpoint folder before anything starts.
+    cluster.check_multi_node_storage(tracking_uri, storage_path)
+    cluster.wait_for_resources(need, scaling.placement_timeout_s, bundles=[per_worker] * max(1, scaling.num_workers))
 
     seed = spec.train_loop_config.seed
     loop_config: dict = {"train_loop_config": spec.train_loop_config.model_dump(), "model": spec.model.model_dump()}
@@ -379,7 +382,7 @@ def run_training(spec: SupervisedSpec, address: str | None = None) -> TrainOutco
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(tracking.raymaas_home() / "ray_results"),
+            storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=spec.failure_config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint_config.num_to_keep),
             callbacks=[_make_mlflow_callback(tracking_uri, job_run.run_id)],

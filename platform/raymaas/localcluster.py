@@ -1,0 +1,229 @@
+"""`raymaas up` / `raymaas down`: a Ray head and an MLflow tracking server on this machine.
+
+For the `ray job submit` workflow on one machine: `up` starts `ray start --head` and
+`mlflow server` (SQLite store and artifact folder in RAYMAAS_HOME), both on 127.0.0.1 only,
+writes what it started to $RAYMAAS_HOME/.raymaas/cluster.json and prints the addresses and the
+`export` lines a shell needs. `down` stops exactly those processes, by PID: the head's
+processes are the ones whose command line names its own Ray temp dir (and their children),
+so any other Ray on the machine is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STATE_FILE = Path(".raymaas") / "cluster.json"
+HOST = "127.0.0.1"
+
+
+@dataclass
+class LocalCluster:
+    home: str  # RAYMAAS_HOME: MLflow database, artifacts, Ray Train storage, logs
+    gcs_address: str  # RAY_ADDRESS for drivers that join (python -m jobs.supervised)
+    dashboard_url: str  # Ray dashboard and job API (ray job submit --address, raymaas train --address)
+    mlflow_url: str  # MLFLOW_TRACKING_URI
+    temp_dir: str  # Ray's temp dir of this head: it names every process of the head
+    mlflow_pid: int
+    started_at: float
+
+    def exports(self) -> list[str]:
+        """The shell lines that point Ray's and MLflow's clients at this cluster."""
+        return [
+            f"export RAY_ADDRESS={self.gcs_address}",
+            f"export RAY_API_SERVER_ADDRESS={self.dashboard_url}",
+            "export RAY_AUTH_MODE=token",
+            f"export MLFLOW_TRACKING_URI={self.mlflow_url}",
+            f"export RAYMAAS_HOME={self.home}",
+        ]
+
+
+def state_path(home: Path) -> Path:
+    return home / STATE_FILE
+
+
+def read_state(home: Path) -> LocalCluster | None:
+    path = state_path(home)
+    if not path.is_file():
+        return None
+    return LocalCluster(**json.loads(path.read_text()))
+
+
+def free_port(preferred: int | None = None) -> int:
+    """preferred if nothing listens there on 127.0.0.1, else any free port."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def is_running(cluster: LocalCluster) -> bool:
+    return bool(head_processes(Path(cluster.temp_dir))) or _pid_alive(cluster.mlflow_pid)
+
+
+def start(
+    home: Path,
+    num_cpus: int | None = None,
+    port: int | None = None,
+    dashboard_port: int | None = None,
+    mlflow_port: int | None = None,
+    autoscaling_config: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 180,
+) -> LocalCluster:
+    """Start an MLflow server and a Ray head; return where they listen. Ports given are used as
+    they are; the others are Ray's and MLflow's usual ones (6379, 8265, 5000) when free, else
+    any free port. autoscaling_config and env go to `ray start --head` (Ray's autoscaler, e.g.
+    its fake multi-node provider with env RAY_FAKE_CLUSTER=1)."""
+    home = home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    existing = read_state(home)
+    if existing is not None and is_running(existing):
+        return existing
+    logs = home / ".raymaas"
+    logs.mkdir(exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    port = port or free_port(6379)
+    dashboard_port = dashboard_port or free_port(8265)
+    mlflow_port = mlflow_port or free_port(5000)
+    mlflow_url = f"http://{HOST}:{mlflow_port}"
+
+    # MLflow: the same SQLite file the embedded default uses, so earlier runs stay visible;
+    # artifacts of new experiments are proxied by the server into home/mlartifacts.
+    mlflow_log = open(logs / "mlflow-server.log", "ab")
+    mlflow_proc = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "server", "--host", HOST, "--port", str(mlflow_port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+         "--artifacts-destination", str(home / "mlartifacts")],
+        stdout=mlflow_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(home),
+        start_new_session=True,  # Ctrl-C in the shell that ran `raymaas up` must not stop it
+    )
+    # Short: Ray's socket paths under it must fit in 107 characters.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rmu", dir="/tmp"))
+    cluster = LocalCluster(
+        home=str(home), gcs_address=f"{HOST}:{port}", dashboard_url=f"http://{HOST}:{dashboard_port}",
+        mlflow_url=mlflow_url, temp_dir=str(temp_dir), mlflow_pid=mlflow_proc.pid, started_at=time.time(),
+    )
+    state_path(home).write_text(json.dumps(asdict(cluster), indent=1) + "\n")
+    try:
+        head_env = {
+            **os.environ,
+            # A job driver runs `python` as the head finds it: this environment's.
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "RAYMAAS_HOME": str(home),
+            "MLFLOW_TRACKING_URI": mlflow_url,
+            **(env or {}),
+        }
+        for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_REGISTRY_URI"):
+            head_env.pop(var, None)
+        cmd = [
+            str(bin_dir / "ray"), "start", "--head", f"--temp-dir={temp_dir}", f"--port={port}",
+            f"--node-ip-address={HOST}", f"--dashboard-host={HOST}", f"--dashboard-port={dashboard_port}",
+            # Ray's fixed defaults for these collide with any other Ray on the machine.
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
+        ]
+        if num_cpus is not None:
+            cmd.append(f"--num-cpus={num_cpus}")
+        if autoscaling_config is not None:
+            cmd.append(f"--autoscaling-config={autoscaling_config}")
+        started = subprocess.run(cmd, env=head_env, capture_output=True, text=True, cwd=str(home), timeout=timeout_s)
+        if started.returncode != 0:
+            raise RuntimeError(f"ray start failed:\n{(started.stdout + started.stderr)[-3000:]}")
+        deadline = time.monotonic() + timeout_s
+        _wait_for_http(f"{mlflow_url}/health", deadline, "the MLflow server", logs / "mlflow-server.log")
+        _wait_for_http(f"{cluster.dashboard_url}/api/version", deadline, "the Ray dashboard")
+    except BaseException:
+        stop(home)
+        raise
+    return cluster
+
+
+def stop(home: Path) -> list[int]:
+    """Stop what `start` started for home, by PID; return the PIDs that were stopped."""
+    import psutil
+
+    home = home.resolve()
+    cluster = read_state(home)
+    if cluster is None:
+        return []
+    ours = head_processes(Path(cluster.temp_dir))
+    try:
+        mlflow = psutil.Process(cluster.mlflow_pid)
+        # Only if it is still our server (the PID was not reused since).
+        if "mlflow" in " ".join(mlflow.cmdline()) and mlflow.create_time() <= cluster.started_at + 5:
+            ours += [mlflow, *mlflow.children(recursive=True)]
+    except psutil.Error:
+        pass
+    ours = list({p.pid: p for p in ours if p.pid != os.getpid()}.values())
+    for proc in ours:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(ours, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+    state_path(home).unlink(missing_ok=True)
+    return sorted(p.pid for p in ours)
+
+
+def head_processes(temp_dir: Path) -> list:
+    """The processes whose command line names temp_dir (the Ray head started with it, and
+    the worker nodes that joined it and took its temp dir), with all of their children."""
+    import psutil
+
+    ours = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp_dir) in part for part in proc.info["cmdline"] or ()):
+                ours.append(proc)
+                ours.extend(proc.children(recursive=True))
+        except psutil.Error:
+            continue
+    return [p for p in {p.pid: p for p in ours}.values() if p.pid != os.getpid()]
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_for_http(url: str, deadline: float, what: str, log: Path | None = None) -> None:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (Ray's dashboard says 401 without its token): it is up
+        except OSError:
+            if time.monotonic() > deadline:
+                tail = log.read_text()[-2000:] if log and log.is_file() else ""
+                raise RuntimeError(f"{what} did not answer at {url}\n{tail}") from None
+            time.sleep(0.5)

@@ -1,0 +1,386 @@
+"""Multi-node on one machine, with Ray's own autoscaler and its fake multi-node provider.
+
+The head (0 CPUs, like cluster.yaml's) runs the real autoscaler; the nodes it adds are local
+raylet processes of 1 CPU each. Jobs log to a real MLflow tracking server and checkpoint to a
+folder that every fake node shares (this machine's disk, declared with RAYMAAS_SHARED_STORAGE).
+
+Shown here: a job that cannot fit the head gets worker nodes and runs spread over them, and
+the nodes go after the idle timeout; a node-local MLflow store or checkpoint folder is refused
+before anything starts; a worker node killed mid-training costs a restart from the last
+checkpoint, in the same MLflow run; a Serve deployment under load gets replicas (and nodes)
+and gives them back when the load stops.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from conftest import DEBUG_SPEC, REPO, free_port
+from raymaas import localcluster
+from raymaas.tracking import JOB_KEY_TAG
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+WORKER_TYPE = "cpu_worker"
+MAX_WORKERS = 3
+IDLE_TIMEOUT_MINUTES = 0.2  # 12 s: Ray's autoscaler accepts fractions of a minute
+# Epochs of a few seconds each on 2 workers: long enough to kill a node in the middle.
+SLOW_EPOCHS = [
+    "--set", "data.source=synthetic", "--set", "data.n_samples=30000", "--set", "data.n_features=32",
+    "--set", "model.hidden_sizes=[256, 256]", "--set", "train_loop_config.batch_size=32",
+]
+
+
+def autoscaling_config(gcs_port: int) -> dict:
+    """A cluster-launcher config for Ray's fake multi-node provider (the file Ray's
+    AutoscalingCluster would start from is missing from the 2.60 wheel)."""
+    return {
+        "cluster_name": "raymaas-fake",
+        "max_workers": MAX_WORKERS,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": IDLE_TIMEOUT_MINUTES,
+        "provider": {
+            "type": "external",
+            "module": "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"127.0.0.1:{gcs_port}",  # the provider assumes 6379 otherwise
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            WORKER_TYPE: {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": MAX_WORKERS},
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
+
+
+@dataclass
+class FakeCluster:
+    address: str
+    dashboard_url: str
+    mlflow_url: str
+    home: Path
+    env: dict  # environment of job drivers that join the cluster
+
+    def job_env(self, **extra) -> dict:
+        env = {**self.env, **extra}
+        return {k: v for k, v in env.items() if v is not None}
+
+
+@pytest.fixture(scope="module")
+def fake_cluster(tmp_path_factory):
+    """The fake autoscaling cluster and an MLflow server, started by raymaas.localcluster (as
+    `raymaas up` does, plus the autoscaling config); this process joins it as a driver."""
+    import mlflow
+    import ray
+
+    from raymaas.cluster import connect
+
+    home = tmp_path_factory.mktemp("multinode") / "home"
+    home.mkdir()
+    port = free_port()
+    config = home / "autoscaling.yaml"
+    config.write_text(yaml.safe_dump(autoscaling_config(port)))
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")}
+    started = time.monotonic()
+    try:
+        cluster = localcluster.start(
+            home, num_cpus=0, port=port, dashboard_port=free_port(), mlflow_port=free_port(),
+            autoscaling_config=config,
+            env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                 # a node whose raylet died is replaced after this long without a heartbeat
+                 "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "15", "RAY_TRAIN_V2_ENABLED": "1"},
+        )
+        print(f"\nfake cluster: head and MLflow server up in {time.monotonic() - started:.1f} s", flush=True)
+        env = {**os.environ, "RAY_ADDRESS": cluster.gcs_address, "RAY_AUTH_MODE": "token",
+               "MLFLOW_TRACKING_URI": cluster.mlflow_url, "RAYMAAS_HOME": str(home),
+               # every fake node is a process on this machine: its disk is shared storage
+               "RAYMAAS_SHARED_STORAGE": "1"}
+        env.pop("MLFLOW_REGISTRY_URI", None)
+        os.environ.update({"MLFLOW_TRACKING_URI": cluster.mlflow_url, "MLFLOW_REGISTRY_URI": cluster.mlflow_url,
+                           "RAYMAAS_HOME": str(home), "RAY_ADDRESS": cluster.gcs_address})
+        mlflow.set_tracking_uri(cluster.mlflow_url)
+        mlflow.set_registry_uri(cluster.mlflow_url)
+        connect(cluster.gcs_address)
+        yield FakeCluster(cluster.gcs_address, cluster.dashboard_url, cluster.mlflow_url, home, env)
+    finally:
+        ray.shutdown()
+        state = localcluster.read_state(home)
+        localcluster.stop(home)  # the head, every node it added, the MLflow server: by PID
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if state is not None:
+            assert not localcluster.head_processes(Path(state.temp_dir)), "processes left behind"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def worker_nodes() -> list[str]:
+    """Node ids of the live nodes the autoscaler added (every node but the head)."""
+    import ray
+
+    return [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" not in n["Resources"]]
+
+
+def train_worker_actors() -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+
+
+def start_driver(cluster: FakeCluster, log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m jobs.supervised` joining the cluster; output to a file (a pipe could fill)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), "--set", "scaling_config.placement_timeout_s=240",
+         *args],
+        cwd=REPO, env=env or cluster.env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def runs_named(client, run_name: str):
+    return client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{JOB_KEY_TAG}` = '{run_name}'",
+    )
+
+
+def epochs_logged(client, run_name: str) -> list[int]:
+    runs = runs_named(client, run_name)
+    if not runs:
+        return []
+    return sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_accuracy"))
+
+
+def raylet_of(pid: int) -> psutil.Process:
+    """The raylet that started the worker process pid: the node it runs on."""
+    proc = psutil.Process(pid)
+    while proc is not None:
+        if proc.name() == "raylet":
+            return proc
+        proc = proc.parent()
+    raise LookupError(f"no raylet above process {pid}")
+
+
+@pytest.fixture
+def client(fake_cluster):
+    from raymaas.tracking import get_client
+
+    return get_client(fake_cluster.mlflow_url)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_node_local_store_or_checkpoints_are_refused_before_anything_starts(fake_cluster, client, tmp_path):
+    cases = [
+        ({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'node-local.db'}"}, "set MLFLOW_TRACKING_URI"),
+        ({"RAYMAAS_SHARED_STORAGE": None}, "set RAYMAAS_STORAGE_PATH"),
+    ]
+    for extra, says in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), "--set", "name=mn-refused"],
+            cwd=REPO, env=fake_cluster.job_env(**extra), capture_output=True, text=True, timeout=240,
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]  # EXIT_INVALID_SPEC
+        assert says in proc.stderr and "several nodes" in proc.stderr, proc.stderr[-3000:]
+    # Nothing started: no MLflow run, no worker node asked for.
+    assert client.get_experiment_by_name("mn-refused") is None
+    assert worker_nodes() == []
+
+
+def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_idle(fake_cluster, client, tmp_path):
+    run_name = "mn-scale-run"
+    wait_for(lambda: not worker_nodes(), 120, "no worker nodes before the job")
+    submitted = time.monotonic()
+    driver = start_driver(fake_cluster, tmp_path / "driver.log", "--set", "name=mn-scale",
+                          "--set", f"mlflow.run_name={run_name}")
+    try:
+        wait_for(lambda: len(worker_nodes()) >= 2, 240, "two worker nodes")
+        nodes_up_s = time.monotonic() - submitted
+        actors = wait_for(lambda: (a := train_worker_actors()) and len(a) == 2 and a, 240, "two Ray Train workers")
+        driver.wait(timeout=480)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    ended = time.monotonic()
+    output = (tmp_path / "driver.log").read_text()
+    assert driver.returncode == 0, output[-4000:]
+    import ray
+
+    head = next(n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"])
+    placed = {a.node_id for a in actors}
+    assert len(placed) == 2 and head not in placed  # one worker on each added node
+
+    (run,) = runs_named(client, run_name)  # one run, complete
+    assert run.info.status == "FINISHED"
+    assert epochs_logged(client, run_name) == [0, 1, 2]
+    assert run.data.metrics["val_accuracy"] > 0.8
+    (version,) = client.search_model_versions("name='mn-scale'")
+    assert version.run_id == run.info.run_id
+    # the model went through the server to its artifact store, and comes back from it
+    import mlflow
+    import numpy as np
+
+    model = mlflow.pyfunc.load_model(f"models:/mn-scale/{version.version}")
+    assert model.predict(np.zeros((2, 64), dtype=np.float32)).shape == (2,)
+
+    wait_for(lambda: not worker_nodes(), 240, "the idle worker nodes to be removed")
+    removed_s = time.monotonic() - ended
+    print(f"\nautoscaler: submission -> 2 worker nodes up: {nodes_up_s:.1f} s; job end -> nodes removed: "
+          f"{removed_s:.1f} s (idle timeout {IDLE_TIMEOUT_MINUTES * 60:.0f} s)", flush=True)
+
+
+def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, client, tmp_path):
+    run_name = "mn-kill-node-run"
+    driver = start_driver(fake_cluster, tmp_path / "driver.log", *SLOW_EPOCHS, "--set", "name=mn-kill",
+                          "--set", f"mlflow.run_name={run_name}", "--set", "train_loop_config.epochs=5",
+                          "--set", "failure_config.max_failures=3")
+    try:
+        wait_for(lambda: len(epochs_logged(client, run_name)) >= 2, 360, "two epochs")
+        actor = wait_for(train_worker_actors, 30, "a Ray Train worker")[0]
+        raylet = raylet_of(actor.pid)
+        killed_after = epochs_logged(client, run_name)[-1]
+        nodes_before = set(worker_nodes())
+        killed_at = time.monotonic()
+        # The whole node fails at once: its raylet and every process it started (the Train
+        # worker, Ray's agents). A raylet killed alone leaves its workers training for a while.
+        for proc in [raylet, *raylet.children(recursive=True)]:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        wait_for(lambda: set(worker_nodes()) - nodes_before, 300, "a replacement node")
+        replaced_s = time.monotonic() - killed_at
+        driver.wait(timeout=480)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    output = (tmp_path / "driver.log").read_text()
+    assert driver.returncode == 0, output[-4000:]
+    assert actor.node_id not in worker_nodes()
+    (run,) = runs_named(client, run_name)
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags["raymaas.worker_failures"]) >= 1
+    resumed_from = int(run.data.tags["raymaas.resumed_from_epoch"])
+    assert 1 <= resumed_from <= killed_after + 2  # the epoch after the last checkpoint, never 0
+    assert epochs_logged(client, run_name) == list(range(5))  # each epoch logged once
+    print(f"\nnode kill: killed after epoch {killed_after}, replacement node up {replaced_s:.1f} s later, "
+          f"resumed from epoch {resumed_from}", flush=True)
+
+
+def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
+    import mlflow
+    import numpy as np
+    import torch
+    from ray import serve
+
+    from raymaas.pyfunc import log_classifier
+    from raymaas.serving import ServeSpec, build_model_app
+    from raymaas.tracking import ensure_experiment
+
+    name = "mn-serve-tiny"
+    mlflow.set_experiment(experiment_id=ensure_experiment(client, "mn-serve"))
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    with mlflow.start_run(run_name="tiny"):
+        info = log_classifier(module, np.random.default_rng(0).random((8, 64), dtype=np.float32))
+    version = mlflow.register_model(info.model_uri, name).version
+    client.set_registered_model_alias(name, "champion", version)
+
+    spec = ServeSpec.model_validate({
+        "models": [{"name": name}],
+        # one replica per node: each asks for a whole CPU, and a node has one
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
+                               "upscale_delay_s": 1, "downscale_delay_s": 5},
+        "ray_actor_options": {"num_cpus": 1},
+        "tracking_uri": fake_cluster.mlflow_url,
+    })
+    port = free_port()
+    # one HTTP proxy, on the head: every fake node shares this machine's ports
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}{spec.route_prefix}/invocations"
+
+    def replicas() -> int:
+        app = serve.status().applications.get("mn-serve")
+        if app is None:
+            return 0
+        return sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+
+    try:
+        serve.run(build_model_app(spec), name="mn-serve", route_prefix=spec.route_prefix)
+        assert replicas() == 1 and len(worker_nodes()) == 1
+        body = ('{"inputs": ' + str(np.random.default_rng(1).random((4, 64)).round(3).tolist()) + "}").encode()
+        stop, codes, peak = threading.Event(), [], {"replicas": 1, "nodes": 1}
+
+        def client_loop():
+            while not stop.is_set():
+                req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as resp:
+                        resp.read()
+                        codes.append(resp.status)
+                except urllib.error.HTTPError as err:
+                    codes.append(err.code)
+                except OSError:
+                    codes.append(0)
+
+        load_started = time.monotonic()
+        threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            def scaled_out():
+                peak["replicas"] = max(peak["replicas"], replicas())
+                peak["nodes"] = max(peak["nodes"], len(worker_nodes()))
+                return peak["replicas"] >= 3
+            wait_for(scaled_out, 180, "3 replicas under load", interval=1)
+            scaled_out_s = time.monotonic() - load_started
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        load_stopped = time.monotonic()
+        assert peak["nodes"] >= 3  # a node for each replica
+        assert codes and codes.count(200) == len(codes), {c: codes.count(c) for c in set(codes)}
+
+        wait_for(lambda: replicas() == 1, 240, "replicas back to 1", interval=1)
+        scaled_in_s = time.monotonic() - load_stopped
+        wait_for(lambda: len(worker_nodes()) == 1, 240, "idle nodes removed", interval=1)
+        nodes_removed_s = time.monotonic() - load_stopped
+        print(f"\nserve autoscaling: {len(codes)} requests, all 200; load start -> 3 replicas on 3 nodes: "
+              f"{scaled_out_s:.1f} s; load stop -> 1 replica: {scaled_in_s:.1f} s, -> 1 node: {nodes_removed_s:.1f} s",
+              flush=True)
+    finally:
+        serve.shutdown()

@@ -25,3 +25,10 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     # the head runs an MLflow tracking server that the workers are pointed at
     assert "mlflow server" in " ".join(raw["head_start_ray_commands"])
     assert "MLFLOW_TRACKING_URI=http://" in " ".join(raw["worker_start_ray_commands"])
+    # checkpoints go to storage every node reaches; the dashboard / job API only via a tunnel
+    assert "RAYMAAS_STORAGE_PATH=s3://" in setup
+    head_start = " ".join(raw["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "--dashboard-host=0.0.0.0" not in head_start
+    # every node gets the one auth token (Ray 2.60 token auth) and runs in token mode
+    assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "RAY_AUTH_MODE=token" in head_start and "RAY_AUTH_MODE=token" in " ".join(raw["worker_start_ray_commands"])

@@ -230,11 +230,12 @@ def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_i
         wait_for(lambda: len(worker_nodes()) >= 2, 240, "two worker nodes")
         nodes_up_s = time.monotonic() - submitted
         actors = wait_for(lambda: (a := train_worker_actors()) and len(a) == 2 and a, 240, "two Ray Train workers")
+        # The nodes are idle from when the workers end (the driver then logs the model for a while).
+        idle_since = wait_for(lambda: not train_worker_actors() and time.monotonic(), 480, "the workers to end", 1)
         driver.wait(timeout=480)
     finally:
         if driver.poll() is None:
             driver.kill()
-    ended = time.monotonic()
     output = (tmp_path / "driver.log").read_text()
     assert driver.returncode == 0, output[-4000:]
     import ray
@@ -257,9 +258,9 @@ def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_i
     assert model.predict(np.zeros((2, 64), dtype=np.float32)).shape == (2,)
 
     wait_for(lambda: not worker_nodes(), 240, "the idle worker nodes to be removed")
-    removed_s = time.monotonic() - ended
-    print(f"\nautoscaler: submission -> 2 worker nodes up: {nodes_up_s:.1f} s; job end -> nodes removed: "
-          f"{removed_s:.1f} s (idle timeout {IDLE_TIMEOUT_MINUTES * 60:.0f} s)", flush=True)
+    removed_s = time.monotonic() - idle_since
+    print(f"\nautoscaler: submission -> 2 worker nodes up: {nodes_up_s:.1f} s; workers ended (nodes idle) -> "
+          f"nodes removed: {removed_s:.1f} s (idle timeout {IDLE_TIMEOUT_MINUTES * 60:.0f} s)", flush=True)
 
 
 def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, client, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import DEBUG_SPEC, REPO, free_port
 from raymaas import localcluster
-from raymaas.cluster import node_local_storage, node_local_tracking_uri
+from raymaas.cluster import node_local_storage, node_local_tracking_uri, train_storage_path
 
 
 @pytest.mark.parametrize("uri, local", [
@@ -38,6 +38,17 @@ def test_storage_that_only_one_node_reaches(monkeypatch, tmp_path):
     assert node_local_storage(f"file://{tmp_path}") is not None
     monkeypatch.setenv("RAYMAAS_SHARED_STORAGE", "1")  # the user vouches for it (an NFS mount, one machine)
     assert node_local_storage(str(tmp_path)) is None
+
+
+def test_checkpoint_storage_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYMAAS_HOME", str(tmp_path))
+    monkeypatch.delenv("RAYMAAS_STORAGE_PATH", raising=False)
+    assert train_storage_path() == str(tmp_path.resolve() / "ray_results")
+    monkeypatch.setenv("RAYMAAS_STORAGE_PATH", "s3://bucket/ray_results")
+    assert train_storage_path() == "s3://bucket/ray_results"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAYMAAS_STORAGE_PATH", "shared/ckpt")  # Ray Train wants it absolute
+    assert train_storage_path() == str(tmp_path.resolve() / "shared" / "ckpt")
 
 
 def _raymaas(*args, env, timeout=240):

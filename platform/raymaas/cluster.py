@@ -150,7 +150,12 @@ def train_storage_path() -> str:
     """Where Ray Train writes checkpoints: RAYMAAS_STORAGE_PATH, else $RAYMAAS_HOME/ray_results."""
     from raymaas.tracking import raymaas_home
 
-    return os.environ.get(STORAGE_PATH_ENV) or str(raymaas_home() / "ray_results")
+    value = os.environ.get(STORAGE_PATH_ENV)
+    if not value:
+        return str(raymaas_home() / "ray_results")
+    if "://" in value:
+        return value
+    return str(Path(value).expanduser().resolve())  # Ray Train wants an absolute path
 
 
 def is_multi_node() -> bool:

@@ -56,7 +56,7 @@ class AutoscalingSpec(SpecModel):
 
 class BatchingSpec(SpecModel):
     max_batch_size: int = Field(32, ge=1, description="requests run as one predict call at most")
-    batch_wait_timeout_s: float = Field(0.0, ge=0, description="seconds the first request of a batch waits for others (0: batch what is queued)")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="seconds the first request of a batch waits for others (0: batch what is queued when the model is free)")
 
 
 class ModelEndpointSpec(SpecModel):
@@ -89,7 +89,7 @@ class ServeSpec(SpecModel):
 
     models: list[ModelEndpointSpec] = Field(..., min_length=1, description="one model gets replicas of its own; several share replicas (multiplexing)")
     autoscaling_config: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Serve autoscaling of this application's replicas")
-    batching: BatchingSpec = Field(default_factory=BatchingSpec, description="@serve.batch settings of the predict path")
+    batching: BatchingSpec = Field(default_factory=BatchingSpec, description="dynamic batching of the predict path (raymaas.serving.Batcher)")
     max_ongoing_requests: int = Field(64, ge=1, description="requests a replica accepts at once (Serve's default of 5 starves batching)")
     ray_actor_options: dict[str, Any] = Field({"num_cpus": 0.5}, description="Ray resources of each replica (num_cpus, num_gpus, memory, runtime_env)")
     max_request_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413")
@@ -396,6 +396,66 @@ def predict_batch(items: list[_Item]) -> list:
     return results
 
 
+class Batcher:
+    """Dynamic batching that forms a batch when the model is free, not when a request comes.
+
+    Requests queue while a batch runs; the next batch takes everything queued, up to
+    max_batch_size, the moment the previous one returns. An idle model answers a lone
+    request at once; a busy one sees batches as large as the load. Ray 2.60's @serve.batch
+    forms each batch as soon as the previous one has been *formed* and lets it wait for its
+    turn: under a steady closed-loop load its batches stay at 1 (measured: 32 requests in
+    the replica, batches of 1, 80 requests/s where a 15 ms batch allows 2,000).
+    """
+
+    def __init__(self, fn, max_batch_size: int, wait_s: float = 0.0):
+        from collections import deque
+
+        self.fn = fn  # list of items -> list of results, run in a thread (torch releases the GIL)
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s
+        self._queue: deque = deque()
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.batch_sizes: list[int] = []  # the last 1,000, for whoever wants to look
+
+    async def submit(self, item):
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._ready = asyncio.Event()
+            self._task = loop.create_task(self._run())
+        future = loop.create_future()
+        self._queue.append((item, future))
+        self._ready.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._ready.wait()
+            if self.wait_s and len(self._queue) < self.max_batch_size:
+                await asyncio.sleep(self.wait_s)
+            batch = []
+            while self._queue and len(batch) < self.max_batch_size:
+                item, future = self._queue.popleft()
+                if not future.done():  # a client that went away has its future cancelled
+                    batch.append((item, future))
+            if not self._queue:
+                self._ready.clear()
+            if not batch:
+                continue
+            self.batch_sizes = self.batch_sizes[-999:] + [len(batch)]
+            try:
+                results = await asyncio.to_thread(self.fn, [item for item, _ in batch])
+            except Exception as err:  # noqa: BLE001 - every waiting request gets the failure
+                results = [err] * len(batch)
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 def predictions_json(result) -> bytes:
     from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
@@ -440,8 +500,7 @@ def _endpoint_class(max_models_per_replica: int):
             self.api_keys = load_api_keys()
             self.by_name = {m.name: m for m in self.spec.models}
             self.shared = len(self.spec.models) > 1
-            self.predict_batched.set_max_batch_size(self.spec.batching.max_batch_size)
-            self.predict_batched.set_batch_wait_timeout_s(self.spec.batching.batch_wait_timeout_s)
+            self.batcher = Batcher(predict_batch, self.spec.batching.max_batch_size, self.spec.batching.batch_wait_timeout_s)
             self.dedicated: FollowedModel | None = None
             if not self.shared:
                 # Loaded before the replica reports ready: a replica never answers without a model.
@@ -458,11 +517,6 @@ def _endpoint_class(max_models_per_replica: int):
             followed = await asyncio.to_thread(FollowedModel, self.by_name[name], self.tracking_uri, self.spec.poll_interval_s)
             followed.start_following()
             return _Evictable(followed)
-
-        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-        async def predict_batched(self, items: list[_Item]) -> list:
-            # In a thread: torch releases the GIL, so the next batch's requests are parsed meanwhile.
-            return await asyncio.to_thread(predict_batch, items)
 
         async def describe(self) -> list[dict]:
             """Name, version, alias, route and signature of each model of this application."""
@@ -493,7 +547,7 @@ def _endpoint_class(max_models_per_replica: int):
                 followed = await self.get_model(name)
                 loaded = followed.current
                 data, params = parse_scoring_request(body, request.headers.get("content-type", ""), loaded.signature)
-                result = await self.predict_batched(_Item(loaded, data, params))
+                result = await self.batcher.submit(_Item(loaded, data, params))
                 if isinstance(result, ClientError):
                     raise result
                 if isinstance(result, Exception):
@@ -512,6 +566,8 @@ def _endpoint_class(max_models_per_replica: int):
             raise ClientError(404, f"no published model at {'/'.join(parts) or '/'}; GET /models lists them")
 
         def __del__(self):
+            if hasattr(self, "batcher"):
+                self.batcher.stop()
             if self.dedicated is not None:
                 self.dedicated.stop()
 

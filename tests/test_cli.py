@@ -132,13 +132,14 @@ def test_local_train_passes_the_job_exit_code_through(ray_head, mlflow_client):
     assert all_run_ids(mlflow_client) == runs_before
 
 
-def test_failed_job_exits_1_with_its_status(ray_head, mlflow_client):
-    """Submitted through the job API, the same unservable spec: its logs stream back, then FAILED."""
+def test_failed_job_passes_the_drivers_verdict_through(ray_head, mlflow_client):
+    """Submitted through the job API, the same unservable spec: its logs stream back, then
+    FAILED, and the driver's exit code 3 (the cluster lacks the resources) comes back."""
     proc = raymaas(
         "train", str(DEBUG_SPEC), "--address", ray_head.dashboard_url, "--set", "name=cli-no-gpu",
         "--set", "scaling_config.use_gpu=true", "--set", "scaling_config.placement_timeout_s=1", env=user_env(ray_head),
     )
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cannot provide what the job asks for" in proc.stdout  # the driver's own stderr, streamed
     last = proc.stdout.splitlines()[-1]
     assert "FAILED, driver exit code 3" in last and len(last) < 300

@@ -181,7 +181,11 @@ def submit_job(address: str, root: Path, module: str, spec_path: Path, overrides
     # On failure Ray's message repeats the last 20,000 characters of the logs just printed.
     message = (info.message or "").partition("\n")[0]
     print(f"raymaas: job {job_id} {info.status}{exit_code}: {message}", flush=True)
-    return 0 if info.status == JobStatus.SUCCEEDED else 1
+    if info.status == JobStatus.SUCCEEDED:
+        return 0
+    # The driver's own verdicts, found on the cluster: 2 the spec cannot run there (e.g. a
+    # node-local MLflow store on a multi-node cluster), 3 the cluster lacks the resources.
+    return info.driver_exit_code if info.driver_exit_code in (EXIT_INVALID_SPEC, 3) else 1
 
 
 def _submit_with_retry(client, timeout_s: float = 120, **request) -> str:
@@ -495,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="validate a spec, then run its job here or on a cluster",
         description="Validate a job spec, then run its job: locally (`python -m jobs.<kind> SPEC`) "
                     "or, with --address, through the cluster's Ray job API with the project's code. "
-                    "Exit codes: 0 done, 2 invalid spec; locally the job's own code, on a cluster 1 if it failed.",
+                    "Exit codes: 0 done, 2 invalid spec, 3 the cluster lacks the resources (the job's own verdicts, "
+                    "also when found on the cluster), 1 any other failure.",
     )
     train.add_argument("spec", help="YAML spec, e.g. jobs/specs/digits_debug.yaml")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -280,12 +280,13 @@ def run_rl(spec: RLSpec, address: str | None = None) -> RLOutcome:
 
     config = build_algo_config(spec)
     tracking_uri = tracking.resolve_tracking_uri()
-    client = tracking.get_client(tracking_uri)
+    opening = tracking.open_client_in_background(tracking_uri)  # while Ray starts
     runners = spec.env_runners.num_env_runners
     # Logical CPUs for a local Ray: one per EnvRunner actor; the learner runs in the driver.
     env_module = spec.env.rpartition(":")[0]
     user_code = [d for d in [cluster.package_dir_of(env_module) if env_module else None] if d]
     cluster.connect(address, num_cpus=max(os.cpu_count() or 1, runners + 1), py_modules=user_code)
+    client = opening.result()
     if runners:
         cluster.wait_for_resources({"CPU": runners * config.num_cpus_per_env_runner}, timeout_s=30)
 

@@ -317,7 +317,7 @@ def run_training(spec: SupervisedSpec, address: str | None = None) -> TrainOutco
     from raymaas.data import read_files
 
     tracking_uri = tracking.resolve_tracking_uri()
-    client = tracking.get_client(tracking_uri)
+    opening = tracking.open_client_in_background(tracking_uri)  # while Ray starts
     scaling = spec.scaling_config
     needed_cpus = max(1, scaling.num_workers) * scaling.resources_per_worker.get("CPU", 1)
     user_code = [] if spec.model.name in BUILTIN_MODELS else [cluster.package_dir_of(spec.model.name.split(":")[0])]
@@ -328,6 +328,7 @@ def run_training(spec: SupervisedSpec, address: str | None = None) -> TrainOutco
         num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed_cpus)) + 2),
         py_modules=[d for d in user_code if d],
     )
+    client = opening.result()
     use_gpu = cluster.resolve_use_gpu(scaling.use_gpu)
     per_worker = dict(scaling.resources_per_worker)
     if use_gpu:

@@ -77,6 +77,18 @@ def get_client(tracking_uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def open_client_in_background(tracking_uri: str):
+    """get_client in a thread, as a Future: opening the store (for a new SQLite file, its
+    schema migrations) takes 2-3 s that overlap with starting Ray in the caller's thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="raymaas-mlflow")
+    try:
+        return pool.submit(get_client, tracking_uri)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The experiment's id, creating it (artifacts at an absolute location) if needed."""
     exp = client.get_experiment_by_name(name)

@@ -126,20 +126,9 @@ def head_processes(temp_dir: Path) -> list:
 
 def stop_ray_head(temp_dir: Path) -> None:
     """End the processes of the Ray head started with temp_dir by PID."""
-    import psutil
+    from raymaas.localcluster import end_processes
 
-    ours = head_processes(temp_dir)
-    for proc in ours:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(ours, timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    end_processes(head_processes(temp_dir))
 
 
 def _wait_for_job_agent(head: RayHead, timeout_s: float = 300) -> None:
@@ -196,6 +185,17 @@ def mlflow_client(ray_head):
     from raymaas.tracking import get_client
 
     return get_client(ray_head.tracking_uri)
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.5):
+    """predicate()'s first truthy value, polled every interval; TimeoutError after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def run_job(args: list[str], env: dict, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:

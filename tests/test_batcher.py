@@ -27,7 +27,7 @@ def test_steady_load_is_batched_and_a_lone_request_is_not_kept_waiting():
 
         answers = await asyncio.gather(*(client(k) for k in range(16)))
         batcher.stop()
-        return lone, answers, batcher.batch_sizes
+        return lone, answers, list(batcher.batch_sizes)
 
     lone, answers, sizes = asyncio.run(scenario())
     assert lone < 0.5 and sizes[0] == 1

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from conftest import DEBUG_SPEC, REPO, head_processes
+from conftest import DEBUG_SPEC, REPO, head_processes, wait_for
 from raymaas.tracking import JOB_KEY_TAG
 
 pytestmark = pytest.mark.slow
@@ -32,14 +32,6 @@ def runs_named(client, run_name: str):
     )
 
 
-def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def epochs_logged(client, run_name: str) -> list[int]:

@@ -28,7 +28,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import DEBUG_SPEC, REPO, free_port
+from conftest import DEBUG_SPEC, REPO, free_port, wait_for
 from raymaas import localcluster
 from raymaas.tracking import JOB_KEY_TAG
 
@@ -137,14 +137,6 @@ def fake_cluster(tmp_path_factory):
 # --------------------------------------------------------------------------- helpers
 
 
-def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def worker_nodes() -> list[str]:

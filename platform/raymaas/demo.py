@@ -199,21 +199,25 @@ class _Watcher:
 
     def _run(self):
         if self.run_id is None:
-            experiment = self.client.get_experiment_by_name(self.spec.experiment_name)
-            if experiment is None:
+            run = _find_run(self.client, self.spec.experiment_name, self.run_name)
+            if run is None:
                 return None
-            runs = self.client.search_runs([experiment.experiment_id],
-                                           filter_string=f"tags.mlflow.runName = '{self.run_name}'", max_results=1)
-            if not runs:
-                return None
-            self.run_id = runs[0].info.run_id
+            self.run_id = run.info.run_id
         return self.client.get_run(self.run_id)
 
 
+def _find_run(client, experiment_name: str, run_name: str):
+    """The run of that name in that experiment, or None while the job has not made it yet."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'",
+                              max_results=1)
+    return runs[0] if runs else None
+
+
 def _outcome(client, stage: Stage, spec, run_name: str, seconds: float) -> Trained:
-    experiment = client.get_experiment_by_name(spec.experiment_name)
-    run = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'",
-                             max_results=1)[0]
+    run = _find_run(client, spec.experiment_name, run_name)
     name = spec.registered_model_name
     version = next(v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run.info.run_id)
     # search_model_versions leaves aliases out; get_model_version has them.

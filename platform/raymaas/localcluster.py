@@ -173,18 +173,7 @@ def stop(home: Path) -> list[int]:
     except psutil.Error:
         pass
     ours = list({p.pid: p for p in ours if p.pid != os.getpid()}.values())
-    for proc in ours:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(ours, timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    end_processes(ours)
     shutil.rmtree(cluster.temp_dir, ignore_errors=True)
     state_path(home).unlink(missing_ok=True)
     return sorted(p.pid for p in ours)
@@ -227,3 +216,21 @@ def _wait_for_http(url: str, deadline: float, what: str, log: Path | None = None
                 tail = log.read_text()[-2000:] if log and log.is_file() else ""
                 raise RuntimeError(f"{what} did not answer at {url}\n{tail}") from None
             time.sleep(0.5)
+
+
+def end_processes(procs: list) -> None:
+    """SIGTERM these psutil processes, then SIGKILL those still alive after 10 s."""
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)

@@ -416,7 +416,7 @@ class Batcher:
         self._queue: deque = deque()
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self.batch_sizes: list[int] = []  # the last 1,000, for whoever wants to look
+        self.batch_sizes: deque = deque(maxlen=1000)  # the last 1,000, for whoever wants to look
 
     async def submit(self, item):
         loop = asyncio.get_running_loop()
@@ -442,7 +442,7 @@ class Batcher:
                 self._ready.clear()
             if not batch:
                 continue
-            self.batch_sizes = self.batch_sizes[-999:] + [len(batch)]
+            self.batch_sizes.append(len(batch))
             try:
                 results = await asyncio.to_thread(self.fn, [item for item, _ in batch])
             except Exception as err:  # noqa: BLE001 - every waiting request gets the failure

@@ -62,7 +62,10 @@ class Demo:
             time.sleep(1)
 
     def wait(self, timeout_s: float) -> int:
-        code = self.proc.wait(timeout=timeout_s)
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the demo did not exit {timeout_s}s after being asked to; its output:\n{self.output[-6000:]}")
         self._reader.join(timeout=10)
         return code
 

@@ -399,6 +399,8 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     finally:
         import ray
 
+        if keep_serving:
+            print("raymaas demo: stopping the endpoints and Ray", flush=True)
         ray.shutdown()  # Serve, its replicas and the local Ray, all started by this process
     if keep_serving:
         print("raymaas demo: endpoints stopped", flush=True)

@@ -39,11 +39,15 @@ def raymaas_code_dir() -> str:
     return str(Path(raymaas.__file__).parent)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, py_modules: list[str] = ()) -> None:
+def connect(address: str | None = None, num_cpus: int | None = None, py_modules: list[str] = (),
+            prestart_workers: bool = True) -> None:
     """Join the cluster at address (or RAY_ADDRESS), or start a local Ray in this process.
 
     On an existing cluster the platform's code (and py_modules, a user's own packages)
-    travels with the job, so nodes need only the third-party packages.
+    travels with the job, so nodes need only the third-party packages. prestart_workers=False
+    tells a local Ray not to start its idle worker processes (one per CPU) ahead of need: a
+    job that runs everything in the driver uses none, and on a small machine they compete
+    with the driver for the CPU while Ray starts.
     """
     if ray.is_initialized():
         return
@@ -56,7 +60,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, py_modules:
     else:
         # "local": a fresh Ray in this process even if `ray start` left a cluster address
         # behind (ray.init() would join that one). No dashboard: seconds and ~300 MB saved.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars})
+        system = {} if prestart_workers else {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
+                 _system_config=system or None)
 
 
 def package_dir_of(module_name: str) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -15,6 +16,16 @@ T = TypeVar("T")
 
 class Killed(BaseException):
     """SIGTERM (what `ray job stop` sends) or Ctrl-C reached the driver."""
+
+
+def in_background(fn: Callable[..., T], *args, name: str = "raymaas-background") -> Future[T]:
+    """fn(*args) in a thread of its own, as a Future: for start-up work (opening a store,
+    importing a heavy module) that can overlap with starting Ray in the caller's thread."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def call_interruptibly(fn: Callable[[], T]) -> T:

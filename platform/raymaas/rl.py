@@ -12,6 +12,7 @@ RLlib module's greedy actions guards the registration.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import json
 import shutil
@@ -276,17 +277,24 @@ def run_rl(spec: RLSpec, address: str | None = None) -> RLOutcome:
     import ray
 
     from raymaas import cluster, tracking
-    from raymaas.lifecycle import call_interruptibly, final_status
+    from raymaas.lifecycle import call_interruptibly, final_status, in_background
 
     config = build_algo_config(spec)
     tracking_uri = tracking.resolve_tracking_uri()
-    opening = tracking.open_client_in_background(tracking_uri)  # while Ray starts
+    # While Ray starts (3-4 s here, mostly waiting on its processes): open the MLflow store,
+    # and import what building the algorithm will import. RLlib's seeding switches torch to
+    # deterministic algorithms, which imports torch's compiler stack (~1.5 s on this machine).
+    opening = tracking.open_client_in_background(tracking_uri)
+    warming = in_background(importlib.import_module, "torch._dynamo", name="raymaas-imports")
     runners = spec.env_runners.num_env_runners
-    # Logical CPUs for a local Ray: one per EnvRunner actor; the learner runs in the driver.
+    # Logical CPUs for a local Ray: one per EnvRunner actor; the learner runs in the driver,
+    # and with no EnvRunner actors the job needs no worker processes at all.
     env_module = spec.env.rpartition(":")[0]
     user_code = [d for d in [cluster.package_dir_of(env_module) if env_module else None] if d]
-    cluster.connect(address, num_cpus=max(os.cpu_count() or 1, runners + 1), py_modules=user_code)
+    cluster.connect(address, num_cpus=max(os.cpu_count() or 1, runners + 1), py_modules=user_code,
+                    prestart_workers=runners > 0)
     client = opening.result()
+    warming.result()
     if runners:
         cluster.wait_for_resources({"CPU": runners * config.num_cpus_per_env_runner}, timeout_s=30)
 

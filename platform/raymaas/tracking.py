@@ -5,8 +5,10 @@ Ray-free on purpose: the driver, the Train controller and the CLI all use it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,21 +74,60 @@ def _absolute_sqlite_uri(uri: str) -> str:
 
 def get_client(tracking_uri: str | None = None) -> MlflowClient:
     uri = tracking_uri or resolve_tracking_uri()
+    if uri.startswith("sqlite:////") and "?" not in uri:
+        _seed_new_sqlite_store(Path(uri.removeprefix("sqlite:///")))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def _seed_new_sqlite_store(db: Path) -> None:
+    """A SQLite store that does not exist yet starts as a copy of an empty one that this
+    MLflow version created once on this machine (~/.cache/raymaas): MLflow builds a new store
+    by running its whole chain of schema migrations, 1.5 CPU-seconds here, in every new
+    project, test or benchmark folder; the copy takes milliseconds. The copy has no Default
+    experiment, so MLflow creates it on first use with the artifact root it would have had."""
+    if db.exists():
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raymaas"
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    try:
+        if not template.is_file():
+            _make_empty_store(template)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        staged = db.with_name(f".{db.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        shutil.copyfile(template, staged)
+        try:
+            os.link(staged, db)  # never over a store another process created meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            staged.unlink()
+    except OSError:
+        pass  # no cache folder (read-only home...): MLflow builds the store itself, as usual
+
+
+def _make_empty_store(template: Path) -> None:
+    import sqlite3
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    template.parent.mkdir(parents=True, exist_ok=True)
+    staged = template.with_name(f".{template.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    store = SqlAlchemyStore(f"sqlite:///{staged}", str(template.parent / "unused-artifacts"))
+    store.engine.dispose()
+    with contextlib.closing(sqlite3.connect(staged)) as con, con:
+        con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+        con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    os.replace(staged, template)
+
+
 def open_client_in_background(tracking_uri: str):
     """get_client in a thread, as a Future: opening the store (for a new SQLite file, its
     schema migrations) takes 2-3 s that overlap with starting Ray in the caller's thread."""
-    from concurrent.futures import ThreadPoolExecutor
+    from raymaas.lifecycle import in_background
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="raymaas-mlflow")
-    try:
-        return pool.submit(get_client, tracking_uri)
-    finally:
-        pool.shutdown(wait=False)
+    return in_background(get_client, tracking_uri, name="raymaas-mlflow")
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

@@ -27,6 +27,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def time_to_solve(spec: Path, seed: int, home: Path, budget_s: float) -> Solve:
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.rl", str(spec), "--set", f"seed={seed}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        start_new_session=True,  # the job, its local Ray and Ray's workers: one process group
     )
     timer = threading.Timer(budget_s, proc.kill)
     timer.start()
@@ -120,14 +122,43 @@ def time_to_solve(spec: Path, seed: int, home: Path, budget_s: float) -> Solve:
                 solved = Solve(time.monotonic() - started, int(match.group(1)))
                 break
     finally:
-        # Once solved the job only publishes, which is not part of the measurement.
-        proc.kill()
-        proc.wait()
+        # Once solved the job only publishes, which is not part of the measurement. The whole
+        # group goes, and the next contestant starts only once it is gone: Ray processes still
+        # exiting would take CPU from its start-up.
         timer.cancel()
+        end_group(proc)
     if solved is None:
         print(f"    did not solve within {budget_s:g}s; last output:\n" + "".join(tail[-5:]), flush=True)
         return Solve(budget_s, None)
     return solved
+
+
+def end_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGKILL the process group proc leads; return when none of its processes is left."""
+    import psutil
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = []
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) == proc.pid:
+                    left.append(p)
+            except (ProcessLookupError, psutil.Error):
+                pass
+        if not left:
+            return
+        for p in left:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -360,6 +360,9 @@ def play_cartpole(trained: Trained, base_url: str, seed: int = 2026) -> Answer:
 
 
 def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.0.1", port: int = 8000) -> int:
+    # Ctrl-C stops the demo even where it was started in the background by a shell without
+    # job control, which starts it with SIGINT ignored (Python then keeps it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stages = STAGES[mode]
     tracking_uri = tracking.resolve_tracking_uri()
     client = tracking.get_client(tracking_uri)

@@ -142,23 +142,14 @@ def end_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        left = []
-        for p in psutil.process_iter():
-            try:
-                if os.getpgid(p.pid) == proc.pid:
-                    left.append(p)
-            except (ProcessLookupError, psutil.Error):
-                pass
-        if not left:
-            return
-        for p in left:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        time.sleep(0.2)
+    members = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == proc.pid:
+                members.append(p)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    psutil.wait_procs(members, timeout=timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

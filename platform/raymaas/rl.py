@@ -281,9 +281,9 @@ def run_rl(spec: RLSpec, address: str | None = None) -> RLOutcome:
 
     config = build_algo_config(spec)
     tracking_uri = tracking.resolve_tracking_uri()
-    # While Ray starts (3-4 s here, mostly waiting on its processes): open the MLflow store,
+    # While Ray starts (~2 s here, mostly waiting on its processes): open the MLflow store,
     # and import what building the algorithm will import. RLlib's seeding switches torch to
-    # deterministic algorithms, which imports torch's compiler stack (~1.5 s on this machine).
+    # deterministic algorithms, which imports torch's compiler stack (~1 s on this machine).
     opening = tracking.open_client_in_background(tracking_uri)
     warming = in_background(importlib.import_module, "torch._dynamo", name="raymaas-imports")
     runners = spec.env_runners.num_env_runners

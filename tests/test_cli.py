@@ -106,6 +106,12 @@ def test_unknown_kind_and_spec_outside_the_project_exit_2(tmp_path):
     assert proc.returncode == 2 and "outside the project folder" in proc.stderr
 
 
+def test_serve_ingress_is_for_a_local_ray_only():
+    # a cluster's Serve takes its ingress from how its nodes were started; refused before connecting
+    proc = raymaas("serve", "serve/config.yaml", "--address", "127.0.0.1:1", "--ingress", "proxy", timeout=120)
+    assert proc.returncode == 2 and "--ingress applies to the local Ray" in proc.stderr
+
+
 # --------------------------------------------------------------------------- real store and head
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import time
 import urllib.error
@@ -32,10 +33,11 @@ def ray_head(tmp_path_factory):
     """A bare-Python head of this module's own, with every port of its own: heads started
     by concurrent test sessions on one machine otherwise share the dashboard agent's default
     port, and all but one never get a job agent. Jobs here join by address (no job API)."""
-    import shutil
     import subprocess
     import tempfile
     from pathlib import Path
+
+    from raymaas.serving import haproxy_ingress_env
 
     base = tmp_path_factory.mktemp("serve-head")
     home = base / "home"
@@ -47,6 +49,7 @@ def ray_head(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     env.pop("PYTHONPATH", None)
     temp_dir = Path(tempfile.mkdtemp(prefix="rms", dir="/tmp"))
+    env.update(haproxy_ingress_env(temp_dir / "haproxy"))  # the platform's ingress: Ray's HAProxy
     port = free_port()
     ports = {flag: free_port() for flag in ("dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                              "ray-client-server-port", "metrics-export-port", "runtime-env-agent-port")}
@@ -175,6 +178,31 @@ def _pyfunc(uri: str):
     import mlflow
 
     return mlflow.pyfunc.load_model(uri)
+
+
+# --------------------------------------------------------------------------- ingress
+
+
+def test_haproxy_ingress_env_keeps_each_instance_apart(tmp_path):
+    import tempfile
+    from pathlib import Path
+
+    from raymaas.serving import haproxy_ingress_env
+
+    short = [Path(tempfile.mkdtemp(prefix="rmh", dir="/tmp")) for _ in range(2)]
+    try:
+        first, second = (haproxy_ingress_env(d / "hap") for d in short)
+        assert first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        assert len([k for k in first if "PORT" in k or k.endswith(("_LOC", "_PATH", "_BASE", "_FILE"))]) == 9
+        # nothing shared between two Serve instances on one machine: no path, no port
+        shared = {k for k in first if first[k] == second[k] and ("PORT" in k or k.endswith(("_LOC", "_PATH", "_BASE", "_FILE")))}
+        assert not shared, shared
+        assert (short[0] / "hap").stat().st_mode & 0o777 == 0o700  # the admin socket lives there
+    finally:
+        for d in short:
+            shutil.rmtree(d, ignore_errors=True)
+    with pytest.raises(ValueError, match="too long for HAProxy"):
+        haproxy_ingress_env(tmp_path / ("x" * 40))
 
 
 # --------------------------------------------------------------------------- publishing

@@ -16,6 +16,7 @@ import importlib
 import os
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -339,26 +340,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from raymaas.cluster import connect
-    from raymaas.serving import deploy_config
+    from raymaas.serving import deploy_config, prepare_local_ingress
 
-    connect(args.address)
+    # Ctrl-C stops serving also where a shell without job control started `raymaas serve` in
+    # the background with SIGINT ignored (Python keeps an inherited ignore).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    joining = args.address or os.environ.get("RAY_ADDRESS")
+    if joining and args.ingress:
+        raise CliError("--ingress applies to the local Ray that `raymaas serve` starts; a cluster's Serve takes "
+                       "its ingress from the environment its nodes were started with (RAY_SERVE_ENABLE_HA_PROXY=1)",
+                       EXIT_INVALID_SPEC)
+    cleanup = (lambda: None) if joining else prepare_local_ingress(args.ingress or "haproxy")
     try:
-        deployed = deploy_config(str(config), http_host=args.host, http_port=args.port)
-    except (ValueError, TypeError) as err:  # args that fail their pydantic model, bad import paths
-        raise CliError(f"cannot deploy {config}: {err}", EXIT_INVALID_SPEC) from None
-    for app in deployed:
-        print(f"raymaas: application {app.name!r} at {app.url or app.base_url}/", flush=True)
-    if deployed:
-        print(f"raymaas: GET {deployed[0].base_url}/models lists the published models, "
-              f"{deployed[0].base_url}/docs the routes; Ctrl-C stops serving", flush=True)
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
+        connect(args.address)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C (after ray.init, which sets its own)
+        try:
+            deployed = deploy_config(str(config), http_host=args.host, http_port=args.port)
+        except (ValueError, TypeError) as err:  # args that fail their pydantic model, bad import paths
+            raise CliError(f"cannot deploy {config}: {err}", EXIT_INVALID_SPEC) from None
         for app in deployed:
-            serve.delete(app.name)
-        if not args.address:
-            serve.shutdown()
+            print(f"raymaas: application {app.name!r} at {app.url or app.base_url}/", flush=True)
+        if deployed:
+            print(f"raymaas: GET {deployed[0].base_url}/models lists the published models, "
+                  f"{deployed[0].base_url}/docs the routes; Ctrl-C stops serving", flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("raymaas: stopping the applications", flush=True)
+            if joining:  # the cluster's Serve keeps running for others
+                for app in deployed:
+                    serve.delete(app.name)
+            else:  # all of it is ours: Serve stops every application at once
+                serve.shutdown()
+    finally:
+        if not joining:  # the local Ray, Serve and HAProxy all started here, and end here
+            import ray
+
+            ray.shutdown()
+            cleanup()
     return 0
 
 
@@ -528,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     serve_cmd.add_argument("--host", help="HTTP host of Serve's proxy (default: the config's, else 127.0.0.1)")
     serve_cmd.add_argument("--port", type=_positive_int, help="HTTP port (default: the config's, else 8000)")
+    serve_cmd.add_argument("--ingress", choices=["haproxy", "proxy"],
+                           help="what takes the HTTP requests on a local Ray: Ray's HAProxy, which hands each one "
+                                "straight to a replica (default), or Serve's Python proxy")
     serve_cmd.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="train, track, register, serve and query everything, end to end",

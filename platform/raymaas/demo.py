@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raymaas import tracking
+from raymaas.serving import prepare_local_ingress
 from raymaas.specs import load_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -381,6 +382,7 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     names = [t.model_name for t in trained]
     progress.stage(len(stages) + 1, f"publishing the champions of {', '.join(names)} with Ray Serve")
     started = time.monotonic()
+    cleanup = prepare_local_ingress("haproxy")  # the platform's default ingress, as `raymaas serve`
     base_url = publish(names, host, port, tracking_uri)
     try:
         wait_until_serving(base_url, names)
@@ -405,6 +407,7 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
         if keep_serving:
             print("raymaas demo: stopping the endpoints and Ray", flush=True)
         ray.shutdown()  # Serve, its replicas and the local Ray, all started by this process
+        cleanup()
     if keep_serving:
         print("raymaas demo: endpoints stopped", flush=True)
     return 0

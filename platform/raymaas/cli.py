@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 import yaml
 
+from raymaas.serving import INGRESSES
 from raymaas.specs import EXIT_INVALID_SPEC, SpecError, apply_overrides, describe_fields, load_spec
 
 # The module each job kind runs as (`python -m MODULE SPEC --set ...`), in the project root.
@@ -546,9 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = sub.add_parser("serve", help="publish registered models with Ray Serve", description=cmd_serve.__doc__)
     serve_cmd.add_argument("config", nargs="?", default="serve/config.yaml", help="Serve config file (default: serve/config.yaml)")
     serve_cmd.add_argument("--address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    serve_cmd.add_argument("--host", help="HTTP host of Serve's proxy (default: the config's, else 127.0.0.1)")
+    serve_cmd.add_argument("--host", help="HTTP host of the ingress (default: the config's, else 127.0.0.1)")
     serve_cmd.add_argument("--port", type=_positive_int, help="HTTP port (default: the config's, else 8000)")
-    serve_cmd.add_argument("--ingress", choices=["haproxy", "proxy"],
+    serve_cmd.add_argument("--ingress", choices=INGRESSES,
                            help="what takes the HTTP requests on a local Ray: Ray's HAProxy, which hands each one "
                                 "straight to a replica (default), or Serve's Python proxy")
     serve_cmd.set_defaults(func=cmd_serve)

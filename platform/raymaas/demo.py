@@ -383,8 +383,8 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     progress.stage(len(stages) + 1, f"publishing the champions of {', '.join(names)} with Ray Serve")
     started = time.monotonic()
     cleanup = prepare_local_ingress("haproxy")  # the platform's default ingress, as `raymaas serve`
-    base_url = publish(names, host, port, tracking_uri)
     try:
+        base_url = publish(names, host, port, tracking_uri)
         wait_until_serving(base_url, names)
         progress.line(f"{len(names)} applications running at {base_url}   [{_duration(time.monotonic() - started)}]")
 

@@ -110,7 +110,23 @@ def prepare_local_ingress(ingress: str):
         return lambda: None
     state = tempfile.mkdtemp(prefix="raymaas-hap-", dir="/tmp")
     os.environ.update(haproxy_ingress_env(state))
-    return lambda: shutil.rmtree(state, ignore_errors=True)
+
+    def cleanup() -> None:
+        # HAProxy can outlive ray.shutdown() for a moment and keep the HTTP port bound (seen:
+        # the next demo on the same port failed "Address already in use"). Its command line
+        # names this folder, so these are the HAProxy processes this call started.
+        import psutil
+
+        from raymaas.localcluster import end_processes
+
+        ours = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(state in part for part in proc.info["cmdline"] or ()):
+                ours.append(proc)
+        end_processes(ours)
+        shutil.rmtree(state, ignore_errors=True)
+
+    return cleanup
 
 
 # --------------------------------------------------------------------------- the args of build_app

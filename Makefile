@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench head stop-head screenshot clean
+.PHONY: demo test test-fast lint format bench head stop-head screenshot clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,22 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/raymaas demo
 
-test: $(STAMP)
+# Lint first: a minute of pytest is not worth spending on a tree ruff already refuses.
+test: lint
 	$(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow"
 
-# docs/mlflow-runs.png from the project's store (after `make demo`); needs Debian's chromium.
+# docs/mlflow-run.png and docs/mlflow-model.png from the project's store (after `make demo`); needs Debian's chromium.
 screenshot: $(STAMP)
 	$(PY) docs/screenshot.py
 

@@ -58,15 +58,23 @@ RLLIB_TUNED = {
         "training": {
             "lr": 0.0005,
             "train_batch_size_per_learner": 32,
-            "replay_buffer_config": {"type": "PrioritizedEpisodeReplayBuffer", "capacity": 50000, "alpha": 0.6, "beta": 0.4},
+            "replay_buffer_config": {
+                "type": "PrioritizedEpisodeReplayBuffer",
+                "capacity": 50000,
+                "alpha": 0.6,
+                "beta": 0.4,
+            },
             "n_step": [2, 5],
             "double_q": True,
             "dueling": True,
             "epsilon": [[0, 1.0], [10000, 0.02]],
         },
         "model": {
-            "fcnet_hiddens": [256], "fcnet_activation": "tanh", "fcnet_bias_initializer": "zeros_",
-            "head_fcnet_bias_initializer": "zeros_", "head_fcnet_hiddens": [256],
+            "fcnet_hiddens": [256],
+            "fcnet_activation": "tanh",
+            "fcnet_bias_initializer": "zeros_",
+            "head_fcnet_bias_initializer": "zeros_",
+            "head_fcnet_hiddens": [256],
         },
     },
 }
@@ -89,8 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def contestant_specs(folder: Path, algo: str) -> dict[str, Path]:
     """{'ours': spec path, 'rllib': spec path} for algo; both share our evaluation section."""
     ours = yaml.safe_load((REPO / "jobs" / "specs" / f"cartpole_{algo}.yaml").read_text())
-    rllib = {"name": f"bench-rllib-{algo}", "env": "CartPole-v1", **RLLIB_TUNED[algo],
-             "evaluation": ours.get("evaluation", {}), "checkpoint_config": ours.get("checkpoint_config", {})}
+    rllib = {
+        "name": f"bench-rllib-{algo}",
+        "env": "CartPole-v1",
+        **RLLIB_TUNED[algo],
+        "evaluation": ours.get("evaluation", {}),
+        "checkpoint_config": ours.get("checkpoint_config", {}),
+    }
     ours["name"] = f"bench-ours-{algo}"
     paths = {}
     for who, spec in (("ours", ours), ("rllib", rllib)):
@@ -107,7 +120,12 @@ def time_to_solve(spec: Path, seed: int, home: Path, budget_s: float) -> Solve:
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.rl", str(spec), "--set", f"seed={seed}"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
         start_new_session=True,  # the job, its local Ray and Ray's workers: one process group
     )
     timer = threading.Timer(budget_s, proc.kill)
@@ -170,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                     steps = solve.env_steps if solve.env_steps is not None else "unsolved"
                     print(f"  {algo} {who:5s} seed {seed}: {solve.wall_s:6.1f} s, {steps} env steps", flush=True)
 
-    print(f"\ntime to a greedy 20-episode mean >= {TARGET_RETURN:g} on CartPole-v1, from process start "
-          f"(median of {len(args.seeds)} seeds; {os.cpu_count()} CPUs)")
+    print(
+        f"\ntime to a greedy 20-episode mean >= {TARGET_RETURN:g} on CartPole-v1, from process start "
+        f"(median of {len(args.seeds)} seeds; {os.cpu_count()} CPUs)"
+    )
     print(f"{'algo':5s} {'contestant':22s} {'wall s':>8s} {'env steps':>10s}")
     for algo in algos:
         medians = {}
@@ -179,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             runs = results[(algo, who)]
             wall = statistics.median(r.wall_s for r in runs)
             solved_steps = [r.env_steps for r in runs if r.env_steps is not None]
-            steps = f"{statistics.median(solved_steps):.0f}" if len(solved_steps) == len(runs) else \
-                f"{len(solved_steps)}/{len(runs)} solved"
+            steps = (
+                f"{statistics.median(solved_steps):.0f}"
+                if len(solved_steps) == len(runs)
+                else f"{len(solved_steps)}/{len(runs)} solved"
+            )
             medians[who] = wall
             print(f"{algo:5s} {label:22s} {wall:8.1f} {steps:>10s}")
         ratio = medians["ours"] / medians["rllib"]

@@ -9,7 +9,7 @@ closed-loop aiohttp load at concurrency 1 (p50, p99) and 32 (requests/s, p99). A
 Ray Serve deployment that returns a constant is measured in the same run: the floor Ray
 Serve itself sets on this machine. The Serve side runs twice, on a fresh local Ray each:
 with Serve's Python HTTP proxy and with Ray's HAProxy ingress (the platform's default, see
-raymaas.serving.haproxy_ingress_env), each against its own trivial floor. Prints ratios
+raymaas.serving.ingress.haproxy_ingress_env), each against its own trivial floor. Prints ratios
 against those peers; exits 1 if a target is missed on the default ingress (heavy model at
 32: >= 2x mlflow; tiny model at 1: p50 within 2 ms of trivial).
 """
@@ -43,8 +43,9 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- load generator
 
 
-async def closed_loop(url: str, body: bytes, concurrency: int, max_requests: int, max_seconds: float,
-                      headers: dict | None = None) -> dict:
+async def closed_loop(
+    url: str, body: bytes, concurrency: int, max_requests: int, max_seconds: float, headers: dict | None = None
+) -> dict:
     """`concurrency` clients, each sending its next request when the last one returns; stops
     after max_requests or max_seconds. Non-200 answers count as errors."""
     import aiohttp
@@ -56,6 +57,7 @@ async def closed_loop(url: str, body: bytes, concurrency: int, max_requests: int
     deadline = time.perf_counter() + max_seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
         async def client():
             nonlocal errors, sent
             while sent < max_requests and time.perf_counter() < deadline:
@@ -76,9 +78,13 @@ async def closed_loop(url: str, body: bytes, concurrency: int, max_requests: int
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
     lat = np.array(latencies) * 1000
-    return {"n": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
-            "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-            "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+    return {
+        "n": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+    }
 
 
 def measure(url: str, body: bytes, quick: bool) -> dict:
@@ -96,7 +102,7 @@ def register_models(tracking_uri: str) -> None:
     import mlflow
     import torch
 
-    from raymaas.pyfunc import log_classifier
+    from raymaas.modelcode.pyfunc import log_classifier
     from raymaas.tracking import ensure_experiment, get_client
 
     client = get_client(tracking_uri)
@@ -113,10 +119,19 @@ def register_models(tracking_uri: str) -> None:
     x32 = torch.randn(32, HEAVY_IN)
     with torch.inference_mode():
         heavy(x1), heavy(x32)
-        t = time.perf_counter(); [heavy(x1) for _ in range(10)]; single = (time.perf_counter() - t) / 10
-        t = time.perf_counter(); [heavy(x32) for _ in range(5)]; batch = (time.perf_counter() - t) / 5
-    print(f"heavy model: {n_params / 1e6:.1f}M parameters; forward {single * 1000:.1f} ms for 1 row, "
-          f"{batch * 1000:.1f} ms for 32 rows ({32 / batch:.0f} rows/s)", flush=True)
+        t = time.perf_counter()
+        for _ in range(10):
+            heavy(x1)
+        single = (time.perf_counter() - t) / 10
+        t = time.perf_counter()
+        for _ in range(5):
+            heavy(x32)
+        batch = (time.perf_counter() - t) / 5
+    print(
+        f"heavy model: {n_params / 1e6:.1f}M parameters; forward {single * 1000:.1f} ms for 1 row, "
+        f"{batch * 1000:.1f} ms for 32 rows ({32 / batch:.0f} rows/s)",
+        flush=True,
+    )
     for name, module, n_in in ((TINY, tiny, 64), (HEAVY, heavy, HEAVY_IN)):
         with mlflow.start_run(run_name=name):
             info = log_classifier(module, np.random.default_rng(0).random((8, n_in), dtype=np.float32))
@@ -136,8 +151,24 @@ def run_mlflow_serve(name: str, env: dict, quick: bool) -> dict:
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
     # it runs `uvicorn` by name: the venv's bin must come first on PATH
     env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
-    proc = subprocess.Popen([mlflow_cli, "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            mlflow_cli,
+            "models",
+            "serve",
+            "-m",
+            f"models:/{name}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", 180)
         n_in = 64 if name == TINY else HEAVY_IN
@@ -166,8 +197,12 @@ def run_ray_serve(tracking_uri: str, quick: bool, ingress: str) -> dict:
     from raymaas.serving import ServeSpec, build_model_app, prepare_local_ingress
 
     cleanup = prepare_local_ingress(ingress)  # as `raymaas serve --ingress INGRESS` would
-    ray.init(address="local", num_cpus=4, include_dashboard=False,
-             runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}})
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}},
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
@@ -192,13 +227,15 @@ def run_ray_serve(tracking_uri: str, quick: bool, ingress: str) -> dict:
         # and the other core is left to Serve's proxy and the client: measured 175 against 155
         # requests/s with 2.
         for name, n_in, cpus in ((TINY, 64, 0.5), (HEAVY, HEAVY_IN, 1)):
-            spec = ServeSpec.model_validate({
-                "models": [{"name": name}],
-                "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-                "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},
-                # torch in the replica gets as many threads as CPUs it reserves (Ray sets OMP_NUM_THREADS)
-                "ray_actor_options": {"num_cpus": cpus},
-            })
+            spec = ServeSpec.model_validate(
+                {
+                    "models": [{"name": name}],
+                    "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+                    "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},
+                    # torch in the replica gets as many threads as CPUs it reserves (Ray sets OMP_NUM_THREADS)
+                    "ray_actor_options": {"num_cpus": cpus},
+                }
+            )
             serve.run(build_model_app(spec), name=name, route_prefix=spec.route_prefix)
             results[name] = measure(f"http://127.0.0.1:{port}/models/{name}/invocations", body_for(n_in), quick)
             serve.delete(name)
@@ -225,8 +262,10 @@ def main() -> int:
 
     def row(label, r):
         c1, c32 = r["c1"], r["c32"]
-        return (f"{label:<40} {c1['p50']:7.1f} {c1['p99']:8.1f} {c1['rps']:7.0f}   {c32['rps']:7.0f} {c32['p99']:8.1f}"
-                f"   {c1['errors'] + c32['errors']}")
+        return (
+            f"{label:<40} {c1['p50']:7.1f} {c1['p99']:8.1f} {c1['rps']:7.0f}   {c32['rps']:7.0f} {c32['p99']:8.1f}"
+            f"   {c1['errors'] + c32['errors']}"
+        )
 
     print("\n                                         concurrency 1               concurrency 32")
     print(f"{'server / model':<40} {'p50 ms':>7} {'p99 ms':>8} {'req/s':>7}   {'req/s':>7} {'p99 ms':>8}   errors")
@@ -245,9 +284,15 @@ def main() -> int:
         body_gap = r[TINY]["c1"]["p50"] - r["trivial_body"]["c1"]["p50"]
         met[ingress] = heavy_ratio >= 2 and tiny_gap <= 2
         print(f"\n{label}:")
-        print(f"  heavy model, concurrency 32: raymaas {heavy_ratio:.2f}x the throughput of mlflow models serve (target >= 2)")
-        print(f"  tiny model, concurrency 1: raymaas p50 is {tiny_gap:+.1f} ms over the trivial deployment (target <= 2)")
-        print(f"  tiny model, concurrency 1: raymaas p50 is {body_gap:+.1f} ms over a trivial deployment that reads the body")
+        print(
+            f"  heavy model, concurrency 32: raymaas {heavy_ratio:.2f}x the throughput of mlflow models serve (target >= 2)"
+        )
+        print(
+            f"  tiny model, concurrency 1: raymaas p50 is {tiny_gap:+.1f} ms over the trivial deployment (target <= 2)"
+        )
+        print(
+            f"  tiny model, concurrency 1: raymaas p50 is {body_gap:+.1f} ms over a trivial deployment that reads the body"
+        )
     return 0 if met["haproxy"] else 1
 
 

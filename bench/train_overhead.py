@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/train_overhead.py [--rows 300000] [--repeats 2] ...
 
-Trains the same model (raymaas.models.build_model, same ModelSpec and seed) on the same
-synthetic data (raymaas.data.load_builtin, source synthetic, same seed and split) with the
+Trains the same model (raymaas.supervised.models.build_model, same ModelSpec and seed) on the same
+synthetic data (raymaas.supervised.data.load_builtin, source synthetic, same seed and split) with the
 same batch size, Adam learning rate, epochs and torch thread count:
 
 - plain: a plain PyTorch loop in this process (shuffle, index, step), no Ray;
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from raymaas.data import DataSpec, load_builtin
-from raymaas.models import ModelSpec, build_model
+from raymaas.supervised.data import DataSpec, load_builtin
+from raymaas.supervised.models import ModelSpec, build_model
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_SPEC = REPO / "jobs" / "specs" / "digits_debug.yaml"
@@ -59,12 +59,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128, help="rows per optimizer step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seeds the data, the split, the model and the shuffling")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads on both sides: the plain loop calls torch.set_num_threads(N); the Ray worker "
-                        "reserves N CPUs, and Ray sets its OMP_NUM_THREADS to that")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads on both sides: the plain loop calls torch.set_num_threads(N); the Ray worker "
+        "reserves N CPUs, and Ray sets its OMP_NUM_THREADS to that",
+    )
     p.add_argument("--repeats", type=int, default=2, help="platform jobs; the plain loop runs one more time than this")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed for one platform job")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folders (MLflow store, job log) and print where")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the temporary folders (MLflow store, job log) and print where"
+    )
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be at least 2: the first epoch is warm-up")
@@ -121,8 +127,13 @@ def run_plain(args) -> Epochs:
     split = load_builtin(data_spec(args), args.seed)
     x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
     xv, yv = torch.from_numpy(split.x_val), torch.from_numpy(split.y_val)
-    model = build_model(ModelSpec(name="mlp", hidden_sizes=args.hidden), x.shape[1], args.classes,
-                        split.x_train.mean(0), split.x_train.std(0))
+    model = build_model(
+        ModelSpec(name="mlp", hidden_sizes=args.hidden),
+        x.shape[1],
+        args.classes,
+        split.x_train.mean(0),
+        split.x_train.std(0),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(args.seed)
@@ -182,8 +193,9 @@ def run_platform(args, home: Path) -> PlatformRun:
     """Run the real job in a subprocess on a fresh local Ray; read its epochs from MLflow."""
     tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
     # RAY_TMPDIR: the local Ray's session folder (logs, sockets) goes with the rest when we clean up.
-    env = dict(os.environ, RAYMAAS_HOME=str(home), MLFLOW_TRACKING_URI=tracking_uri, RAY_TMPDIR=str(home),
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, RAYMAAS_HOME=str(home), MLFLOW_TRACKING_URI=tracking_uri, RAY_TMPDIR=str(home), PYTHONUNBUFFERED="1"
+    )
     env.pop("RAY_ADDRESS", None)  # a fresh local Ray, never a cluster someone left running
     lines: list[str] = []
     first_report: list[float] = []
@@ -198,8 +210,16 @@ def run_platform(args, home: Path) -> PlatformRun:
     launched = time.time()
     with open(home / "job.log", "w") as log:
         # Its own session, so that on a timeout we can stop exactly the processes it started.
-        proc = subprocess.Popen(platform_command(args), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        proc = subprocess.Popen(
+            platform_command(args),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
         reader = threading.Thread(target=read, args=(proc.stdout, log), daemon=True)
         reader.start()
         try:
@@ -229,7 +249,9 @@ def _stop_session(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _read_run(tracking_uri: str, run_id: str, launched: float, finished: float, first_report: float | None) -> PlatformRun:
+def _read_run(
+    tracking_uri: str, run_id: str, launched: float, finished: float, first_report: float | None
+) -> PlatformRun:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -268,18 +290,26 @@ def _read_run(tracking_uri: str, run_id: str, launched: float, finished: float, 
 
 def describe(args) -> None:
     n_train = args.rows - max(1, int(round(args.rows * 0.2)))
-    print(f"train_overhead: synthetic {args.rows:,} rows ({n_train:,} train) x {args.features} features, "
-          f"{args.classes} classes; MLP {args.hidden}; batch {args.batch_size}; Adam lr {args.lr}; "
-          f"{args.epochs} epochs; seed {args.seed}; {args.repeats} platform job(s), {args.repeats + 1} plain runs")
-    print(f"threads: plain calls torch.set_num_threads({args.threads}); the platform's single Ray Train worker "
-          f"reserves {args.threads} CPU(s), so Ray sets its OMP_NUM_THREADS={args.threads}")
-    print(f"steady-state samples/s: median over epochs 2..{args.epochs} of each epoch's training samples / "
-          "training seconds (epoch 1 is warm-up; validation and checkpoints are excluded on both sides); "
-          "'aggregate' = their samples / their seconds together")
-    print("platform startup: launch of `python -m jobs.supervised` -> its worker reports epoch 1, minus epoch 1's "
-          "training seconds (imports, Ray start, data, MLflow run, worker group, model; plus epoch 1's validation "
-          "and checkpoint). 'tail': the last epoch in MLflow -> the job's exit (plots, log_model, registry).",
-          flush=True)
+    print(
+        f"train_overhead: synthetic {args.rows:,} rows ({n_train:,} train) x {args.features} features, "
+        f"{args.classes} classes; MLP {args.hidden}; batch {args.batch_size}; Adam lr {args.lr}; "
+        f"{args.epochs} epochs; seed {args.seed}; {args.repeats} platform job(s), {args.repeats + 1} plain runs"
+    )
+    print(
+        f"threads: plain calls torch.set_num_threads({args.threads}); the platform's single Ray Train worker "
+        f"reserves {args.threads} CPU(s), so Ray sets its OMP_NUM_THREADS={args.threads}"
+    )
+    print(
+        f"steady-state samples/s: median over epochs 2..{args.epochs} of each epoch's training samples / "
+        "training seconds (epoch 1 is warm-up; validation and checkpoints are excluded on both sides); "
+        "'aggregate' = their samples / their seconds together"
+    )
+    print(
+        "platform startup: launch of `python -m jobs.supervised` -> its worker reports epoch 1, minus epoch 1's "
+        "training seconds (imports, Ray start, data, MLflow run, worker group, model; plus epoch 1's validation "
+        "and checkpoint). 'tail': the last epoch in MLflow -> the job's exit (plots, log_model, registry).",
+        flush=True,
+    )
 
 
 def print_pair(i: int, before: Epochs, job: PlatformRun, after: Epochs) -> None:
@@ -288,9 +318,11 @@ def print_pair(i: int, before: Epochs, job: PlatformRun, after: Epochs) -> None:
     for name, e in (("plain before", before), ("platform", job.epochs), ("plain after", after)):
         times = ", ".join(f"{s:.2f}" for s in e.seconds)
         print(f"  {name:16} {times:38} {e.steady_median:10,.0f} {e.steady_aggregate:13,.0f} {e.val_accuracy:8.4f}")
-    print(f"  platform: MLflow run created at {job.run_created_s:.1f} s, epoch 1 reported at {job.first_report_s:.1f} s "
-          f"(logged to MLflow at {job.first_logged_s:.1f} s), startup {job.startup_s:.1f} s, "
-          f"tail {job.wall_s - job.last_logged_s:.1f} s, total wall {job.wall_s:.1f} s")
+    print(
+        f"  platform: MLflow run created at {job.run_created_s:.1f} s, epoch 1 reported at {job.first_report_s:.1f} s "
+        f"(logged to MLflow at {job.first_logged_s:.1f} s), startup {job.startup_s:.1f} s, "
+        f"tail {job.wall_s - job.last_logged_s:.1f} s, total wall {job.wall_s:.1f} s"
+    )
     plain = statistics.mean([before.steady_median, after.steady_median])
     print(f"  ratio platform/plain steady-state samples/s: {job.epochs.steady_median / plain:.3f}")
 
@@ -316,17 +348,21 @@ def main(argv: list[str] | None = None) -> int:
 
     neighbours = [statistics.mean([plains[i].steady_median, plains[i + 1].steady_median]) for i in range(len(jobs))]
     ratios = [j.epochs.steady_median / n for j, n in zip(jobs, neighbours)]
-    aggregate = [j.epochs.steady_aggregate / statistics.mean([plains[i].steady_aggregate, plains[i + 1].steady_aggregate])
-                 for i, j in enumerate(jobs)]
+    aggregate = [
+        j.epochs.steady_aggregate / statistics.mean([plains[i].steady_aggregate, plains[i + 1].steady_aggregate])
+        for i, j in enumerate(jobs)
+    ]
     ratio = statistics.median(ratios)
     print(f"\nsummary ({len(jobs)} platform job(s), {len(plains)} plain runs; medians)")
     print(f"  plain    steady-state samples/s:  {statistics.median(p.steady_median for p in plains):10,.0f}")
     print(f"  platform steady-state samples/s:  {statistics.median(j.epochs.steady_median for j in jobs):10,.0f}")
     print(f"  platform startup seconds:         {statistics.median(j.startup_s for j in jobs):10.1f}")
     print(f"  platform total wall seconds:      {statistics.median(j.wall_s for j in jobs):10.1f}")
-    print(f"  ratio per job (against the mean of the plain runs before and after it; the line below is their "
-          f"median): {', '.join(f'{r:.3f}' for r in ratios)}; with aggregate samples/s instead: "
-          f"{', '.join(f'{r:.3f}' for r in aggregate)}")
+    print(
+        f"  ratio per job (against the mean of the plain runs before and after it; the line below is their "
+        f"median): {', '.join(f'{r:.3f}' for r in ratios)}; with aggregate samples/s instead: "
+        f"{', '.join(f'{r:.3f}' for r in aggregate)}"
+    )
     verdict = "PASS" if ratio >= TARGET else "BELOW TARGET"
     print(f"ratio platform/plain steady-state samples/s: {ratio:.2f} (target >= {TARGET}) {verdict}")
     return 0

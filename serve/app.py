@@ -1,7 +1,7 @@
 """The Ray Serve applications of raymaas: `serve run serve/config.yaml`, `raymaas serve`.
 
 Serve validates each application's `args` against the annotated pydantic model (a typed
-builder); every field and its meaning: `raymaas.serving.ServeSpec`.
+builder); every field and its meaning: `raymaas.serving.specs.ServeSpec`.
 """
 
 from ray.serve import Application

@@ -83,21 +83,40 @@ def ray_head(tmp_path_factory) -> RayHead:
     # every process of this head, so teardown ends exactly those and no other Ray.
     temp_dir = Path(tempfile.mkdtemp(prefix="rmt", dir="/tmp"))
     subprocess.run(
-        [str(python.parent / "ray"), "start", "--head", f"--temp-dir={temp_dir}", f"--port={port}", "--num-cpus=4",
-         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         # Ray's fixed default ports for these would collide with any other Ray on the
-         # machine: the second head's job agent then never comes up ("No available agent").
-         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--ray-client-server-port={free_port()}",
-         "--disable-usage-stats"],
-        env=head_env, check=True, capture_output=True, cwd=str(base),
+        [
+            str(python.parent / "ray"),
+            "start",
+            "--head",
+            f"--temp-dir={temp_dir}",
+            f"--port={port}",
+            "--num-cpus=4",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            # Ray's fixed default ports for these would collide with any other Ray on the
+            # machine: the second head's job agent then never comes up ("No available agent").
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            "--disable-usage-stats",
+        ],
+        env=head_env,
+        check=True,
+        capture_output=True,
+        cwd=str(base),
     )
     address = f"127.0.0.1:{port}"
     # Ray 2.60 starts clusters with token auth; clients (ray job submit, the job SDK, drivers
     # joining by address) send the token from ~/.ray only in token mode.
-    driver_env = {**os.environ, "RAY_ADDRESS": address, "RAYMAAS_HOME": str(home),
-                  "MLFLOW_TRACKING_URI": tracking_uri, "RAY_AUTH_MODE": "token"}
+    driver_env = {
+        **os.environ,
+        "RAY_ADDRESS": address,
+        "RAYMAAS_HOME": str(home),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "RAY_AUTH_MODE": "token",
+    }
     head = RayHead(address, f"http://127.0.0.1:{dash}", home, tracking_uri, driver_env, temp_dir)
     try:
         _wait_for_dashboard(head.dashboard_url)
@@ -126,7 +145,7 @@ def head_processes(temp_dir: Path) -> list:
 
 def stop_ray_head(temp_dir: Path) -> None:
     """End the processes of the Ray head started with temp_dir by PID."""
-    from raymaas.localcluster import end_processes
+    from raymaas.runtime.localcluster import end_processes
 
     end_processes(head_processes(temp_dir))
 
@@ -139,7 +158,10 @@ def _wait_for_job_agent(head: RayHead, timeout_s: float = 300) -> None:
     while True:
         proc = subprocess.run(
             [str(ray_cli), "job", "submit", "--address", head.dashboard_url, "--", "python", "-c", "pass"],
-            env=head.env, capture_output=True, text=True, timeout=120,
+            env=head.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if proc.returncode == 0:
             return
@@ -201,8 +223,13 @@ def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.5):
 def run_job(args: list[str], env: dict, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run `python -m jobs.supervised ...` (or another module) to completion, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", *args], env=env, cwd=str(REPO), capture_output=True, text=True,
-        timeout=timeout, **kwargs,
+        [sys.executable, "-m", *args],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
     )
 
 

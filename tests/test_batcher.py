@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from raymaas.serving import Batcher
+from raymaas.serving.batching import Batcher
 
 
 def slow_double(items: list[int]) -> list[int]:

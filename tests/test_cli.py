@@ -10,13 +10,18 @@ import textwrap
 import pytest
 
 from conftest import DEBUG_SPEC, REPO
-from raymaas.cli import find_project_root, format_table, job_kind
+from raymaas.cli.main import format_table, job_kind
+from raymaas.paths import project_root
 
 
 def raymaas(*args: str, env: dict | None = None, timeout: float = 300, cwd=REPO) -> subprocess.CompletedProcess:
     """Run `python -m raymaas.cli ARGS` to completion, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "raymaas.cli", *args], env=env, cwd=str(cwd), capture_output=True, text=True,
+        [sys.executable, "-m", "raymaas.cli", *args],
+        env=env,
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -47,7 +52,7 @@ def submitted_jobs(ray_head) -> list[str]:
     script = textwrap.dedent(
         f"""
         import json
-        from raymaas.cluster import _use_token_auth_if_available
+        from raymaas.runtime.cluster import _use_token_auth_if_available
         from ray.job_submission import JobSubmissionClient
         _use_token_auth_if_available()
         jobs = JobSubmissionClient({ray_head.dashboard_url!r}).list_jobs()
@@ -88,7 +93,7 @@ def test_job_kind_from_the_spec(tmp_path):
     assert job_kind(spec) == "rl"
     assert job_kind(spec, ["kind=supervised"]) == "supervised"
     assert job_kind(DEBUG_SPEC) == "supervised"
-    assert find_project_root(DEBUG_SPEC) == REPO
+    assert project_root(DEBUG_SPEC) == REPO
 
 
 def test_format_table_aligns_columns():
@@ -118,7 +123,9 @@ def test_serve_ingress_is_for_a_local_ray_only():
 def test_invalid_spec_reaches_neither_mlflow_nor_the_cluster(ray_head, mlflow_client):
     runs_before, jobs_before = all_run_ids(mlflow_client), submitted_jobs(ray_head)
     for address in (["--address", ray_head.dashboard_url], []):
-        proc = raymaas("train", str(DEBUG_SPEC), "--set", "train_loop_config.epochz=3", *address, env=user_env(ray_head))
+        proc = raymaas(
+            "train", str(DEBUG_SPEC), "--set", "train_loop_config.epochz=3", *address, env=user_env(ray_head)
+        )
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "train_loop_config.epochz: unknown field" in proc.stderr
         assert "submitted" not in proc.stdout
@@ -130,8 +137,15 @@ def test_local_train_passes_the_job_exit_code_through(ray_head, mlflow_client):
     """A valid spec the cluster cannot serve: the local driver's own exit code (3) comes back."""
     runs_before = all_run_ids(mlflow_client)
     proc = raymaas(
-        "train", str(DEBUG_SPEC), "--set", "name=cli-no-gpu", "--set", "scaling_config.use_gpu=true",
-        "--set", "scaling_config.placement_timeout_s=1", env=user_env(ray_head),
+        "train",
+        str(DEBUG_SPEC),
+        "--set",
+        "name=cli-no-gpu",
+        "--set",
+        "scaling_config.use_gpu=true",
+        "--set",
+        "scaling_config.placement_timeout_s=1",
+        env=user_env(ray_head),
     )
     assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
     assert "cannot provide what the job asks for" in proc.stderr
@@ -142,8 +156,17 @@ def test_failed_job_passes_the_drivers_verdict_through(ray_head, mlflow_client):
     """Submitted through the job API, the same unservable spec: its logs stream back, then
     FAILED, and the driver's exit code 3 (the cluster lacks the resources) comes back."""
     proc = raymaas(
-        "train", str(DEBUG_SPEC), "--address", ray_head.dashboard_url, "--set", "name=cli-no-gpu",
-        "--set", "scaling_config.use_gpu=true", "--set", "scaling_config.placement_timeout_s=1", env=user_env(ray_head),
+        "train",
+        str(DEBUG_SPEC),
+        "--address",
+        ray_head.dashboard_url,
+        "--set",
+        "name=cli-no-gpu",
+        "--set",
+        "scaling_config.use_gpu=true",
+        "--set",
+        "scaling_config.placement_timeout_s=1",
+        env=user_env(ray_head),
     )
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cannot provide what the job asks for" in proc.stdout  # the driver's own stderr, streamed
@@ -175,7 +198,8 @@ def test_promote_moves_champion_and_rejects_what_does_not_exist(ray_head, mlflow
 
     rows = [r for r in parse_table(raymaas("models", env=user_env(ray_head)).stdout) if r["model"] == name]
     assert [(r["version"], r["aliases"], r["gate"]) for r in rows] == [
-        ("2", "champion", "val_accuracy=0.6000"), ("1", "", "val_accuracy=0.5000"),
+        ("2", "champion", "val_accuracy=0.6000"),
+        ("1", "", "val_accuracy=0.5000"),
     ]
 
     proc = raymaas("promote", name, "7", env=user_env(ray_head))
@@ -186,21 +210,30 @@ def test_promote_moves_champion_and_rejects_what_does_not_exist(ray_head, mlflow
 
 
 @pytest.fixture(scope="module")
-def trained_via_job_api(ray_head):
-    """The debug spec submitted through the head's job API by `raymaas train --address`."""
+def trained_via_job_api(ray_head, tmp_path_factory):
+    """The debug spec submitted through the head's job API by `raymaas train --address`, from a
+    shell that names its own checkpoint storage."""
+    storage = tmp_path_factory.mktemp("job-api-storage")
+    env = {**user_env(ray_head), "RAYMAAS_STORAGE_PATH": str(storage), "RAYMAAS_SHARED_STORAGE": "1"}
     proc = raymaas(
-        "train", "jobs/specs/digits_debug.yaml", "--address", ray_head.dashboard_url, "--set", "name=cli-debug",
-        env=user_env(ray_head), timeout=600,
+        "train",
+        "jobs/specs/digits_debug.yaml",
+        "--address",
+        ray_head.dashboard_url,
+        "--set",
+        "name=cli-debug",
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     # the job's own output, streamed back: its outcome line names the run
     run_id = next(line for line in proc.stdout.splitlines() if line.startswith("raymaas: run ")).split()[2]
-    return run_id, proc
+    return run_id, proc, storage
 
 
 @pytest.mark.slow
 def test_train_through_the_job_api(trained_via_job_api, ray_head, mlflow_client):
-    run_id, proc = trained_via_job_api
+    run_id, proc, _ = trained_via_job_api
     assert "SUCCEEDED" in proc.stdout.splitlines()[-1]
     (job_id,) = [j for j in submitted_jobs(ray_head) if j in proc.stdout]
     run = mlflow_client.get_run(run_id)
@@ -211,7 +244,7 @@ def test_train_through_the_job_api(trained_via_job_api, ray_head, mlflow_client)
 
 @pytest.mark.slow
 def test_runs_and_models_show_the_trained_job(trained_via_job_api, ray_head, mlflow_client):
-    run_id, _ = trained_via_job_api
+    run_id, _, _ = trained_via_job_api
     proc = raymaas("runs", env=user_env(ray_head))
     assert proc.returncode == 0, proc.stderr
     (row,) = [r for r in parse_table(proc.stdout) if r["run id"] == run_id]
@@ -230,3 +263,12 @@ def test_runs_and_models_show_the_trained_job(trained_via_job_api, ray_head, mlf
     assert row["aliases"] == "candidate,champion"
     assert row["gate"] == f"val_accuracy={accuracy:.4f}"
     assert row["decision"] == "champion"
+
+
+@pytest.mark.slow
+def test_job_api_job_keeps_the_shells_storage_settings(trained_via_job_api, mlflow_client):
+    """RAYMAAS_STORAGE_PATH and RAYMAAS_SHARED_STORAGE travel with the job, as the tracking URI
+    does: its checkpoints land where the user's shell said, not in the head's default folder."""
+    run_id, _, storage = trained_via_job_api
+    run_name = mlflow_client.get_run(run_id).info.run_name
+    assert list((storage / run_name).glob("checkpoint_*")), sorted(p.name for p in storage.iterdir())

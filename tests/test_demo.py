@@ -28,8 +28,11 @@ SERVING_LINE = "raymaas demo: serving until Ctrl-C"
 
 
 def demo_env(home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")
+    }
     env.update(RAYMAAS_HOME=str(home), PYTHONUNBUFFERED="1")
     return env
 
@@ -40,8 +43,13 @@ class Demo:
     def __init__(self, home: Path, *args: str):
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "raymaas.cli", "demo", "--debug", *args], cwd=str(REPO), env=demo_env(home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            [sys.executable, "-m", "raymaas.cli", "demo", "--debug", *args],
+            cwd=str(REPO),
+            env=demo_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -122,9 +130,22 @@ def mlflow_server(demo_home, second_demo):
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
-        [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{demo_home / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=str(demo_home), env=demo_env(demo_home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            str(mlflow_cli),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{demo_home / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=str(demo_home),
+        env=demo_env(demo_home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"

@@ -3,7 +3,6 @@ continues its own run: all on a real Ray head through the real job API."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,8 +19,16 @@ pytestmark = pytest.mark.slow
 
 # Epochs of a few seconds each on 2 workers: long enough to act in the middle of a run.
 SLOW_EPOCHS = [
-    "--set", "data.source=synthetic", "--set", "data.n_samples=30000", "--set", "data.n_features=32",
-    "--set", "model.hidden_sizes=[256, 256]", "--set", "train_loop_config.batch_size=32",
+    "--set",
+    "data.source=synthetic",
+    "--set",
+    "data.n_samples=30000",
+    "--set",
+    "data.n_features=32",
+    "--set",
+    "model.hidden_sizes=[256, 256]",
+    "--set",
+    "train_loop_config.batch_size=32",
 ]
 
 
@@ -30,8 +37,6 @@ def runs_named(client, run_name: str):
         [e.experiment_id for e in client.search_experiments()],
         filter_string=f"tags.`{JOB_KEY_TAG}` = '{run_name}'",
     )
-
-
 
 
 def epochs_logged(client, run_name: str) -> list[int]:
@@ -55,10 +60,26 @@ def train_workers(ray_head) -> list[psutil.Process]:
 def test_killed_worker_resumes_from_checkpoint_in_one_run(ray_head, mlflow_client):
     run_name = "ft-kill-worker"
     driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), *SLOW_EPOCHS,
-         "--set", "name=ft-kill", "--set", f"mlflow.run_name={run_name}",
-         "--set", "train_loop_config.epochs=5", "--set", "failure_config.max_failures=2"],
-        cwd=REPO, env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "jobs.supervised",
+            str(DEBUG_SPEC),
+            *SLOW_EPOCHS,
+            "--set",
+            "name=ft-kill",
+            "--set",
+            f"mlflow.run_name={run_name}",
+            "--set",
+            "train_loop_config.epochs=5",
+            "--set",
+            "failure_config.max_failures=2",
+        ],
+        cwd=REPO,
+        env=ray_head.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         wait_for(lambda: len(epochs_logged(mlflow_client, run_name)) >= 2, 300, "two epochs")
@@ -90,12 +111,34 @@ def test_ray_job_submit_stop_and_resubmit(ray_head, mlflow_client):
     run name again continues that run from its checkpoint and finishes it."""
     env = {k: v for k, v in ray_head.env.items() if k != "RAY_ADDRESS"}
     run_name = "ft-submit"
-    args = [str(DEBUG_SPEC.relative_to(REPO)), *SLOW_EPOCHS, "--set", "name=ft-submit",
-            "--set", f"mlflow.run_name={run_name}", "--set", "train_loop_config.epochs=6"]
+    args = [
+        str(DEBUG_SPEC.relative_to(REPO)),
+        *SLOW_EPOCHS,
+        "--set",
+        "name=ft-submit",
+        "--set",
+        f"mlflow.run_name={run_name}",
+        "--set",
+        "train_loop_config.epochs=6",
+    ]
     job_id = f"ft-submit-{os.getpid()}"
     submitted = _ray_cli(
-        "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".", "--no-wait",
-        "--submission-id", job_id, "--", "python", "-m", "jobs.supervised", *args, env=env, timeout=120,
+        "job",
+        "submit",
+        "--address",
+        ray_head.dashboard_url,
+        "--working-dir",
+        ".",
+        "--no-wait",
+        "--submission-id",
+        job_id,
+        "--",
+        "python",
+        "-m",
+        "jobs.supervised",
+        *args,
+        env=env,
+        timeout=120,
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     wait_for(lambda: len(epochs_logged(mlflow_client, run_name)) >= 1, 300, "the first epoch of the submitted job")
@@ -109,8 +152,18 @@ def test_ray_job_submit_stop_and_resubmit(ray_head, mlflow_client):
     assert 1 <= len(done_before) < 6
 
     again = _ray_cli(
-        "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".",
-        "--", "python", "-m", "jobs.supervised", *args, env=env,
+        "job",
+        "submit",
+        "--address",
+        ray_head.dashboard_url,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "jobs.supervised",
+        *args,
+        env=env,
     )
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "[continuing]" in again.stdout
@@ -125,9 +178,23 @@ def test_ray_job_submit_stop_and_resubmit(ray_head, mlflow_client):
 def test_gpus_the_cluster_cannot_provide_fail_fast(ray_head):
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), "--set", "name=ft-gpu",
-         "--set", "scaling_config.use_gpu=true", "--set", "scaling_config.placement_timeout_s=3"],
-        cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "jobs.supervised",
+            str(DEBUG_SPEC),
+            "--set",
+            "name=ft-gpu",
+            "--set",
+            "scaling_config.use_gpu=true",
+            "--set",
+            "scaling_config.placement_timeout_s=3",
+        ],
+        cwd=REPO,
+        env=ray_head.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     elapsed = time.monotonic() - started
     assert proc.returncode == 3, proc.stderr[-3000:]

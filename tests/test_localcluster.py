@@ -13,19 +13,23 @@ import psutil
 import pytest
 
 from conftest import DEBUG_SPEC, REPO, free_port
-from raymaas import localcluster
-from raymaas.cluster import node_local_storage, node_local_tracking_uri, train_storage_path
+from raymaas.paths import checkpoint_storage as train_storage_path
+from raymaas.runtime import localcluster
+from raymaas.runtime.cluster import node_local_storage, node_local_tracking_uri
 
 
-@pytest.mark.parametrize("uri, local", [
-    ("sqlite:////srv/raymaas/mlflow.db", True),
-    ("file:///srv/mlruns", True),
-    ("/srv/mlruns", True),
-    ("http://10.0.0.5:5000", False),
-    ("https://mlflow.example.com", False),
-    ("databricks", False),
-    ("mlruns", True),  # no scheme: a folder
-])
+@pytest.mark.parametrize(
+    "uri, local",
+    [
+        ("sqlite:////srv/raymaas/mlflow.db", True),
+        ("file:///srv/mlruns", True),
+        ("/srv/mlruns", True),
+        ("http://10.0.0.5:5000", False),
+        ("https://mlflow.example.com", False),
+        ("databricks", False),
+        ("mlruns", True),  # no scheme: a folder
+    ],
+)
 def test_tracking_uris_that_only_one_node_reaches(uri, local):
     assert bool(node_local_tracking_uri(uri)) is local
 
@@ -52,25 +56,44 @@ def test_checkpoint_storage_path(monkeypatch, tmp_path):
 
 
 def _raymaas(*args, env, timeout=240):
-    return subprocess.run([sys.executable, "-m", "raymaas.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "raymaas.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_up_submit_a_job_see_it_in_the_mlflow_server_down(tmp_path):
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")
+    }
     ports = [free_port() for _ in range(3)]
-    up = _raymaas("up", "--home", str(home), "--num-cpus", "3", "--port", str(ports[0]),
-                  "--dashboard-port", str(ports[1]), "--mlflow-port", str(ports[2]), env=env)
+    up = _raymaas(
+        "up",
+        "--home",
+        str(home),
+        "--num-cpus",
+        "3",
+        "--port",
+        str(ports[0]),
+        "--dashboard-port",
+        str(ports[1]),
+        "--mlflow-port",
+        str(ports[2]),
+        env=env,
+    )
     state = localcluster.read_state(home.resolve())
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert state is not None
-        exports = dict(line.strip().removeprefix("export ").split("=", 1)
-                       for line in up.stdout.splitlines() if line.strip().startswith("export "))
+        exports = dict(
+            line.strip().removeprefix("export ").split("=", 1)
+            for line in up.stdout.splitlines()
+            if line.strip().startswith("export ")
+        )
         assert exports["RAY_ADDRESS"] == f"127.0.0.1:{ports[0]}"
         assert exports["RAY_API_SERVER_ADDRESS"] == f"http://127.0.0.1:{ports[1]}"
         assert exports["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{ports[2]}"
@@ -84,20 +107,40 @@ def test_up_submit_a_job_see_it_in_the_mlflow_server_down(tmp_path):
         # The README's workflow, with the lines `up` printed.
         job_env = {**env, **exports}
         submitted = subprocess.run(
-            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--working-dir", ".", "--",
-             "python", "-m", "jobs.supervised", str(DEBUG_SPEC.relative_to(REPO)), "--set", "name=up-job"],
-            cwd=REPO, env=job_env, capture_output=True, text=True, timeout=420,
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "job",
+                "submit",
+                "--working-dir",
+                ".",
+                "--",
+                "python",
+                "-m",
+                "jobs.supervised",
+                str(DEBUG_SPEC.relative_to(REPO)),
+                "--set",
+                "name=up-job",
+            ],
+            cwd=REPO,
+            env=job_env,
+            capture_output=True,
+            text=True,
+            timeout=420,
         )
         assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-4000:]
 
         # The run is in the tracking server, seen through MLflow's REST API.
         request = urllib.request.Request(
-            f"{exports['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/get-by-name?experiment_name=up-job")
+            f"{exports['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/get-by-name?experiment_name=up-job"
+        )
         with urllib.request.urlopen(request, timeout=30) as resp:
             experiment_id = json.loads(resp.read())["experiment"]["experiment_id"]
         request = urllib.request.Request(
-            f"{exports['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/search", method="POST",
-            data=json.dumps({"experiment_ids": [experiment_id]}).encode(), headers={"content-type": "application/json"})
+            f"{exports['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/search",
+            method="POST",
+            data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+            headers={"content-type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as resp:
             (run,) = json.loads(resp.read())["runs"]
         assert run["info"]["status"] == "FINISHED"

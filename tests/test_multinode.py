@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from conftest import DEBUG_SPEC, REPO, free_port, wait_for
-from raymaas import localcluster
+from raymaas.runtime import localcluster
 from raymaas.tracking import JOB_KEY_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -39,8 +39,16 @@ MAX_WORKERS = 3
 IDLE_TIMEOUT_MINUTES = 0.2  # 12 s: Ray's autoscaler accepts fractions of a minute
 # Epochs of a few seconds each on 2 workers: long enough to kill a node in the middle.
 SLOW_EPOCHS = [
-    "--set", "data.source=synthetic", "--set", "data.n_samples=30000", "--set", "data.n_features=32",
-    "--set", "model.hidden_sizes=[256, 256]", "--set", "train_loop_config.batch_size=32",
+    "--set",
+    "data.source=synthetic",
+    "--set",
+    "data.n_samples=30000",
+    "--set",
+    "data.n_features=32",
+    "--set",
+    "model.hidden_sizes=[256, 256]",
+    "--set",
+    "train_loop_config.batch_size=32",
 ]
 
 
@@ -65,10 +73,19 @@ def autoscaling_config(gcs_port: int) -> dict:
             WORKER_TYPE: {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": MAX_WORKERS},
         },
         "head_node_type": "ray.head.default",
-        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
     }
 
 
@@ -87,36 +104,57 @@ class FakeCluster:
 
 @pytest.fixture(scope="module")
 def fake_cluster(tmp_path_factory):
-    """The fake autoscaling cluster and an MLflow server, started by raymaas.localcluster (as
+    """The fake autoscaling cluster and an MLflow server, started by raymaas.runtime.localcluster (as
     `raymaas up` does, plus the autoscaling config); this process joins it as a driver."""
     import mlflow
     import ray
 
-    from raymaas.cluster import connect
+    from raymaas.runtime.cluster import connect
 
     home = tmp_path_factory.mktemp("multinode") / "home"
     home.mkdir()
     port = free_port()
     config = home / "autoscaling.yaml"
     config.write_text(yaml.safe_dump(autoscaling_config(port)))
-    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")}
+    saved = {
+        k: os.environ.get(k) for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")
+    }
     started = time.monotonic()
     try:
         cluster = localcluster.start(
-            home, num_cpus=0, port=port, dashboard_port=free_port(), mlflow_port=free_port(),
+            home,
+            num_cpus=0,
+            port=port,
+            dashboard_port=free_port(),
+            mlflow_port=free_port(),
             autoscaling_config=config,
-            env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-                 # a node whose raylet died is replaced after this long without a heartbeat
-                 "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "15", "RAY_TRAIN_V2_ENABLED": "1"},
+            env={
+                "RAY_FAKE_CLUSTER": "1",
+                "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                # a node whose raylet died is replaced after this long without a heartbeat
+                "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "15",
+                "RAY_TRAIN_V2_ENABLED": "1",
+            },
         )
         print(f"\nfake cluster: head and MLflow server up in {time.monotonic() - started:.1f} s", flush=True)
-        env = {**os.environ, "RAY_ADDRESS": cluster.gcs_address, "RAY_AUTH_MODE": "token",
-               "MLFLOW_TRACKING_URI": cluster.mlflow_url, "RAYMAAS_HOME": str(home),
-               # every fake node is a process on this machine: its disk is shared storage
-               "RAYMAAS_SHARED_STORAGE": "1"}
+        env = {
+            **os.environ,
+            "RAY_ADDRESS": cluster.gcs_address,
+            "RAY_AUTH_MODE": "token",
+            "MLFLOW_TRACKING_URI": cluster.mlflow_url,
+            "RAYMAAS_HOME": str(home),
+            # every fake node is a process on this machine: its disk is shared storage
+            "RAYMAAS_SHARED_STORAGE": "1",
+        }
         env.pop("MLFLOW_REGISTRY_URI", None)
-        os.environ.update({"MLFLOW_TRACKING_URI": cluster.mlflow_url, "MLFLOW_REGISTRY_URI": cluster.mlflow_url,
-                           "RAYMAAS_HOME": str(home), "RAY_ADDRESS": cluster.gcs_address})
+        os.environ.update(
+            {
+                "MLFLOW_TRACKING_URI": cluster.mlflow_url,
+                "MLFLOW_REGISTRY_URI": cluster.mlflow_url,
+                "RAYMAAS_HOME": str(home),
+                "RAY_ADDRESS": cluster.gcs_address,
+            }
+        )
         mlflow.set_tracking_uri(cluster.mlflow_url)
         mlflow.set_registry_uri(cluster.mlflow_url)
         connect(cluster.gcs_address)
@@ -137,8 +175,6 @@ def fake_cluster(tmp_path_factory):
 # --------------------------------------------------------------------------- helpers
 
 
-
-
 def worker_nodes() -> list[str]:
     """Node ids of the live nodes the autoscaler added (every node but the head)."""
     import ray
@@ -155,9 +191,20 @@ def train_worker_actors() -> list:
 def start_driver(cluster: FakeCluster, log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """`python -m jobs.supervised` joining the cluster; output to a file (a pipe could fill)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), "--set", "scaling_config.placement_timeout_s=240",
-         *args],
-        cwd=REPO, env=env or cluster.env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "jobs.supervised",
+            str(DEBUG_SPEC),
+            "--set",
+            "scaling_config.placement_timeout_s=240",
+            *args,
+        ],
+        cwd=REPO,
+        env=env or cluster.env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -200,13 +247,18 @@ def test_node_local_store_or_checkpoints_are_refused_before_anything_starts(fake
         ({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'node-local.db'}"}, "set MLFLOW_TRACKING_URI"),
         ({"RAYMAAS_SHARED_STORAGE": None}, "set RAYMAAS_STORAGE_PATH"),
     ]
-    for extra, says in cases:
+    jobs = [("jobs.supervised", DEBUG_SPEC), ("jobs.rl", REPO / "jobs/specs/cartpole_ppo_debug.yaml")]
+    for (module, spec), (extra, says) in [(job, case) for job in jobs for case in cases]:
         proc = subprocess.run(
-            [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), "--set", "name=mn-refused"],
-            cwd=REPO, env=fake_cluster.job_env(**extra), capture_output=True, text=True, timeout=240,
+            [sys.executable, "-m", module, str(spec), "--set", "name=mn-refused"],
+            cwd=REPO,
+            env=fake_cluster.job_env(**extra),
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
         assert proc.returncode == 2, proc.stderr[-3000:]  # EXIT_INVALID_SPEC
-        assert says in proc.stderr and "several nodes" in proc.stderr, proc.stderr[-3000:]
+        assert says in proc.stderr and "several nodes" in proc.stderr, (module, proc.stderr[-3000:])
     # Nothing started: no MLflow run, no worker node asked for.
     assert client.get_experiment_by_name("mn-refused") is None
     assert worker_nodes() == []
@@ -216,8 +268,9 @@ def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_i
     run_name = "mn-scale-run"
     wait_for(lambda: not worker_nodes(), 120, "no worker nodes before the job")
     submitted = time.monotonic()
-    driver = start_driver(fake_cluster, tmp_path / "driver.log", "--set", "name=mn-scale",
-                          "--set", f"mlflow.run_name={run_name}")
+    driver = start_driver(
+        fake_cluster, tmp_path / "driver.log", "--set", "name=mn-scale", "--set", f"mlflow.run_name={run_name}"
+    )
     try:
         wait_for(lambda: len(worker_nodes()) >= 2, 240, "two worker nodes")
         nodes_up_s = time.monotonic() - submitted
@@ -251,15 +304,28 @@ def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_i
 
     wait_for(lambda: not worker_nodes(), 240, "the idle worker nodes to be removed")
     removed_s = time.monotonic() - idle_since
-    print(f"\nautoscaler: submission -> 2 worker nodes up: {nodes_up_s:.1f} s; workers ended (nodes idle) -> "
-          f"nodes removed: {removed_s:.1f} s (idle timeout {IDLE_TIMEOUT_MINUTES * 60:.0f} s)", flush=True)
+    print(
+        f"\nautoscaler: submission -> 2 worker nodes up: {nodes_up_s:.1f} s; workers ended (nodes idle) -> "
+        f"nodes removed: {removed_s:.1f} s (idle timeout {IDLE_TIMEOUT_MINUTES * 60:.0f} s)",
+        flush=True,
+    )
 
 
 def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, client, tmp_path):
     run_name = "mn-kill-node-run"
-    driver = start_driver(fake_cluster, tmp_path / "driver.log", *SLOW_EPOCHS, "--set", "name=mn-kill",
-                          "--set", f"mlflow.run_name={run_name}", "--set", "train_loop_config.epochs=5",
-                          "--set", "failure_config.max_failures=3")
+    driver = start_driver(
+        fake_cluster,
+        tmp_path / "driver.log",
+        *SLOW_EPOCHS,
+        "--set",
+        "name=mn-kill",
+        "--set",
+        f"mlflow.run_name={run_name}",
+        "--set",
+        "train_loop_config.epochs=5",
+        "--set",
+        "failure_config.max_failures=3",
+    )
     try:
         wait_for(lambda: len(epochs_logged(client, run_name)) >= 2, 360, "two epochs")
         actor = wait_for(train_worker_actors, 30, "a Ray Train worker")[0]
@@ -289,8 +355,11 @@ def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, cli
     resumed_from = int(run.data.tags["raymaas.resumed_from_epoch"])
     assert 1 <= resumed_from <= killed_after + 2  # the epoch after the last checkpoint, never 0
     assert epochs_logged(client, run_name) == list(range(5))  # each epoch logged once
-    print(f"\nnode kill: killed after epoch {killed_after}, replacement node up {replaced_s:.1f} s later, "
-          f"resumed from epoch {resumed_from}", flush=True)
+    print(
+        f"\nnode kill: killed after epoch {killed_after}, replacement node up {replaced_s:.1f} s later, "
+        f"resumed from epoch {resumed_from}",
+        flush=True,
+    )
 
 
 def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
@@ -299,7 +368,7 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
     import torch
     from ray import serve
 
-    from raymaas.pyfunc import log_classifier
+    from raymaas.modelcode.pyfunc import log_classifier
     from raymaas.serving import ServeSpec, build_model_app
     from raymaas.tracking import ensure_experiment
 
@@ -312,14 +381,21 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
     version = mlflow.register_model(info.model_uri, name).version
     client.set_registered_model_alias(name, "champion", version)
 
-    spec = ServeSpec.model_validate({
-        "models": [{"name": name}],
-        # one replica per node: each asks for a whole CPU, and a node has one
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
-                               "upscale_delay_s": 1, "downscale_delay_s": 5},
-        "ray_actor_options": {"num_cpus": 1},
-        "tracking_uri": fake_cluster.mlflow_url,
-    })
+    spec = ServeSpec.model_validate(
+        {
+            "models": [{"name": name}],
+            # one replica per node: each asks for a whole CPU, and a node has one
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": 3,
+                "target_ongoing_requests": 1,
+                "upscale_delay_s": 1,
+                "downscale_delay_s": 5,
+            },
+            "ray_actor_options": {"num_cpus": 1},
+            "tracking_uri": fake_cluster.mlflow_url,
+        }
+    )
     port = free_port()
     # one HTTP proxy, on the head: every fake node shares this machine's ports
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
@@ -354,10 +430,12 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
         for t in threads:
             t.start()
         try:
+
             def scaled_out():
                 peak["replicas"] = max(peak["replicas"], replicas())
                 peak["nodes"] = max(peak["nodes"], len(worker_nodes()))
                 return peak["replicas"] >= 3
+
             wait_for(scaled_out, 180, "3 replicas under load", interval=1)
             scaled_out_s = time.monotonic() - load_started
         finally:
@@ -372,8 +450,10 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
         scaled_in_s = time.monotonic() - load_stopped
         wait_for(lambda: len(worker_nodes()) == 1, 240, "idle nodes removed", interval=1)
         nodes_removed_s = time.monotonic() - load_stopped
-        print(f"\nserve autoscaling: {len(codes)} requests, all 200; load start -> 3 replicas on 3 nodes: "
-              f"{scaled_out_s:.1f} s; load stop -> 1 replica: {scaled_in_s:.1f} s, -> 1 node: {nodes_removed_s:.1f} s",
-              flush=True)
+        print(
+            f"\nserve autoscaling: {len(codes)} requests, all 200; load start -> 3 replicas on 3 nodes: "
+            f"{scaled_out_s:.1f} s; load stop -> 1 replica: {scaled_in_s:.1f} s, -> 1 node: {nodes_removed_s:.1f} s",
+            flush=True,
+        )
     finally:
         serve.shutdown()

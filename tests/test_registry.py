@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from mlflow.exceptions import MlflowException
 
-from raymaas import registry
-from raymaas.tracking import get_client
+from raymaas.tracking import get_client, registry
 
 
 @pytest.fixture()
@@ -60,5 +60,5 @@ def test_promote_by_hand_records_the_decision(client):
     registry.promote(client, "h", v2)
     assert str(client.get_model_version_by_alias("h", "champion").version) == v2
     assert client.get_model_version("h", v2).tags[registry.REASON_TAG] == "promoted by hand"
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException):
         registry.promote(client, "h", "99")

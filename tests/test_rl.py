@@ -31,8 +31,9 @@ def _run_id(stdout: str) -> str:
 
 def _solve(ray_head, spec, name: str) -> str:
     # max_seconds bounds a bad run: it then ends unsolved and the assertions below say so.
-    proc = run_job(["jobs.rl", str(spec), "--set", f"name={name}", "--set", "stop.max_seconds=420"],
-                   env=ray_head.env, timeout=600)
+    proc = run_job(
+        ["jobs.rl", str(spec), "--set", f"name={name}", "--set", "stop.max_seconds=420"], env=ray_head.env, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return _run_id(proc.stdout)
 
@@ -96,7 +97,9 @@ def test_registered_policy_is_gated_candidate_and_champion(solved, mlflow_client
     import mlflow
 
     info = mlflow.models.get_model_info(f"models:/{name}/{mv.version}")
-    assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4)}}]
+    assert info.signature.inputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4)}}
+    ]
     assert info.signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "int64", "shape": (-1,)}}]
 
 
@@ -105,7 +108,9 @@ def test_registered_policy_without_ray_scores_as_the_rllib_module(solved, ray_he
     """A fresh process that cannot import Ray loads the champion and replays the final greedy
     evaluation (same env, same seeds): every episode's return equals the RLlib module's."""
     algo, run_id = solved
-    evaluation = json.loads(Path(mlflow_client.download_artifacts(run_id, "evaluation.json", str(tmp_path))).read_text())
+    evaluation = json.loads(
+        Path(mlflow_client.download_artifacts(run_id, "evaluation.json", str(tmp_path))).read_text()
+    )
     script = textwrap.dedent(
         f"""
         import builtins, json, sys
@@ -116,7 +121,7 @@ def test_registered_policy_without_ray_scores_as_the_rllib_module(solved, ray_he
             return real_import(name, *a, **k)
         builtins.__import__ = guarded
         import mlflow, numpy as np
-        from raymaas.policy import evaluate_greedy
+        from raymaas.modelcode.policy import evaluate_greedy
         mlflow.set_tracking_uri({ray_head.tracking_uri!r})
         model = mlflow.pyfunc.load_model("models:/test-rl-{algo}@champion")
         one = model.predict(np.zeros((1, 4), dtype=np.float32))
@@ -157,8 +162,9 @@ def _ray_cli(*args: str, env: dict, timeout: float = 600) -> subprocess.Complete
 
 
 def _runs_named(client, run_name: str):
-    return client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.`{JOB_KEY_TAG}` = '{run_name}'")
+    return client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.`{JOB_KEY_TAG}` = '{run_name}'"
+    )
 
 
 def _iterations_logged(client, run_name: str) -> list[tuple[int, int]]:
@@ -185,24 +191,62 @@ def test_ray_job_submit_stop_and_resubmit_continues_the_run(ray_head, mlflow_cli
     run name submitted again restores the last RLlib checkpoint and finishes the same run."""
     env = {k: v for k, v in ray_head.env.items() if k != "RAY_ADDRESS"}
     run_name = "rl-submit"
-    args = [str(DEBUG_SPEC.relative_to(REPO)), "--set", "name=test-rl-submit", "--set", f"mlflow.run_name={run_name}",
-            # 60 iterations: enough that `ray job stop` lands mid-run even on a loaded machine
-            "--set", "stop.max_env_steps=30000", "--set", "checkpoint_config.checkpoint_frequency=1"]
+    args = [
+        str(DEBUG_SPEC.relative_to(REPO)),
+        "--set",
+        "name=test-rl-submit",
+        "--set",
+        f"mlflow.run_name={run_name}",
+        # 60 iterations: enough that `ray job stop` lands mid-run even on a loaded machine
+        "--set",
+        "stop.max_env_steps=30000",
+        "--set",
+        "checkpoint_config.checkpoint_frequency=1",
+    ]
     job_id = f"rl-submit-{os.getpid()}"
-    submitted = _ray_cli("job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".", "--no-wait",
-                         "--submission-id", job_id, "--", "python", "-m", "jobs.rl", *args, env=env, timeout=120)
+    submitted = _ray_cli(
+        "job",
+        "submit",
+        "--address",
+        ray_head.dashboard_url,
+        "--working-dir",
+        ".",
+        "--no-wait",
+        "--submission-id",
+        job_id,
+        "--",
+        "python",
+        "-m",
+        "jobs.rl",
+        *args,
+        env=env,
+        timeout=120,
+    )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     _wait_for(lambda: len(_iterations_logged(mlflow_client, run_name)) >= 2, 300, "two iterations of the job")
     stopped = _ray_cli("job", "stop", "--address", ray_head.dashboard_url, job_id, env=env, timeout=120)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    (run,) = _wait_for(lambda: [r for r in _runs_named(mlflow_client, run_name) if r.info.status != "RUNNING"],
-                       60, "a final status")
+    (run,) = _wait_for(
+        lambda: [r for r in _runs_named(mlflow_client, run_name) if r.info.status != "RUNNING"], 60, "a final status"
+    )
     assert run.info.status == "KILLED"
     before = _iterations_logged(mlflow_client, run_name)
     assert 2 <= len(before) < 60
 
-    again = _ray_cli("job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".",
-                     "--", "python", "-m", "jobs.rl", *args, env=env)
+    again = _ray_cli(
+        "job",
+        "submit",
+        "--address",
+        ray_head.dashboard_url,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "jobs.rl",
+        *args,
+        env=env,
+    )
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "[continuing]" in again.stdout
     (run,) = _runs_named(mlflow_client, run_name)
@@ -218,6 +262,36 @@ def test_ray_job_submit_stop_and_resubmit_continues_the_run(ray_head, mlflow_cli
     assert run.data.metrics["env_steps_sampled"] == steps[-1]
     (version,) = mlflow_client.search_model_versions("name='test-rl-submit'")
     assert version.run_id == run.info.run_id
+
+
+def test_checkpoints_go_where_raymaas_storage_path_says(tmp_path):
+    """RL jobs keep their checkpoints in the job's checkpoint storage, as supervised jobs do,
+    not under the project folder: on a cluster that is the storage every node reaches."""
+    home, storage = tmp_path / "home", tmp_path / "shared-storage"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    env.update(
+        RAYMAAS_HOME=str(home), RAYMAAS_STORAGE_PATH=str(storage), MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}"
+    )
+    proc = run_job(
+        [
+            "jobs.rl",
+            str(DEBUG_SPEC),
+            "--set",
+            "mlflow.run_name=rl-storage",
+            "--set",
+            "stop.max_env_steps=1000",
+            "--set",
+            "checkpoint_config.checkpoint_frequency=1",
+        ],
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    latest = json.loads((storage / "rl-storage" / "latest.json").read_text())
+    assert (storage / "rl-storage" / latest["checkpoint"]).is_dir()
+    assert latest["progress"]["iteration"] >= 1
+    assert not (home / "ray_results").exists()
 
 
 # --------------------------------------------------------------------------- bad input
@@ -243,7 +317,9 @@ def test_bad_spec_is_rejected_before_any_ray_work(override, message, tmp_path):
 
 
 def test_dqn_needs_a_discrete_action_space():
-    with pytest.raises(SpecError, match=r"env 'Pendulum-v1' has a continuous action space Box.*dqn needs a Discrete one"):
+    with pytest.raises(
+        SpecError, match=r"env 'Pendulum-v1' has a continuous action space Box.*dqn needs a Discrete one"
+    ):
         load_spec(RLSpec, DQN_SPEC, ["env=Pendulum-v1"])
     with pytest.raises(SpecError, match=r"env 'ALE/NotAGame-v5'|gymnasium does not know"):
         load_spec(RLSpec, DQN_SPEC, ["env=ALE/NotAGame-v5"])
@@ -258,11 +334,17 @@ def test_shipped_specs_validate():
 
 
 def test_cli_validates_rl_specs_before_anything_runs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "raymaas.cli", "train", str(DEBUG_SPEC), "--set", "training.lrr=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raymaas.cli", "train", str(DEBUG_SPEC), "--set", "training.lrr=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "unknown RLlib field 'lrr' (did you mean 'lr'?)" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "raymaas.cli", "explain", "rl"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raymaas.cli", "explain", "rl"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and "stop.target_return" in proc.stdout and "env_runners.num_env_runners" in proc.stdout
 
 
@@ -315,8 +397,22 @@ def test_own_env_from_a_user_package_travels_with_the_job(ray_head, mlflow_clien
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(USER_ENV_PACKAGE)
     env = ray_head.job_env(PYTHONPATH=str(tmp_path / "code"))
-    proc = run_job(["jobs.rl", str(DEBUG_SPEC), "--set", "name=test-rl-own-env", "--set", "env=acme_envs:Corridor-v0",
-                    "--set", "env_runners.num_env_runners=1", "--set", "stop.max_env_steps=1000"], env=env, timeout=600)
+    proc = run_job(
+        [
+            "jobs.rl",
+            str(DEBUG_SPEC),
+            "--set",
+            "name=test-rl-own-env",
+            "--set",
+            "env=acme_envs:Corridor-v0",
+            "--set",
+            "env_runners.num_env_runners=1",
+            "--set",
+            "stop.max_env_steps=1000",
+        ],
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = mlflow_client.get_run(_run_id(proc.stdout))
     assert run.info.status == "FINISHED" and run.data.tags["env"] == "acme_envs:Corridor-v0"

@@ -37,30 +37,62 @@ def ray_head(tmp_path_factory):
     import tempfile
     from pathlib import Path
 
-    from raymaas.serving import haproxy_ingress_env
+    from raymaas.serving.ingress import haproxy_ingress_env
 
     base = tmp_path_factory.mktemp("serve-head")
     home = base / "home"
     home.mkdir()
     python = make_bare_python(base / "bare-venv")
     tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
-    env = {**os.environ, "PATH": f"{python.parent}:{os.environ['PATH']}", "RAYMAAS_HOME": str(home),
-           "MLFLOW_TRACKING_URI": tracking_uri}
+    env = {
+        **os.environ,
+        "PATH": f"{python.parent}:{os.environ['PATH']}",
+        "RAYMAAS_HOME": str(home),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+    }
     env.pop("RAY_ADDRESS", None)
     env.pop("PYTHONPATH", None)
     temp_dir = Path(tempfile.mkdtemp(prefix="rms", dir="/tmp"))
     env.update(haproxy_ingress_env(temp_dir / "haproxy"))  # the platform's ingress: Ray's HAProxy
     port = free_port()
-    ports = {flag: free_port() for flag in ("dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                             "ray-client-server-port", "metrics-export-port", "runtime-env-agent-port")}
+    ports = {
+        flag: free_port()
+        for flag in (
+            "dashboard-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "ray-client-server-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+        )
+    }
     try:
-        subprocess.run([str(python.parent / "ray"), "start", "--head", f"--temp-dir={temp_dir}", f"--port={port}",
-                        "--num-cpus=4", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                        *(f"--{flag}={p}" for flag, p in ports.items()), "--disable-usage-stats"],
-                       env=env, check=True, capture_output=True, cwd=str(base))
+        subprocess.run(
+            [
+                str(python.parent / "ray"),
+                "start",
+                "--head",
+                f"--temp-dir={temp_dir}",
+                f"--port={port}",
+                "--num-cpus=4",
+                "--node-ip-address=127.0.0.1",
+                "--dashboard-host=127.0.0.1",
+                *(f"--{flag}={p}" for flag, p in ports.items()),
+                "--disable-usage-stats",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=str(base),
+        )
         address = f"127.0.0.1:{port}"
-        driver_env = {**os.environ, "RAY_ADDRESS": address, "RAYMAAS_HOME": str(home),
-                      "MLFLOW_TRACKING_URI": tracking_uri, "RAY_AUTH_MODE": "token"}
+        driver_env = {
+            **os.environ,
+            "RAY_ADDRESS": address,
+            "RAYMAAS_HOME": str(home),
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "RAY_AUTH_MODE": "token",
+        }
         yield RayHead(address, f"http://127.0.0.1:{ports['dashboard-port']}", home, tracking_uri, driver_env, temp_dir)
     finally:
         stop_ray_head(temp_dir)
@@ -79,7 +111,7 @@ def _train_tiny(seed: int):
     import mlflow
     import torch
 
-    from raymaas.pyfunc import log_classifier
+    from raymaas.modelcode.pyfunc import log_classifier
 
     torch.manual_seed(seed)
     module = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
@@ -93,7 +125,6 @@ def registered(ray_head, mlflow_client):
     """Two versions of a tiny torch model (v1 champion), a hand-registered scikit-learn model
     with named columns, and a model produced by the supervised job on the head."""
     import mlflow
-    import pandas as pd
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
@@ -120,7 +151,7 @@ def endpoint(ray_head, registered, tmp_path_factory):
     import ray
     from ray import serve
 
-    from raymaas.cluster import connect
+    from raymaas.runtime.cluster import connect
     from raymaas.serving import IndexSpec, ServeSpec, build_index_app, build_model_app
 
     keys = tmp_path_factory.mktemp("keys") / "api_keys"
@@ -132,20 +163,29 @@ def endpoint(ray_head, registered, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     key_env = {"runtime_env": {"env_vars": {"RAYMAAS_API_KEYS_FILE": str(keys)}}}
-    tiny = ServeSpec.model_validate({
-        "models": [{"name": TINY}],  # alias champion by default
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-                               "upscale_delay_s": 1, "downscale_delay_s": 600},
-        "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002},
-        "ray_actor_options": {"num_cpus": 0.25, **key_env},
-        "max_request_bytes": TINY_BODY_LIMIT,
-        "poll_interval_s": 1,
-    })
-    shared = ServeSpec.model_validate({
-        "models": [{"name": SKLEARN, "version": 1}, {"name": JOB_MODEL}],
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-        "ray_actor_options": {"num_cpus": 0.25},
-    })
+    tiny = ServeSpec.model_validate(
+        {
+            "models": [{"name": TINY}],  # alias champion by default
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": 2,
+                "target_ongoing_requests": 2,
+                "upscale_delay_s": 1,
+                "downscale_delay_s": 600,
+            },
+            "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002},
+            "ray_actor_options": {"num_cpus": 0.25, **key_env},
+            "max_request_bytes": TINY_BODY_LIMIT,
+            "poll_interval_s": 1,
+        }
+    )
+    shared = ServeSpec.model_validate(
+        {
+            "models": [{"name": SKLEARN, "version": 1}, {"name": JOB_MODEL}],
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+            "ray_actor_options": {"num_cpus": 0.25},
+        }
+    )
     serve.run(build_index_app(IndexSpec()), name="index", route_prefix="/")
     serve.run(build_model_app(tiny), name="tiny", route_prefix=tiny.route_prefix)
     serve.run(build_model_app(shared), name="shared", route_prefix=shared.route_prefix)
@@ -187,7 +227,7 @@ def test_haproxy_ingress_env_keeps_each_instance_apart(tmp_path):
     import tempfile
     from pathlib import Path
 
-    from raymaas.serving import haproxy_ingress_env
+    from raymaas.serving.ingress import haproxy_ingress_env
 
     short = [Path(tempfile.mkdtemp(prefix="rmh", dir="/tmp")) for _ in range(2)]
     try:
@@ -195,7 +235,11 @@ def test_haproxy_ingress_env_keeps_each_instance_apart(tmp_path):
         assert first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
         assert len([k for k in first if "PORT" in k or k.endswith(("_LOC", "_PATH", "_BASE", "_FILE"))]) == 9
         # nothing shared between two Serve instances on one machine: no path, no port
-        shared = {k for k in first if first[k] == second[k] and ("PORT" in k or k.endswith(("_LOC", "_PATH", "_BASE", "_FILE")))}
+        shared = {
+            k
+            for k in first
+            if first[k] == second[k] and ("PORT" in k or k.endswith(("_LOC", "_PATH", "_BASE", "_FILE")))
+        }
         assert not shared, shared
         assert (short[0] / "hap").stat().st_mode & 0o777 == 0o700  # the admin socket lives there
     finally:
@@ -248,7 +292,9 @@ def test_listing_health_and_docs(endpoint, registered):
     assert set(models) == {TINY, SKLEARN, JOB_MODEL}
     assert models[TINY]["alias"] == "champion" and models[TINY]["version"] == registered["tiny"][0]
     assert models[SKLEARN]["version"] == "1" and models[SKLEARN]["alias"] is None
-    assert models[TINY]["signature"]["inputs"] == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 64]}}]
+    assert models[TINY]["signature"]["inputs"] == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 64]}}
+    ]
     assert [c["name"] for c in models[SKLEARN]["signature"]["inputs"]] == list(registered["iris"].columns)
     assert models[JOB_MODEL]["route"] == f"/models/{JOB_MODEL}/invocations"
     assert call(f"{endpoint}/health", key=None)[:3:2] == (200, {"status": "ok"})
@@ -285,8 +331,11 @@ def test_bad_tensor_input_is_422_saying_what_is_expected(endpoint, registered, b
 @pytest.mark.slow
 def test_missing_column_is_422(endpoint, registered):
     frame = registered["iris"].head(3)
-    code, _, out = call(f"{endpoint}/models/{SKLEARN}/invocations",
-                        {"dataframe_records": frame.drop(columns=["petal_width"]).to_dict(orient="records")}, key=None)
+    code, _, out = call(
+        f"{endpoint}/models/{SKLEARN}/invocations",
+        {"dataframe_records": frame.drop(columns=["petal_width"]).to_dict(orient="records")},
+        key=None,
+    )
     assert code == 422, out
     assert "petal_width" in out["message"]
     assert [c["name"] for c in out["expected"]] == list(registered["iris"].columns)
@@ -329,14 +378,16 @@ async def _load(url: str, body: bytes, concurrency: int, stop: asyncio.Event, lo
 
     headers = {"content-type": "application/json", "x-api-key": API_KEY}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
         async def worker():
             while not stop.is_set() and len(log) < max_requests:
                 try:
                     async with session.post(url, data=body, headers=headers) as resp:
                         await resp.read()
                         log.append((time.monotonic(), resp.status, resp.headers.get("x-model-version")))
-                except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                except (aiohttp.ClientError, TimeoutError) as err:
                     log.append((time.monotonic(), type(err).__name__, None))
+
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
@@ -390,13 +441,15 @@ def test_killed_replica_is_replaced_under_load(endpoint, ray_head, registered):
     log: list = []
 
     def replica_pids():
-        actors = list_actors(address=ray_head.address, filters=[("class_name", "=", "ServeReplica:tiny:ModelEndpoint"),
-                                                                 ("state", "=", "ALIVE")])
+        actors = list_actors(
+            address=ray_head.address,
+            filters=[("class_name", "=", "ServeReplica:tiny:ModelEndpoint"), ("state", "=", "ALIVE")],
+        )
         return {a.pid for a in actors}
 
     async def scenario():
         stop = asyncio.Event()
-        load = asyncio.create_task(_load(url, body, 8, stop, log, max_requests=20_000))
+        load = asyncio.create_task(_load(url, body, 8, stop, log, max_requests=100_000))
         # the load (8 in flight, target 2 a replica) scales the app to its max of 2 replicas
         deadline = time.monotonic() + 60
         while _replicas("tiny") < 2 and time.monotonic() < deadline:
@@ -424,8 +477,10 @@ def test_killed_replica_is_replaced_under_load(endpoint, ray_head, registered):
     assert victim not in after and len(after) == len(before), (before, after)
     failed = [entry for entry in log if entry[1] != 200]
     share = len(failed) / len(log)
-    print(f"\nkilled replica {victim}: {len(failed)} of {len(log)} requests failed ({share:.2%}); "
-          f"replaced after {recovered_at - killed_at:.1f}s; failures: {sorted({str(f[1]) for f in failed})}")
+    print(
+        f"\nkilled replica {victim}: {len(failed)} of {len(log)} requests failed ({share:.2%}); "
+        f"replaced after {recovered_at - killed_at:.1f}s; failures: {sorted({str(f[1]) for f in failed})}"
+    )
     assert share < 0.05
     tail = [s for t, s, _ in log if t > recovered_at]
     assert tail and all(s == 200 for s in tail)

@@ -47,7 +47,7 @@ def test_defaults_follow_the_issue():
         ("data.source=/nowhere/train.parquet", "data.source", "does not exist"),
         ("model.name=resnet9000", "model.name", "unknown model 'resnet9000'"),
         ("model.name=no_such_pkg.mod:build", "model.name", "cannot import 'no_such_pkg.mod'"),
-        ("model.name=raymaas.models:nothing_here", "model.name", "no callable 'nothing_here'"),
+        ("model.name=raymaas.supervised.models:nothing_here", "model.name", "no callable 'nothing_here'"),
         ("data.validation_fraction=1.5", "data.validation_fraction", "less than 1"),
         ("name=has spaces", "name", "pattern"),
     ],
@@ -56,7 +56,7 @@ def test_bad_fields_are_named(override, field, words):
     with pytest.raises(SpecError) as err:
         load_spec(SupervisedSpec, DEBUG_SPEC, [override])
     message = str(err.value)
-    line = next(l for l in message.splitlines() if l.strip().startswith(field + ":"))
+    line = next(text for text in message.splitlines() if text.strip().startswith(field + ":"))
     assert words in line, message
 
 
@@ -99,8 +99,11 @@ def test_file_source_label_column_checked_before_ray(tmp_path):
         with pytest.raises(SpecError, match="label_column 'label' is not a column"):
             load_spec(SupervisedSpec, DEBUG_SPEC, [f"data.source={source}"])
     with pytest.raises(SpecError, match=r"feature_columns \['x9'\]"):
-        load_spec(SupervisedSpec, DEBUG_SPEC, [f"data.source={tmp_path / 'rows.csv'}", "data.label_column=target",
-                                                "data.feature_columns=[x1, x9]"])
+        load_spec(
+            SupervisedSpec,
+            DEBUG_SPEC,
+            [f"data.source={tmp_path / 'rows.csv'}", "data.label_column=target", "data.feature_columns=[x1, x9]"],
+        )
 
 
 def test_invalid_spec_exits_2_and_creates_no_run(tmp_path):
@@ -110,7 +113,11 @@ def test_invalid_spec_exits_2_and_creates_no_run(tmp_path):
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), "--set", "model.name=transformer"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "model.name: unknown model 'transformer'" in proc.stderr

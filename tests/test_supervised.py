@@ -27,8 +27,14 @@ def _run_id(stdout: str) -> str:
 def trained_digits(ray_head, mlflow_client):
     """A 2-worker digits MLP trained through the job entrypoint."""
     proc = run_job(
-        ["jobs.supervised", str(REPO / "jobs/specs/digits_mlp.yaml"),
-         "--set", "name=test-digits", "--set", "train_loop_config.epochs=12"],
+        [
+            "jobs.supervised",
+            str(REPO / "jobs/specs/digits_mlp.yaml"),
+            "--set",
+            "name=test-digits",
+            "--set",
+            "train_loop_config.epochs=12",
+        ],
         env=ray_head.env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -118,8 +124,16 @@ def _champion_accuracy(ray_head) -> float:
 def test_second_version_is_gated_against_champion(trained_digits, ray_head, mlflow_client):
     """A worse model becomes a candidate only; the reason is recorded on the version."""
     proc = run_job(
-        ["jobs.supervised", str(DEBUG_SPEC), "--set", "name=test-digits",
-         "--set", "train_loop_config.epochs=1", "--set", "train_loop_config.lr=0.0005"],
+        [
+            "jobs.supervised",
+            str(DEBUG_SPEC),
+            "--set",
+            "name=test-digits",
+            "--set",
+            "train_loop_config.epochs=1",
+            "--set",
+            "train_loop_config.lr=0.0005",
+        ],
         env=ray_head.env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -135,8 +149,14 @@ def test_second_version_is_gated_against_champion(trained_digits, ray_head, mlfl
 
 def test_cnn_spec_trains(ray_head, mlflow_client):
     proc = run_job(
-        ["jobs.supervised", str(REPO / "jobs/specs/digits_cnn.yaml"), "--set", "name=test-cnn",
-         "--set", "train_loop_config.epochs=3"],
+        [
+            "jobs.supervised",
+            str(REPO / "jobs/specs/digits_cnn.yaml"),
+            "--set",
+            "name=test-cnn",
+            "--set",
+            "train_loop_config.epochs=3",
+        ],
         env=ray_head.env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -145,13 +165,13 @@ def test_cnn_spec_trains(ray_head, mlflow_client):
     assert np.isfinite(run.data.metrics["train_loss"])
 
 
-USER_PACKAGE = '''
+USER_PACKAGE = """
 import torch
 
 
 def tiny_mlp(n_features, n_classes, width=16):
     return torch.nn.Sequential(torch.nn.Linear(n_features, width), torch.nn.ReLU(), torch.nn.Linear(width, n_classes))
-'''
+"""
 
 
 def test_parquet_folder_and_user_model_factory(tmp_path, ray_head, mlflow_client):
@@ -159,7 +179,7 @@ def test_parquet_folder_and_user_model_factory(tmp_path, ray_head, mlflow_client
     (shipped to the workers), and a registered model that takes named columns."""
     import pandas as pd
 
-    from raymaas.data import make_synthetic
+    from raymaas.supervised.data import make_synthetic
 
     x, y = make_synthetic(3000, 16, 3, seed=1)  # a linear model scores about 0.9 here
     frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(16)]).assign(species=y)
@@ -173,9 +193,22 @@ def test_parquet_folder_and_user_model_factory(tmp_path, ray_head, mlflow_client
 
     env = ray_head.job_env(PYTHONPATH=str(tmp_path / "code"))
     proc = run_job(
-        ["jobs.supervised", str(DEBUG_SPEC), "--set", "name=test-parquet", "--set", f"data.source={folder}",
-         "--set", "data.label_column=species", "--set", "model.name=acme_models:tiny_mlp",
-         "--set", "model.options={width: 32}", "--set", "train_loop_config.epochs=4"],
+        [
+            "jobs.supervised",
+            str(DEBUG_SPEC),
+            "--set",
+            "name=test-parquet",
+            "--set",
+            f"data.source={folder}",
+            "--set",
+            "data.label_column=species",
+            "--set",
+            "model.name=acme_models:tiny_mlp",
+            "--set",
+            "model.options={width: 32}",
+            "--set",
+            "train_loop_config.epochs=4",
+        ],
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -24,11 +24,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raymaas import tracking
-from raymaas.serving import prepare_local_ingress
+from raymaas import paths, tracking
+from raymaas.kinds import get_kind
+from raymaas.serving.ingress import prepare_local_ingress
 from raymaas.specs import load_spec
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -36,13 +35,13 @@ class Stage:
     """A training job of the demo."""
 
     title: str
-    kind: str  # supervised | rl
+    kind: str  # a row of raymaas.kinds
     spec: str  # relative to the project root
     overrides: tuple[str, ...] = ()  # --set arguments
 
     @property
     def module(self) -> str:
-        return f"jobs.{self.kind}"
+        return get_kind(self.kind).entrypoint
 
 
 STAGES = {
@@ -93,7 +92,7 @@ class Answer:
     details: list[str] = field(default_factory=list)
 
 
-class Progress:
+class StageLog:
     """Stage headers and timing lines, flushed at once (the demo is watched live)."""
 
     def __init__(self, total: int):
@@ -118,16 +117,19 @@ def _duration(seconds: float) -> str:
 # --------------------------------------------------------------------------- training stages
 
 
-def train(stage: Stage, progress: Progress, log_dir: Path, tracking_uri: str) -> Trained:
+def train(stage: Stage, progress: StageLog, log_dir: Path, tracking_uri: str) -> Trained:
     """Run one job as a user would, report its progress from MLflow, read its outcome there."""
-    from raymaas.cli import spec_model
-
-    spec_path = PROJECT_ROOT / stage.spec
-    spec = load_spec(spec_model(stage.kind), spec_path, stage.overrides)
+    root = paths.project_root()
+    spec = load_spec(get_kind(stage.kind).load_spec_model(), root / stage.spec, stage.overrides)
     run_name = tracking.new_run_name(spec.name)
     log_path = log_dir / f"{spec.name}.log"
-    command = [sys.executable, "-m", stage.module, stage.spec,
-               *(arg for o in (*stage.overrides, f"mlflow.run_name={run_name}") for arg in ("--set", o))]
+    command = [
+        sys.executable,
+        "-m",
+        stage.module,
+        stage.spec,
+        *(arg for o in (*stage.overrides, f"mlflow.run_name={run_name}") for arg in ("--set", o)),
+    ]
     progress.line(f"$ python {' '.join(command[1:])}")
     progress.line(f"job output: {log_path}")
     # The embedded default: each job starts a Ray of its own in its process, as `make demo`
@@ -137,8 +139,9 @@ def train(stage: Stage, progress: Progress, log_dir: Path, tracking_uri: str) ->
     client = tracking.get_client(tracking_uri)
     started = time.monotonic()
     with open(log_path, "w") as log:
-        job = subprocess.Popen(command, cwd=str(PROJECT_ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+        job = subprocess.Popen(
+            command, cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             watch = _Watcher(client, spec, stage.kind, run_name, progress, started)
             while job.poll() is None:
@@ -158,7 +161,7 @@ def train(stage: Stage, progress: Progress, log_dir: Path, tracking_uri: str) ->
 class _Watcher:
     """Prints a job's progress as its MLflow run records it: epochs, or env steps and returns."""
 
-    def __init__(self, client, spec, kind: str, run_name: str, progress: Progress, started: float):
+    def __init__(self, client, spec, kind: str, run_name: str, progress: StageLog, started: float):
         self.client, self.spec, self.kind, self.run_name = client, spec, kind, run_name
         self.progress, self.started = progress, started
         self.run_id: str | None = None
@@ -178,9 +181,11 @@ class _Watcher:
                 return
             epoch = max(h.step for h in history)
             key = (epoch,)
-            text = (f"epoch {epoch + 1}/{self.spec.train_loop_config.epochs}  "
-                    f"val_accuracy {m.get('val_accuracy', float('nan')):.3f}  "
-                    f"train_loss {m.get('train_loss', float('nan')):.3f}")
+            text = (
+                f"epoch {epoch + 1}/{self.spec.train_loop_config.epochs}  "
+                f"val_accuracy {m.get('val_accuracy', float('nan')):.3f}  "
+                f"train_loss {m.get('train_loss', float('nan')):.3f}"
+            )
         else:
             if "env_steps_sampled" not in m:
                 return
@@ -212,8 +217,9 @@ def _find_run(client, experiment_name: str, run_name: str):
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'",
-                              max_results=1)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'", max_results=1
+    )
     return runs[0] if runs else None
 
 
@@ -223,13 +229,23 @@ def _outcome(client, stage: Stage, spec, run_name: str, seconds: float) -> Train
     version = next(v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run.info.run_id)
     # search_model_versions leaves aliases out; get_model_version has them.
     version = client.get_model_version(name, str(version.version))
-    score_name = "val_accuracy" if stage.kind == "supervised" else "eval_return_mean"
-    return Trained(stage, spec, run.info.run_id, run_name, name, str(version.version), list(version.aliases),
-                   score_name, run.data.metrics.get(score_name, float("nan")), seconds)
+    score_name = get_kind(stage.kind).gate_metric
+    return Trained(
+        stage,
+        spec,
+        run.info.run_id,
+        run_name,
+        name,
+        str(version.version),
+        list(version.aliases),
+        score_name,
+        run.data.metrics.get(score_name, float("nan")),
+        seconds,
+    )
 
 
 def describe(trained: Trained, client) -> str:
-    from raymaas.registry import REASON_TAG
+    from raymaas.tracking.registry import REASON_TAG
 
     version = client.get_model_version(trained.model_name, trained.version)
     gate = "champion" if "champion" in trained.aliases else "candidate"
@@ -238,8 +254,10 @@ def describe(trained: Trained, client) -> str:
     target = getattr(getattr(trained.spec, "stop", None), "target_return", None)
     if target is not None and not trained.score >= target:
         gate += f"; did not reach {target:g} within its {trained.spec.stop.max_seconds:g} s"
-    return (f"{trained.model_name} version {trained.version}: {trained.score_name} {trained.score:.3f} -> {gate}"
-            f"   [{_duration(trained.seconds)}]")
+    return (
+        f"{trained.model_name} version {trained.version}: {trained.score_name} {trained.score:.3f} -> {gate}"
+        f"   [{_duration(trained.seconds)}]"
+    )
 
 
 # --------------------------------------------------------------------------- serving and querying
@@ -252,23 +270,33 @@ def publish(model_names: list[str], host: str, port: int, tracking_uri: str) -> 
     import ray
     from ray import serve
 
-    from raymaas.serving import IndexSpec, ServeSpec, build_index_app, build_model_app
+    from raymaas.serving.endpoint import build_model_app
+    from raymaas.serving.index import build_index_app
+    from raymaas.serving.specs import IndexSpec, ServeSpec
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # the replicas' store
     # The replicas' and Serve's own logs stay in Ray's log folder; the demo prints the answers.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address="local", num_cpus=max(4, len(model_names)), include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING, runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}})
+    ray.init(
+        address="local",
+        num_cpus=max(4, len(model_names)),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}},
+    )
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port})
     targets = [serve.RunTarget(build_index_app(IndexSpec()), name="index", route_prefix="/")]
     for name in model_names:
-        spec = ServeSpec.model_validate({
-            "models": [{"name": name, "alias": "champion"}],
-            "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
-            "ray_actor_options": {"num_cpus": 0.5},
-            "tracking_uri": tracking_uri,
-        })
+        spec = ServeSpec.model_validate(
+            {
+                "models": [{"name": name, "alias": "champion"}],
+                "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
+                "ray_actor_options": {"num_cpus": 0.5},
+                "tracking_uri": tracking_uri,
+            }
+        )
         targets.append(serve.RunTarget(build_model_app(spec), name=name, route_prefix=spec.route_prefix))
     # All at once: the replicas start in parallel (one serve.run after another waits for each).
     serve.run_many(targets, wait_for_applications_running=False)
@@ -295,8 +323,9 @@ def wait_until_serving(base_url: str, model_names: list[str], timeout_s: float =
 
 
 def post_json(url: str, payload: dict, timeout: float = 30) -> tuple[dict, dict]:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"content-type": "application/json", **_auth_header()})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"content-type": "application/json", **_auth_header()}
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read()), dict(response.headers)
 
@@ -311,24 +340,28 @@ def query_classifier(trained: Trained, base_url: str) -> Answer:
     """Send the held-out digits (never trained on) in batches; report the accuracy."""
     import numpy as np
 
-    from raymaas.data import load_builtin
+    from raymaas.supervised.data import load_builtin
 
     spec = trained.spec
     split = load_builtin(spec.data, spec.train_loop_config.seed)
     url = f"{base_url}/models/{trained.model_name}/invocations"
     predicted, versions = [], set()
     for start in range(0, len(split.x_val), 64):
-        body, headers = post_json(url, {"inputs": split.x_val[start:start + 64].tolist()})
+        body, headers = post_json(url, {"inputs": split.x_val[start : start + 64].tolist()})
         predicted.extend(body["predictions"])
         versions.add(headers.get("x-model-version"))
     predicted = np.asarray(predicted).reshape(-1)
     accuracy = float((predicted == split.y_val).mean())
     shown = 12
     return Answer(
-        trained.model_name, url, ",".join(sorted(v for v in versions if v)),
+        trained.model_name,
+        url,
+        ",".join(sorted(v for v in versions if v)),
         f"{accuracy:.1%} of {len(split.y_val)} held-out digits right ({(len(split.y_val) + 63) // 64} requests)",
-        [f"predicted {' '.join(str(int(p)) for p in predicted[:shown])}",
-         f"true      {' '.join(str(int(t)) for t in split.y_val[:shown])}"],
+        [
+            f"predicted {' '.join(str(int(p)) for p in predicted[:shown])}",
+            f"true      {' '.join(str(int(t)) for t in split.y_val[:shown])}",
+        ],
     )
 
 
@@ -353,8 +386,12 @@ def play_cartpole(trained: Trained, base_url: str, seed: int = 2026) -> Answer:
         done = terminated or truncated
     env.close()
     p50 = sorted(latencies)[len(latencies) // 2] * 1000
-    return Answer(trained.model_name, url, version or "?",
-                  f"episode return {total:.0f} over {steps} steps ({steps} requests, p50 {p50:.1f} ms)")
+    return Answer(
+        trained.model_name,
+        url,
+        version or "?",
+        f"episode return {total:.0f} over {steps} steps ({steps} requests, p50 {p50:.1f} ms)",
+    )
 
 
 # --------------------------------------------------------------------------- the demo
@@ -365,12 +402,12 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     # job control, which starts it with SIGINT ignored (Python then keeps it ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stages = STAGES[mode]
-    tracking_uri = tracking.resolve_tracking_uri()
+    tracking_uri = paths.tracking_uri()
     client = tracking.get_client(tracking_uri)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_dir = tracking.raymaas_home() / ".raymaas" / "logs" / f"demo-{stamp}"
+    log_dir = paths.log_dir() / f"demo-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(stages) + 2)
+    progress = StageLog(len(stages) + 2)
     print(f"raymaas demo ({mode}): MLflow store {tracking_uri}", flush=True)
 
     trained: list[Trained] = []
@@ -413,7 +450,9 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     return 0
 
 
-def _summary(trained: list[Trained], answers: list[Answer], base_url: str, tracking_uri: str, progress: Progress) -> None:
+def _summary(
+    trained: list[Trained], answers: list[Answer], base_url: str, tracking_uri: str, progress: StageLog
+) -> None:
     mlflow = Path(sys.executable).with_name("mlflow")
     mlflow_cmd = str(mlflow) if mlflow.exists() else "mlflow"
     try:
@@ -423,12 +462,14 @@ def _summary(trained: list[Trained], answers: list[Answer], base_url: str, track
     print(f"\nraymaas demo: done in {progress.clock()}", flush=True)
     print("\n  trained, tracked, registered:")
     for t in trained:
-        print(f"    {t.model_name:<22} version {t.version:<4} {'/'.join(t.aliases) or '-':<20} "
-              f"{t.score_name} {t.score:.3f}   run {t.run_name}")
+        print(
+            f"    {t.model_name:<22} version {t.version:<4} {'/'.join(t.aliases) or '-':<20} "
+            f"{t.score_name} {t.score:.3f}   run {t.run_name}"
+        )
     print("\n  MLflow UI (runs, metrics, plots, models):")
     print(f"    {mlflow_cmd} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
     print("    then open http://127.0.0.1:5000")
-    print("\n  endpoints (MLflow scoring format: POST {\"inputs\": [[...], ...]}):")
+    print('\n  endpoints (MLflow scoring format: POST {"inputs": [[...], ...]}):')
     for a in answers:
         print(f"    {a.url}")
     print(f"    {base_url}/models (published models), {base_url}/docs (OpenAPI)")
@@ -440,6 +481,7 @@ def _summary(trained: list[Trained], answers: list[Answer], base_url: str, track
 
 def _wait_for_interrupt() -> None:
     """Until Ctrl-C (SIGINT) or SIGTERM."""
+
     def stop(signum, frame):
         raise KeyboardInterrupt
 

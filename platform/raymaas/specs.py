@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,7 +28,11 @@ class MlflowSpec(SpecModel):
 class JobSpec(SpecModel):
     """What every job kind's spec has: a name, and the MLflow names that default to it."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="job name: experiment and registered model default to it")
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="job name: experiment and registered model default to it",
+    )
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="MLflow experiment, run and registry names")
 
     @property
@@ -79,8 +83,8 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
-def load_spec(model: type[SpecT], path: str | Path, overrides: Iterable[str] = ()) -> SpecT:
-    """Read a YAML spec, apply overrides and validate it; raise SpecError naming the bad field."""
+def read_spec_file(path: str | Path, overrides: Iterable[str] = ()) -> dict:
+    """A YAML spec as a raw dict with overrides applied; SpecError if it is not one."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec file {str(path)!r} does not exist")
@@ -90,8 +94,12 @@ def load_spec(model: type[SpecT], path: str | Path, overrides: Iterable[str] = (
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec is a mapping of fields, got {type(data).__name__}")
-    data = apply_overrides(data, overrides)
-    return validate_spec(model, data, source=str(path))
+    return apply_overrides(data, overrides)
+
+
+def load_spec(model: type[SpecT], path: str | Path, overrides: Iterable[str] = ()) -> SpecT:
+    """Read a YAML spec, apply overrides and validate it; raise SpecError naming the bad field."""
+    return validate_spec(model, read_spec_file(path, overrides), source=str(path))
 
 
 def validate_spec(model: type[SpecT], data: dict, source: str = "spec") -> SpecT:
@@ -144,11 +152,6 @@ def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str,
         default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
         rows.append((dotted, default, field.description or ""))
     return rows
-
-
-def exit_with_spec_error(err: SpecError) -> None:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(EXIT_INVALID_SPEC)
 
 
 def _deep_copy(data: Any) -> Any:

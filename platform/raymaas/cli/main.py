@@ -5,14 +5,13 @@
     raymaas runs | raymaas models | raymaas promote NAME VERSION | raymaas explain
 
 Every command reads the MLflow store that jobs write to (MLFLOW_TRACKING_URI, else the
-embedded SQLite store of the project; see raymaas.tracking).
+embedded SQLite store of the project; see raymaas.paths). Job kinds come from raymaas.kinds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import secrets
 import shlex
@@ -20,26 +19,30 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Sequence
 
-import yaml
+from raymaas import paths
+from raymaas.kinds import KINDS, JobKind, UnknownKind, get_kind, kind_of
+from raymaas.serving.ingress import INGRESSES
+from raymaas.specs import EXIT_INVALID_SPEC, SpecError, describe_fields, load_spec, read_spec_file
 
-from raymaas.serving import INGRESSES
-from raymaas.specs import EXIT_INVALID_SPEC, SpecError, apply_overrides, describe_fields, load_spec
-
-# The module each job kind runs as (`python -m MODULE SPEC --set ...`), in the project root.
-JOB_ENTRYPOINTS = {"supervised": "jobs.supervised", "rl": "jobs.rl"}
-# The spec model of each kind, imported only when needed (raymaas.supervised imports torch).
-SPEC_MODELS = {"supervised": "raymaas.supervised:SupervisedSpec", "rl": "raymaas.rl:RLSpec"}
 # What never travels with a job: the environment, the local MLflow store, Train storage.
 JOB_EXCLUDES = [
-    ".venv", ".git", "mlartifacts", "mlflow.db", "ray_results",
-    ".raymaas", "__pycache__", ".pytest_cache", "*.egg-info",
+    ".venv",
+    ".git",
+    "mlartifacts",
+    "mlflow.db",
+    "ray_results",
+    ".raymaas",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
 ]
-# Shown by `raymaas runs`: the first of these a run has, else its first metric by name.
-MAIN_METRICS = ("val_accuracy", "eval_return_mean", "episode_return_mean")
+# Shown by `raymaas runs`: the first of these a run has (each kind's gate metric, then RL's
+# training return for a run that has not evaluated yet), else its first metric by name.
+MAIN_METRICS = (*dict.fromkeys(k.gate_metric for k in KINDS.values()), "episode_return_mean")
 
 
 class CliError(Exception):
@@ -56,58 +59,38 @@ class CliError(Exception):
 def cmd_train(args: argparse.Namespace) -> int:
     """Validate the spec here, then run its job locally or submit it to a cluster's job API."""
     spec_path = Path(args.spec)
-    kind = job_kind(spec_path, args.set)
-    if kind not in JOB_ENTRYPOINTS:
-        raise CliError(f"unknown job kind {kind!r} in {spec_path} (kinds: {', '.join(JOB_ENTRYPOINTS)})",
-                       EXIT_INVALID_SPEC)
+    try:
+        kind = get_kind(job_kind(spec_path, args.set))
+    except UnknownKind as err:
+        raise CliError(f"{err} in {spec_path}", EXIT_INVALID_SPEC) from None
     try:
         validate_job_spec(kind, spec_path, args.set)
     except SpecError as err:
         raise CliError(str(err), EXIT_INVALID_SPEC) from None
-    root = find_project_root(spec_path)
-    module = JOB_ENTRYPOINTS[kind]
+    try:
+        root = paths.project_root(spec_path)
+    except paths.ProjectNotFound as err:
+        raise CliError(str(err)) from None
+    module = kind.entrypoint
     if not (root / (module.replace(".", "/") + ".py")).is_file():
-        raise CliError(f"no entrypoint {module} in {root} for {kind} jobs")
+        raise CliError(f"no entrypoint {module} in {root} for {kind.name} jobs")
     if args.address:
         return submit_job(args.address, root, module, spec_path, args.set)
     return run_local(root, module, spec_path, args.set)
 
 
 def job_kind(spec_path: Path, overrides: Sequence[str] = ()) -> str:
-    """The spec's `kind:`, else `rl` if it names an `algo`, else `supervised`."""
+    """The spec's kind (raymaas.kinds.kind_of); a spec that cannot be read counts as supervised,
+    whose validation then reports the problem in full."""
     try:
-        data = yaml.safe_load(spec_path.read_text())
-        data = apply_overrides(data, overrides) if isinstance(data, dict) else {}
-    except (OSError, yaml.YAMLError, SpecError):
-        data = {}  # validation reports the problem in full
-    if "kind" in data:
-        return str(data["kind"])
-    return "rl" if "algo" in data else "supervised"
+        return kind_of(read_spec_file(spec_path, overrides))
+    except SpecError:
+        return "supervised"
 
 
-def validate_job_spec(kind: str, spec_path: Path, overrides: Sequence[str]) -> None:
+def validate_job_spec(kind: JobKind, spec_path: Path, overrides: Sequence[str]) -> None:
     """Validate exactly what the job's entrypoint will, so a bad spec never reaches a cluster."""
-    model = spec_model(kind)
-    if model is not None:
-        load_spec(model, spec_path, overrides)
-
-
-def spec_model(kind: str):
-    """The spec model class of a job kind, or None if the kind has none yet."""
-    target = SPEC_MODELS.get(kind)
-    if target is None:
-        return None
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def find_project_root(spec_path: Path) -> Path:
-    """The folder holding the `jobs` package: looked for above the spec, then above the cwd."""
-    cwd = Path.cwd().resolve()
-    for folder in (*spec_path.resolve().parents, cwd, *cwd.parents):
-        if (folder / "jobs" / "__init__.py").is_file():
-            return folder
-    raise CliError(f"cannot find the project folder (the one holding jobs/) above {spec_path} or {cwd}")
+    load_spec(kind.load_spec_model(), spec_path, overrides)
 
 
 def run_local(root: Path, module: str, spec_path: Path, overrides: Sequence[str]) -> int:
@@ -128,19 +111,17 @@ def submit_job(address: str, root: Path, module: str, spec_path: Path, overrides
     """Submit the job to the cluster's job API with the project's code, follow its logs."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from raymaas.cluster import _use_token_auth_if_available, raymaas_code_dir
-    from raymaas.tracking import resolve_tracking_uri
+    from raymaas.runtime.cluster import _use_token_auth_if_available, raymaas_code_dir
 
     try:
         rel_spec = spec_path.resolve().relative_to(root)
     except ValueError:
-        raise CliError(f"spec {spec_path} is outside the project folder {root}, so it would not travel with the job",
-                       EXIT_INVALID_SPEC) from None
-    env_vars = {
-        "MLFLOW_TRACKING_URI": resolve_tracking_uri(),
-    }
-    if os.environ.get("RAYMAAS_HOME"):
-        env_vars["RAYMAAS_HOME"] = os.environ["RAYMAAS_HOME"]
+        raise CliError(
+            f"spec {spec_path} is outside the project folder {root}, so it would not travel with the job",
+            EXIT_INVALID_SPEC,
+        ) from None
+    # Where the job tracks and keeps checkpoints, as for a local job (raymaas.paths.FORWARDED_ENV).
+    env_vars = {**paths.forwarded_env(), "MLFLOW_TRACKING_URI": paths.tracking_uri()}
     runtime_env = {
         "working_dir": str(root),
         "py_modules": [raymaas_code_dir()],
@@ -167,10 +148,12 @@ def submit_job(address: str, root: Path, module: str, spec_path: Path, overrides
         runtime_env=runtime_env,
         metadata={"raymaas.spec": str(rel_spec)},
     )
-    print(f"raymaas: submitted {job_id} to {address}: {entrypoint}\n"
-          f"raymaas: MLflow store {env_vars['MLFLOW_TRACKING_URI']}\n"
-          f"raymaas: following its logs (Ctrl-C stops following, not the job: `ray job stop --address {address} {job_id}`)",
-          flush=True)
+    print(
+        f"raymaas: submitted {job_id} to {address}: {entrypoint}\n"
+        f"raymaas: MLflow store {env_vars['MLFLOW_TRACKING_URI']}\n"
+        f"raymaas: following its logs (Ctrl-C stops following, not the job: `ray job stop --address {address} {job_id}`)",
+        flush=True,
+    )
     try:
         asyncio.run(_print_job_logs(client, job_id))
     except KeyboardInterrupt:
@@ -229,7 +212,7 @@ def _set_args(overrides: Iterable[str]) -> list[str]:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """Print the most recent MLflow runs, newest first."""
-    from raymaas.tracking import get_client
+    from raymaas.tracking.store import get_client
 
     client = get_client()
     if args.experiment:
@@ -240,7 +223,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     else:
         experiments = client.search_experiments()
     names = {e.experiment_id: e.name for e in experiments}
-    runs = client.search_runs(list(names), order_by=["attributes.start_time DESC"], max_results=args.limit) if names else []
+    runs = (
+        client.search_runs(list(names), order_by=["attributes.start_time DESC"], max_results=args.limit)
+        if names
+        else []
+    )
     if not runs:
         print(f"no runs in {client.tracking_uri}")
         return 0
@@ -248,23 +235,25 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for run in runs:
         info, metrics = run.info, run.data.metrics
         metric = next((m for m in MAIN_METRICS if m in metrics), min(metrics, default=None))
-        rows.append([
-            info.run_name,
-            names.get(info.experiment_id, info.experiment_id),
-            info.status,
-            format_time(info.start_time),
-            format_duration(info.start_time, info.end_time),
-            f"{metric}={metrics[metric]:.4g}" if metric else "",
-            info.run_id,
-        ])
+        rows.append(
+            [
+                info.run_name,
+                names.get(info.experiment_id, info.experiment_id),
+                info.status,
+                format_time(info.start_time),
+                format_duration(info.start_time, info.end_time),
+                f"{metric}={metrics[metric]:.4g}" if metric else "",
+                info.run_id,
+            ]
+        )
     print(format_table(["run", "experiment", "status", "started", "duration", "metric", "run id"], rows))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Print every version of every registered model, with aliases and the gate's decision."""
-    from raymaas.registry import DECISION_TAG, GATE_METRIC_TAG, GATE_VALUE_TAG
-    from raymaas.tracking import get_client
+    from raymaas.tracking.registry import DECISION_TAG, GATE_METRIC_TAG, GATE_VALUE_TAG
+    from raymaas.tracking.store import get_client
 
     client = get_client()
     rows = []
@@ -276,14 +265,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         versions = client.search_model_versions(f"name='{model.name}'")
         for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
             metric, value = mv.tags.get(GATE_METRIC_TAG), mv.tags.get(GATE_VALUE_TAG)
-            rows.append([
-                model.name,
-                mv.version,
-                ",".join(aliases.get(str(mv.version), [])),
-                f"{metric}={_format_number(value)}" if metric and value is not None else "",
-                mv.tags.get(DECISION_TAG, ""),
-                format_time(mv.creation_timestamp),
-            ])
+            rows.append(
+                [
+                    model.name,
+                    mv.version,
+                    ",".join(aliases.get(str(mv.version), [])),
+                    f"{metric}={_format_number(value)}" if metric and value is not None else "",
+                    mv.tags.get(DECISION_TAG, ""),
+                    format_time(mv.creation_timestamp),
+                ]
+            )
     if not rows:
         print(f"no registered models in {client.tracking_uri}")
         return 0
@@ -305,8 +296,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     """Move the `champion` alias to a version by hand."""
     from mlflow.exceptions import MlflowException
 
-    from raymaas.registry import CHAMPION, promote
-    from raymaas.tracking import get_client
+    from raymaas.tracking.registry import CHAMPION, promote
+    from raymaas.tracking.store import get_client
 
     client = get_client()
     try:
@@ -335,22 +326,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = Path(args.config)
     if not config.is_file():
         raise CliError(f"Serve config {config} does not exist", EXIT_INVALID_SPEC)
-    # import_path `serve.app:...` resolves against the project folder (the one holding serve/)
-    root = next((f for f in config.resolve().parents if (f / "serve" / "app.py").is_file()), Path.cwd())
-    sys.path.insert(0, str(root))
+    # import_path `serve.app:...` resolves against the project folder
+    try:
+        sys.path.insert(0, str(paths.project_root(config)))
+    except paths.ProjectNotFound:
+        pass  # an import path of an installed package needs no project folder
     from ray import serve
 
-    from raymaas.cluster import connect
-    from raymaas.serving import deploy_config, prepare_local_ingress
+    from raymaas.runtime.cluster import connect
+    from raymaas.serving.deploy import deploy_config
+    from raymaas.serving.ingress import prepare_local_ingress
 
     # Ctrl-C stops serving also where a shell without job control started `raymaas serve` in
     # the background with SIGINT ignored (Python keeps an inherited ignore).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     joining = args.address or os.environ.get("RAY_ADDRESS")
     if joining and args.ingress:
-        raise CliError("--ingress applies to the local Ray that `raymaas serve` starts; a cluster's Serve takes "
-                       "its ingress from the environment its nodes were started with (RAY_SERVE_ENABLE_HA_PROXY=1)",
-                       EXIT_INVALID_SPEC)
+        raise CliError(
+            "--ingress applies to the local Ray that `raymaas serve` starts; a cluster's Serve takes "
+            "its ingress from the environment its nodes were started with (RAY_SERVE_ENABLE_HA_PROXY=1)",
+            EXIT_INVALID_SPEC,
+        )
     cleanup = (lambda: None) if joining else prepare_local_ingress(args.ingress or "haproxy")
     try:
         connect(args.address)
@@ -362,8 +358,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for app in deployed:
             print(f"raymaas: application {app.name!r} at {app.url or app.base_url}/", flush=True)
         if deployed:
-            print(f"raymaas: GET {deployed[0].base_url}/models lists the published models, "
-                  f"{deployed[0].base_url}/docs the routes; Ctrl-C stops serving", flush=True)
+            print(
+                f"raymaas: GET {deployed[0].base_url}/models lists the published models, "
+                f"{deployed[0].base_url}/docs the routes; Ctrl-C stops serving",
+                flush=True,
+            )
         try:
             while True:
                 time.sleep(1)
@@ -393,8 +392,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from raymaas.demo import DemoError, run_demo
 
     try:
-        return run_demo("debug" if args.debug else "full", keep_serving=args.keep_serving,
-                        host=args.host, port=args.port)
+        return run_demo(
+            "debug" if args.debug else "full", keep_serving=args.keep_serving, host=args.host, port=args.port
+        )
     except DemoError as err:
         raise CliError(str(err)) from None
     except KeyboardInterrupt:
@@ -407,11 +407,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Print every field of a job kind's spec with its default and description."""
-    model = spec_model(args.kind)
-    if model is None:
-        raise CliError(f"the {args.kind} job kind has no spec model yet")
-    rows = [[name, default, description] for name, default, description in describe_fields(model)]
-    print(f"fields of a {args.kind} spec (YAML keys; override any with --set FIELD=VALUE):\n")
+    kind = get_kind(args.kind)
+    rows = [[name, default, description] for name, default, description in describe_fields(kind.load_spec_model())]
+    print(
+        f"fields of a {kind.name} spec: {kind.title}; gate {kind.gate_metric} "
+        f"({'higher' if kind.higher_is_better else 'lower'} is better)\n"
+        "(YAML keys; override any with --set FIELD=VALUE):\n"
+    )
     print(format_table(["field", "default", "description"], rows))
     return 0
 
@@ -422,32 +424,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     """Start a Ray head and an MLflow tracking server on this machine (127.0.0.1 only), for
     `ray job submit` and `raymaas train --address`; print their addresses. `raymaas down` stops them."""
-    from raymaas import localcluster
-    from raymaas.tracking import raymaas_home
+    from raymaas.runtime import localcluster
 
-    home = Path(args.home).expanduser() if args.home else raymaas_home()
+    home = Path(args.home).expanduser() if args.home else paths.raymaas_home()
     try:
-        cluster = localcluster.start(home, num_cpus=args.num_cpus, port=args.port,
-                                     dashboard_port=args.dashboard_port, mlflow_port=args.mlflow_port)
+        cluster = localcluster.start(
+            home,
+            num_cpus=args.num_cpus,
+            port=args.port,
+            dashboard_port=args.dashboard_port,
+            mlflow_port=args.mlflow_port,
+        )
     except RuntimeError as err:
         raise CliError(str(err)) from None
-    print(f"raymaas: Ray head            {cluster.gcs_address}\n"
-          f"raymaas: dashboard, job API  {cluster.dashboard_url}\n"
-          f"raymaas: MLflow server       {cluster.mlflow_url}   (store and artifacts in {cluster.home})\n"
-          f"raymaas: for this shell:\n"
-          + "".join(f"  {line}\n" for line in cluster.exports())
-          + "raymaas: then: ray job submit --working-dir . -- python -m jobs.supervised jobs/specs/digits_mlp.yaml\n"
-          f"raymaas:    or: raymaas train jobs/specs/digits_mlp.yaml --address {cluster.dashboard_url}\n"
-          f"raymaas: stop with: raymaas down" + (f" --home {cluster.home}" if args.home else ""), flush=True)
+    print(
+        f"raymaas: Ray head            {cluster.gcs_address}\n"
+        f"raymaas: dashboard, job API  {cluster.dashboard_url}\n"
+        f"raymaas: MLflow server       {cluster.mlflow_url}   (store and artifacts in {cluster.home})\n"
+        f"raymaas: for this shell:\n"
+        + "".join(f"  {line}\n" for line in cluster.exports())
+        + "raymaas: then: ray job submit --working-dir . -- python -m jobs.supervised jobs/specs/digits_mlp.yaml\n"
+        f"raymaas:    or: raymaas train jobs/specs/digits_mlp.yaml --address {cluster.dashboard_url}\n"
+        f"raymaas: stop with: raymaas down" + (f" --home {cluster.home}" if args.home else ""),
+        flush=True,
+    )
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop the Ray head and MLflow server that `raymaas up` started, by PID; nothing else."""
-    from raymaas import localcluster
-    from raymaas.tracking import raymaas_home
+    from raymaas.runtime import localcluster
 
-    home = Path(args.home).expanduser() if args.home else raymaas_home()
+    home = Path(args.home).expanduser() if args.home else paths.raymaas_home()
     if localcluster.read_state(home.resolve()) is None:
         print(f"raymaas: nothing to stop (no {localcluster.STATE_FILE} in {home})")
         return 0
@@ -517,18 +525,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
-        "train", help="validate a spec, then run its job here or on a cluster",
+        "train",
+        help="validate a spec, then run its job here or on a cluster",
         description="Validate a job spec, then run its job: locally (`python -m jobs.<kind> SPEC`) "
-                    "or, with --address, through the cluster's Ray job API with the project's code. "
-                    "Exit codes: 0 done, 2 invalid spec, 3 the cluster lacks the resources (the job's own verdicts, "
-                    "also when found on the cluster), 1 any other failure.",
+        "or, with --address, through the cluster's Ray job API with the project's code. "
+        "Exit codes: 0 done, 2 invalid spec, 3 the cluster lacks the resources (the job's own verdicts, "
+        "also when found on the cluster), 1 any other failure.",
     )
     train.add_argument("spec", help="YAML spec, e.g. jobs/specs/digits_debug.yaml")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a spec field, e.g. train_loop_config.epochs=3 (repeatable)")
-    train.add_argument("--address", metavar="URL",
-                       help="Ray dashboard of the cluster to submit to, e.g. http://127.0.0.1:8265 "
-                            "(default: run the job's driver here; it joins RAY_ADDRESS if set, else starts a local Ray)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. train_loop_config.epochs=3 (repeatable)",
+    )
+    train.add_argument(
+        "--address",
+        metavar="URL",
+        help="Ray dashboard of the cluster to submit to, e.g. http://127.0.0.1:8265 "
+        "(default: run the job's driver here; it joins RAY_ADDRESS if set, else starts a local Ray)",
+    )
     train.set_defaults(func=cmd_train)
 
     runs = sub.add_parser("runs", help="list recent MLflow runs", description=cmd_runs.__doc__)
@@ -545,35 +562,54 @@ def build_parser() -> argparse.ArgumentParser:
     promote.set_defaults(func=cmd_promote)
 
     serve_cmd = sub.add_parser("serve", help="publish registered models with Ray Serve", description=cmd_serve.__doc__)
-    serve_cmd.add_argument("config", nargs="?", default="serve/config.yaml", help="Serve config file (default: serve/config.yaml)")
-    serve_cmd.add_argument("--address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    serve_cmd.add_argument(
+        "config", nargs="?", default="serve/config.yaml", help="Serve config file (default: serve/config.yaml)"
+    )
+    serve_cmd.add_argument(
+        "--address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
+    )
     serve_cmd.add_argument("--host", help="HTTP host of the ingress (default: the config's, else 127.0.0.1)")
     serve_cmd.add_argument("--port", type=_positive_int, help="HTTP port (default: the config's, else 8000)")
-    serve_cmd.add_argument("--ingress", choices=INGRESSES,
-                           help="what takes the HTTP requests on a local Ray: Ray's HAProxy, which hands each one "
-                                "straight to a replica (default), or Serve's Python proxy")
+    serve_cmd.add_argument(
+        "--ingress",
+        choices=INGRESSES,
+        help="what takes the HTTP requests on a local Ray: Ray's HAProxy, which hands each one "
+        "straight to a replica (default), or Serve's Python proxy",
+    )
     serve_cmd.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="train, track, register, serve and query everything, end to end",
-                          description=cmd_demo.__doc__)
+    demo = sub.add_parser(
+        "demo", help="train, track, register, serve and query everything, end to end", description=cmd_demo.__doc__
+    )
     demo.add_argument("--keep-serving", action="store_true", help="leave the endpoints up until Ctrl-C")
-    demo.add_argument("--debug", action="store_true",
-                      help="the small debug specs: the whole path in a few minutes (policies will not solve CartPole)")
+    demo.add_argument(
+        "--debug",
+        action="store_true",
+        help="the small debug specs: the whole path in a few minutes (policies will not solve CartPole)",
+    )
     demo.add_argument("--host", default="127.0.0.1", help="HTTP host of the endpoints (default: 127.0.0.1)")
     demo.add_argument("--port", type=_positive_int, default=8000, help="HTTP port of the endpoints (default: 8000)")
     demo.set_defaults(func=cmd_demo)
 
-    explain = sub.add_parser("explain", help="list a spec's fields, defaults and meaning", description=cmd_explain.__doc__)
-    explain.add_argument("kind", nargs="?", default="supervised", choices=sorted(JOB_ENTRYPOINTS),
-                         help="job kind (default: supervised)")
+    explain = sub.add_parser(
+        "explain", help="list a spec's fields, defaults and meaning", description=cmd_explain.__doc__
+    )
+    explain.add_argument(
+        "kind", nargs="?", default="supervised", choices=sorted(KINDS), help="job kind (default: supervised)"
+    )
     explain.set_defaults(func=cmd_explain)
 
-    up = sub.add_parser("up", help="start a local Ray head and MLflow server for `ray job submit`",
-                        description=cmd_up.__doc__)
-    up.add_argument("--home", metavar="DIR", help="RAYMAAS_HOME: MLflow store, artifacts, checkpoints (default: the project folder)")
+    up = sub.add_parser(
+        "up", help="start a local Ray head and MLflow server for `ray job submit`", description=cmd_up.__doc__
+    )
+    up.add_argument(
+        "--home", metavar="DIR", help="RAYMAAS_HOME: MLflow store, artifacts, checkpoints (default: the project folder)"
+    )
     up.add_argument("--num-cpus", type=_positive_int, metavar="N", help="CPUs the head offers (default: all)")
     up.add_argument("--port", type=_positive_int, help="Ray GCS port (default: 6379 if free)")
-    up.add_argument("--dashboard-port", type=_positive_int, help="Ray dashboard and job API port (default: 8265 if free)")
+    up.add_argument(
+        "--dashboard-port", type=_positive_int, help="Ray dashboard and job API port (default: 8265 if free)"
+    )
     up.add_argument("--mlflow-port", type=_positive_int, help="MLflow server port (default: 5000 if free)")
     up.set_defaults(func=cmd_up)
 

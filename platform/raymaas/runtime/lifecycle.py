@@ -1,6 +1,7 @@
-"""A job's end: the MLflow run's final status, and blocking Ray calls that SIGTERM can interrupt.
+"""A job's end: the MLflow run's final status, blocking Ray calls that SIGTERM can interrupt,
+and start-up work in the background.
 
-Shared by every job kind's driver (supervised, RL).
+Shared by every job kind's driver (`raymaas.runtime.driver`).
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -51,7 +53,7 @@ def call_interruptibly(fn: Callable[[], T]) -> T:
     return outcome["result"]
 
 
-class RunStatus:
+class FinalStatus:
     """What the run's status will be if the block ends without an exception."""
 
     def __init__(self):
@@ -64,13 +66,13 @@ class RunStatus:
 @contextlib.contextmanager
 def final_status(client, run_id: str):
     """Leave the run FINISHED, FAILED (with the error) or KILLED; never RUNNING."""
-    from raymaas.tracking import end_job_run
+    from raymaas.tracking.runs import end_job_run
 
     def on_signal(signum, frame):
         raise Killed(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    status = RunStatus()
+    status = FinalStatus()
     try:
         yield status
     except Killed as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,8 +29,15 @@ def confusion_matrix_figure(confusion: np.ndarray, title: str):
         threshold = confusion.max() / 2 if confusion.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if confusion[i, j] > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(confusion[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if confusion[i, j] > threshold else "black",
+                )
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig

@@ -2,7 +2,7 @@
 
 A policy here is any function from a float32 batch of observations [n, obs_dim] to int64
 actions [n]: the RLlib module during training, or the registered MLflow model (a
-`raymaas.pyfunc.TorchClassifier` over the exported network) anywhere else. Episode i of an
+`raymaas.modelcode.pyfunc.TorchClassifier` over the exported network) anywhere else. Episode i of an
 evaluation always starts from `env.reset(seed=seed + i)`, so two policies that act alike
 score alike.
 
@@ -11,8 +11,8 @@ Imports numpy (and gymnasium when a rollout runs) only: it ships with every regi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 

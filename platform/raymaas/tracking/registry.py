@@ -36,17 +36,19 @@ def register_model(
     # mlflow.register_model resolves MLflow 3's `models:/m-...` logged-model URIs and waits
     # until the version is READY.
     mlflow.set_registry_uri(client._registry_uri)
-    mv = mlflow.register_model(model_uri, name, tags={
-        GATE_METRIC_TAG: metric,
-        GATE_VALUE_TAG: repr(float(value)),
-    })
+    mv = mlflow.register_model(
+        model_uri,
+        name,
+        tags={
+            GATE_METRIC_TAG: metric,
+            GATE_VALUE_TAG: repr(float(value)),
+        },
+    )
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
     return mv.version
 
 
-def promote_if_better(
-    client: MlflowClient, name: str, version: str, higher_is_better: bool = True
-) -> Promotion:
+def promote_if_better(client: MlflowClient, name: str, version: str, higher_is_better: bool = True) -> Promotion:
     """Move `champion` to version if its gate metric beats the champion's; record why."""
     mv = client.get_model_version(name, version)
     metric = mv.tags.get(GATE_METRIC_TAG)

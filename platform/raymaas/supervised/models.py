@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from pydantic import Field, field_validator
@@ -32,7 +32,9 @@ class ModelSpec(SpecModel):
         if name in BUILTIN_MODELS:
             return name
         if ":" not in name:
-            raise ValueError(f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)} or package.module:factory")
+            raise ValueError(
+                f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)} or package.module:factory"
+            )
         resolve_factory(name)
         return name
 

@@ -108,17 +108,36 @@ def start(
     # artifacts of new experiments are proxied by the server into home/mlartifacts.
     mlflow_log = open(logs / "mlflow-server.log", "ab")
     mlflow_proc = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "server", "--host", HOST, "--port", str(mlflow_port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-         "--artifacts-destination", str(home / "mlartifacts")],
-        stdout=mlflow_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(home),
+        [
+            str(bin_dir / "mlflow"),
+            "server",
+            "--host",
+            HOST,
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(home / "mlartifacts"),
+        ],
+        stdout=mlflow_log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=str(home),
         start_new_session=True,  # Ctrl-C in the shell that ran `raymaas up` must not stop it
     )
     # Short: Ray's socket paths under it must fit in 107 characters.
     temp_dir = Path(tempfile.mkdtemp(prefix="rmu", dir="/tmp"))
     cluster = LocalCluster(
-        home=str(home), gcs_address=f"{HOST}:{port}", dashboard_url=f"http://{HOST}:{dashboard_port}",
-        mlflow_url=mlflow_url, temp_dir=str(temp_dir), mlflow_pid=mlflow_proc.pid, started_at=time.time(),
+        home=str(home),
+        gcs_address=f"{HOST}:{port}",
+        dashboard_url=f"http://{HOST}:{dashboard_port}",
+        mlflow_url=mlflow_url,
+        temp_dir=str(temp_dir),
+        mlflow_pid=mlflow_proc.pid,
+        started_at=time.time(),
     )
     state_path(home).write_text(json.dumps(asdict(cluster), indent=1) + "\n")
     try:
@@ -133,12 +152,21 @@ def start(
         for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_REGISTRY_URI"):
             head_env.pop(var, None)
         cmd = [
-            str(bin_dir / "ray"), "start", "--head", f"--temp-dir={temp_dir}", f"--port={port}",
-            f"--node-ip-address={HOST}", f"--dashboard-host={HOST}", f"--dashboard-port={dashboard_port}",
+            str(bin_dir / "ray"),
+            "start",
+            "--head",
+            f"--temp-dir={temp_dir}",
+            f"--port={port}",
+            f"--node-ip-address={HOST}",
+            f"--dashboard-host={HOST}",
+            f"--dashboard-port={dashboard_port}",
             # Ray's fixed defaults for these collide with any other Ray on the machine.
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            "--disable-usage-stats",
         ]
         if num_cpus is not None:
             cmd.append(f"--num-cpus={num_cpus}")

@@ -3,18 +3,21 @@
 Built-in sets (`digits`, `synthetic`) are small and generated deterministically, so each
 worker builds its own shard in memory. Files (Parquet or CSV, a file or a folder) are read
 with Ray Data and streamed to the workers as dataset shards.
+
+What the driver hands each worker about its data is one typed model per source
+(`BuiltinData`, `FileShards`), validated again in the worker.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from raymaas.specs import SpecModel
+from raymaas.specs import SpecError, SpecModel
 
 BUILTIN_DATASETS = ("digits", "synthetic")
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -22,9 +25,13 @@ _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 class DataSpec(SpecModel):
     source: str = Field("digits", description="digits, synthetic, or the path of a Parquet/CSV file or folder")
-    format: Literal["auto", "parquet", "csv"] = Field("auto", description="file format; auto infers it from the file names")
+    format: Literal["auto", "parquet", "csv"] = Field(
+        "auto", description="file format; auto infers it from the file names"
+    )
     label_column: str = Field("label", description="files: the column holding integer class ids 0..n-1")
-    feature_columns: list[str] | None = Field(None, description="files: feature columns (default: every column but the label)")
+    feature_columns: list[str] | None = Field(
+        None, description="files: feature columns (default: every column but the label)"
+    )
     validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of rows held out for validation")
     n_samples: int = Field(20_000, gt=10, description="synthetic: number of rows")
     n_features: int = Field(32, gt=0, description="synthetic: number of features")
@@ -44,13 +51,15 @@ class DataSpec(SpecModel):
         return str(path.resolve())
 
     @model_validator(mode="after")
-    def _check_file_schema(self) -> "DataSpec":
+    def _check_file_schema(self) -> DataSpec:
         if self.source in BUILTIN_DATASETS:
             return self
         self.format = infer_format(Path(self.source), self.format)
         columns = file_columns(self.source, self.format)
         if self.label_column not in columns:
-            raise ValueError(f"label_column {self.label_column!r} is not a column of {self.source} (columns: {', '.join(columns)})")
+            raise ValueError(
+                f"label_column {self.label_column!r} is not a column of {self.source} (columns: {', '.join(columns)})"
+            )
         missing = [c for c in (self.feature_columns or []) if c not in columns]
         if missing:
             raise ValueError(f"feature_columns {missing} are not columns of {self.source}")
@@ -72,6 +81,40 @@ def file_columns(source: str, fmt: str) -> list[str]:
     import pyarrow.dataset as pads
 
     return list(pads.dataset(source, format=fmt).schema.names)
+
+
+class BuiltinData(SpecModel):
+    """A built-in set: each worker builds the same split from the spec and the seed."""
+
+    source: Literal["builtin"] = "builtin"
+    spec: DataSpec
+    n_features: int = Field(..., gt=0)
+    n_classes: int = Field(..., ge=2)
+
+
+class FileShards(SpecModel):
+    """A file source: each worker reads its shards of Ray Data's `train` and `validation`."""
+
+    source: Literal["files"] = "files"
+    feature_columns: list[str] = Field(..., min_length=1)
+    label_column: str
+    n_features: int = Field(..., gt=0)
+    n_classes: int = Field(..., ge=2)
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _one_statistic_per_feature(self) -> FileShards:
+        if not len(self.feature_columns) == len(self.mean) == len(self.std) == self.n_features:
+            raise ValueError("feature_columns, mean and std must have n_features entries each")
+        return self
+
+
+WorkerData = Annotated[Union[BuiltinData, FileShards], Field(discriminator="source")]
+
+
+class DataError(SpecError):
+    """The data does not fit the spec (found once it is read): an invalid spec, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -120,19 +163,26 @@ def shard_rows(n_rows: int, rank: int, world_size: int, epoch_seed: int | None) 
 
 
 @dataclass(frozen=True)
-class FileData:
-    """What the driver learns from a file source before training starts."""
+class PreparedData:
+    """What the driver learns of its data before training starts."""
 
-    train: object  # ray.data.Dataset
-    validation: object  # ray.data.Dataset
-    feature_columns: list[str]
-    n_classes: int
-    mean: np.ndarray
-    std: np.ndarray
-    example: np.ndarray
+    worker: BuiltinData | FileShards  # what each worker gets
+    datasets: dict  # Ray Data datasets for Ray Train ({} for a built-in set)
+    example: np.ndarray  # a few validation rows: the model's input example
+    feature_columns: list[str] | None  # files: the signature's columns; built-in: a tensor signature
 
 
-def read_files(spec: DataSpec, seed: int) -> FileData:
+def prepare_data(spec: DataSpec, seed: int) -> PreparedData:
+    """The built-in split or the files read with Ray Data, as the workers will see them."""
+    if spec.source in BUILTIN_DATASETS:
+        split = load_builtin(spec, seed)
+        n_classes = int(max(split.y_train.max(), split.y_val.max()) + 1)
+        worker = BuiltinData(spec=spec, n_features=split.x_train.shape[1], n_classes=n_classes)
+        return PreparedData(worker, {}, split.x_val[:8], None)
+    return read_files(spec, seed)
+
+
+def read_files(spec: DataSpec, seed: int) -> PreparedData:
     """Read a file source with Ray Data, split it by seed, and fit the feature statistics."""
     import ray.data
     from ray.data.aggregate import Max, Mean, Min, Std
@@ -149,14 +199,14 @@ def read_files(spec: DataSpec, seed: int) -> FileData:
         Max(spec.label_column, alias_name="label_max"),
     )
     if stats["label_min"] < 0 or float(stats["label_max"]) != int(stats["label_max"]):
-        raise ValueError(f"label_column {spec.label_column!r} must hold integer class ids 0..n-1")
+        raise DataError(f"label_column {spec.label_column!r} must hold integer class ids 0..n-1")
     example = train.limit(8).to_pandas()[features].to_numpy(dtype=np.float32)
-    return FileData(
-        train=train,
-        validation=validation,
+    worker = FileShards(
         feature_columns=features,
+        label_column=spec.label_column,
+        n_features=len(features),
         n_classes=int(stats["label_max"]) + 1,
-        mean=np.array([stats[f"mean:{c}"] for c in features], dtype=np.float32),
-        std=np.array([stats[f"std:{c}"] or 1.0 for c in features], dtype=np.float32),
-        example=example,
+        mean=[float(stats[f"mean:{c}"]) for c in features],
+        std=[float(stats[f"std:{c}"] or 1.0) for c in features],
     )
+    return PreparedData(worker, {"train": train, "validation": validation}, example, features)

@@ -1,4 +1,5 @@
-"""Connecting to Ray, shipping the platform's code, and checking what a job asks for."""
+"""Connecting to Ray, shipping the platform's code, and checking what a job asks for: its
+resources, its GPUs, and storage every node of a multi-node cluster can reach."""
 
 from __future__ import annotations
 
@@ -9,19 +10,28 @@ from pathlib import Path
 
 import ray
 
+from raymaas.paths import SHARED_STORAGE_ENV, STORAGE_PATH_ENV, forwarded_env
 from raymaas.specs import SpecError
 
-# Where Ray Train keeps checkpoints: a URI (s3://, gs://, ...) or a folder. Default:
-# $RAYMAAS_HOME/ray_results, which is node-local.
-STORAGE_PATH_ENV = "RAYMAAS_STORAGE_PATH"
-# "1" declares that a local folder used as storage is shared by every node in a way the
-# driver cannot see (the same machine, a mount of a kind not listed below).
-SHARED_STORAGE_ENV = "RAYMAAS_SHARED_STORAGE"
-# Environment the driver hands to its workers and the Train controller.
-_FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "RAYMAAS_HOME", STORAGE_PATH_ENV, SHARED_STORAGE_ENV)
 # Filesystem types (/proc/mounts) that other machines can mount too.
-_NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "glusterfs", "gpfs", "beegfs",
-               "fuse.s3fs", "fuse.gcsfuse", "fuse.goofys", "fuse.mountpoint-s3", "fuse.juicefs", "fuse.sshfs")
+_NETWORK_FS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "lustre",
+    "ceph",
+    "glusterfs",
+    "gpfs",
+    "beegfs",
+    "fuse.s3fs",
+    "fuse.gcsfuse",
+    "fuse.goofys",
+    "fuse.mountpoint-s3",
+    "fuse.juicefs",
+    "fuse.sshfs",
+)
 
 
 class ResourceError(RuntimeError):
@@ -39,8 +49,9 @@ def raymaas_code_dir() -> str:
     return str(Path(raymaas.__file__).parent)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, py_modules: list[str] = (),
-            prestart_workers: bool = True) -> None:
+def connect(
+    address: str | None = None, num_cpus: int | None = None, py_modules: list[str] = (), prestart_workers: bool = True
+) -> None:
     """Join the cluster at address (or RAY_ADDRESS), or start a local Ray in this process.
 
     On an existing cluster the platform's code (and py_modules, a user's own packages)
@@ -52,7 +63,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, py_modules:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env_vars = forwarded_env()
     runtime_env = _without_job_fields({"py_modules": [raymaas_code_dir(), *py_modules], "env_vars": env_vars})
     if address:
         _use_token_auth_if_available()
@@ -61,8 +72,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, py_modules:
         # "local": a fresh Ray in this process even if `ray start` left a cluster address
         # behind (ray.init() would join that one). No dashboard: seconds and ~300 MB saved.
         system = {} if prestart_workers else {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
-                 _system_config=system or None)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            runtime_env={"env_vars": env_vars},
+            _system_config=system or None,
+        )
 
 
 def package_dir_of(module_name: str) -> str | None:
@@ -113,7 +129,9 @@ def resolve_use_gpu(use_gpu: bool | str) -> bool:
     return bool(use_gpu)
 
 
-def wait_for_resources(needed: dict[str, float], timeout_s: float, bundles: list[dict[str, float]] | None = None) -> None:
+def wait_for_resources(
+    needed: dict[str, float], timeout_s: float, bundles: list[dict[str, float]] | None = None
+) -> None:
     """Return once the cluster's total resources cover needed; else raise ResourceError.
     bundles (one per worker, default one bundle of needed) is what the autoscaler is asked for:
     a single bundle larger than any node type would never be granted.
@@ -150,18 +168,6 @@ def wait_for_resources(needed: dict[str, float], timeout_s: float, bundles: list
 
 
 # --------------------------------------------------------------------------- multi-node checks
-
-
-def train_storage_path() -> str:
-    """Where Ray Train writes checkpoints: RAYMAAS_STORAGE_PATH, else $RAYMAAS_HOME/ray_results."""
-    from raymaas.tracking import raymaas_home
-
-    value = os.environ.get(STORAGE_PATH_ENV)
-    if not value:
-        return str(raymaas_home() / "ray_results")
-    if "://" in value:
-        return value
-    return str(Path(value).expanduser().resolve())  # Ray Train wants an absolute path
 
 
 def is_multi_node() -> bool:

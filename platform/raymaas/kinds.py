@@ -1,0 +1,84 @@
+"""The table of job kinds: the one place the CLI, the demo and the entrypoints look a kind up.
+
+A kind is a spec model, the function that runs it, and the metric its registry gate compares.
+Adding one is a module (its spec model at the top, a run function that calls
+`raymaas.runtime.driver.run_job`) plus a row here; see the README's "Your own job kind".
+
+Rows name their spec model and run function as "module:attribute" strings, imported only when
+used: `raymaas explain rl` must not import torch's training stack, and validating a
+supervised spec must not import RLlib.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str  # the spec's `kind:` value
+    spec_model: str  # "module:Class", a raymaas.specs.JobSpec subclass
+    run: str  # "module:function", (spec, address) -> raymaas.runtime.driver.JobOutcome
+    gate_metric: str  # the metric the registry gate compares (tagged on each version)
+    higher_is_better: bool
+    title: str  # one line for --help and `raymaas explain`
+    entrypoint: str = "jobs.run"  # `python -m ENTRYPOINT SPEC`: what `raymaas train` runs
+
+    def load_spec_model(self) -> type:
+        return _import(self.spec_model)
+
+    def load_run(self) -> Callable[..., Any]:
+        return _import(self.run)
+
+
+KINDS: dict[str, JobKind] = {
+    kind.name: kind
+    for kind in (
+        JobKind(
+            "supervised",
+            "raymaas.supervised.job:SupervisedSpec",
+            "raymaas.supervised.job:run_training",
+            gate_metric="val_accuracy",
+            higher_is_better=True,
+            entrypoint="jobs.supervised",
+            title="a PyTorch model trained with Ray Train (DDP over num_workers workers)",
+        ),
+        JobKind(
+            "rl",
+            "raymaas.rl.job:RLSpec",
+            "raymaas.rl.job:run_rl",
+            gate_metric="eval_return_mean",
+            higher_is_better=True,
+            entrypoint="jobs.rl",
+            title="an RLlib policy (PPO or DQN) on a gymnasium environment",
+        ),
+    )
+}
+
+
+class UnknownKind(KeyError):
+    def __str__(self) -> str:
+        return f"unknown job kind {self.args[0]!r} (kinds: {', '.join(KINDS)})"
+
+
+def get_kind(name: str) -> JobKind:
+    """The row of a kind; UnknownKind names the kinds there are."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UnknownKind(name) from None
+
+
+def kind_of(data: dict) -> str:
+    """The kind of a raw spec: its `kind:`, else `rl` if it names an `algo`, else `supervised`."""
+    if "kind" in data:
+        return str(data["kind"])
+    return "rl" if "algo" in data else "supervised"
+
+
+def _import(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)

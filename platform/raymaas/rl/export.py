@@ -1,0 +1,62 @@
+"""An RLlib policy as a Ray-free network: the module's forward pass up to the action scores,
+exported with torch.export behind the same pyfunc as supervised models, and the parity check
+that guards its registration."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raymaas.modelcode.policy import Act, action_mismatches
+
+# Observations the exported policy must act on exactly as the RLlib module does.
+PARITY_OBSERVATIONS = 2000
+
+
+def greedy_actions(module, obs: np.ndarray) -> np.ndarray:
+    """The RLlib module's own greedy actions: forward_inference, then the deterministic choice."""
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    with torch.no_grad():
+        out = module.forward_inference({Columns.OBS: torch.as_tensor(obs, dtype=torch.float32)})
+    if Columns.ACTIONS in out:  # DQN picks its greedy action itself
+        return out[Columns.ACTIONS].cpu().numpy().astype(np.int64)
+    return out[Columns.ACTION_DIST_INPUTS].argmax(-1).cpu().numpy().astype(np.int64)
+
+
+def action_scores_network(module):
+    """A torch module mapping observations to the scores whose argmax is the greedy action
+    (PPO: action logits; DQN: Q-values), built from the RLlib module's own forward code, so
+    torch.export traces exactly what RLlib computes into a program with no RLlib in it."""
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.apis import QNetAPI
+
+    class ActionScores(torch.nn.Module):
+        def __init__(self, rl_module):
+            super().__init__()
+            self.rl_module = rl_module
+
+        def forward(self, obs):
+            batch = {Columns.OBS: obs}
+            if isinstance(self.rl_module, QNetAPI):
+                return self.rl_module.compute_q_values(batch)["qf_preds"]
+            return self.rl_module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
+
+    if getattr(module, "num_atoms", 1) > 1 or module.model_config.get("use_lstm"):
+        raise NotImplementedError("exporting distributional or recurrent policies is not supported")
+    return ActionScores(module)
+
+
+class PolicyExportError(RuntimeError):
+    """The exported policy does not act as the RLlib module does."""
+
+
+def check_parity(expected: Act, exported: Act, obs: np.ndarray) -> None:
+    """Raise PolicyExportError unless both policies pick the same action on every observation."""
+    mismatches = action_mismatches(expected(obs), exported(obs))
+    if len(mismatches):
+        raise PolicyExportError(
+            f"the exported policy differs from the RLlib module on {len(mismatches)} of {len(obs)} "
+            f"observations (first: {obs[mismatches[0]].tolist()}); not registered"
+        )

@@ -1,0 +1,51 @@
+"""`python -m jobs.<kind> SPEC [--set key=value ...]`: the main of every job entrypoint.
+
+Exit codes: 0 done, 1 training failed, 2 invalid spec (also when found on the cluster: a
+node-local store on a multi-node cluster, data that does not fit the spec), 3 the cluster
+lacks the resources, 130/143 stopped (Ctrl-C / `ray job stop`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from raymaas.specs import EXIT_INVALID_SPEC, SpecError, load_spec, read_spec_file
+
+EXIT_NO_RESOURCES = 3
+
+
+def main(argv: list[str] | None = None, kind: str | None = None) -> int:
+    """Validate the spec, run its job (kind, else the spec's own), print the outcome."""
+    from raymaas.kinds import UnknownKind, get_kind, kind_of
+
+    prog = f"python -m jobs.{kind}" if kind else "python -m jobs.run"
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"Run a {kind or 'raymaas'} job from its YAML spec.",
+        epilog=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    parser.add_argument("spec", help="YAML spec, e.g. jobs/specs/digits_debug.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field")
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    args = parser.parse_args(argv)
+    try:
+        job_kind = get_kind(kind or kind_of(read_spec_file(Path(args.spec), args.set)))
+        spec = load_spec(job_kind.load_spec_model(), args.spec, args.set)
+    except (SpecError, UnknownKind) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+
+    from raymaas.runtime.cluster import ResourceError
+
+    try:
+        outcome = job_kind.load_run()(spec, address=args.address)
+    except ResourceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NO_RESOURCES
+    except SpecError as err:  # checks that need the cluster or the data: storage, RLlib's own, file contents
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    print("\n".join(outcome.lines()), flush=True)
+    return 0

@@ -1,0 +1,174 @@
+"""Batched prediction: the dynamic batcher of a replica, and the predict calls that run a
+batch of requests as few forward passes as possible."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from raymaas.serving.following import LoadedModel
+from raymaas.serving.protocol import ClientError, schema_json, shorten
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass
+class PredictItem:
+    """One request's share of a batch: the model version it got, its parsed input, its params."""
+
+    loaded: LoadedModel
+    data: Any
+    params: dict | None
+
+
+def _rows(data) -> int | None:
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(data, (np.ndarray, pd.DataFrame)) and data.ndim >= 1:
+        return len(data)
+    return None
+
+
+def _concat(datas: list):
+    import numpy as np
+    import pandas as pd
+
+    if (
+        all(isinstance(d, np.ndarray) for d in datas)
+        and len({d.shape[1:] for d in datas}) == 1
+        and len({d.dtype for d in datas}) == 1
+    ):
+        return np.concatenate(datas)
+    if all(isinstance(d, pd.DataFrame) for d in datas) and len({tuple(d.columns) for d in datas}) == 1:
+        return pd.concat(datas, ignore_index=True)
+    return None
+
+
+def _split(result, counts: list[int]) -> list | None:
+    import numpy as np
+    import pandas as pd
+
+    total = sum(counts)
+    if isinstance(result, (np.ndarray, list)) and len(result) == total:
+        pieces, start = [], 0
+        for n in counts:
+            pieces.append(result[start : start + n])
+            start += n
+        return pieces
+    if isinstance(result, (pd.DataFrame, pd.Series)) and len(result) == total:
+        pieces, start = [], 0
+        for n in counts:
+            pieces.append(result.iloc[start : start + n].reset_index(drop=True))
+            start += n
+        return pieces
+    return None
+
+
+def predict_one(item: PredictItem):
+    """Predict one request; a model that rejects a checked input is the client's 422."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if item.params is not None:
+            return item.loaded.model.predict(item.data, params=item.params)
+        return item.loaded.model.predict(item.data)
+    except MlflowException as err:
+        return ClientError(
+            422, f"the model rejected the input: {shorten(err.message)}", expected=schema_json(item.loaded.signature)
+        )
+    except (ValueError, TypeError, KeyError, IndexError) as err:
+        return ClientError(
+            422, f"the model rejected the input: {shorten(str(err))}", expected=schema_json(item.loaded.signature)
+        )
+    except Exception as err:
+        logger.exception("prediction failed")
+        return err
+
+
+def predict_batch(items: list[PredictItem]) -> list:
+    """Run a batch as few predict calls as possible: one per model version whose inputs
+    concatenate (the forward pass runs once on all rows); results split back per request."""
+    results: list = [None] * len(items)
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        key = (id(item.loaded), item.params is None, _rows(item.data) is not None)
+        groups.setdefault(key, []).append(i)
+    for (_, no_params, has_rows), idx in groups.items():
+        if len(idx) > 1 and no_params and has_rows:
+            datas = [items[i].data for i in idx]
+            merged = _concat(datas)
+            if merged is not None:
+                try:
+                    pieces = _split(items[idx[0]].loaded.model.predict(merged), [len(d) for d in datas])
+                except Exception:
+                    pieces = None  # one bad request must not fail the others: predict one by one
+                if pieces is not None:
+                    for i, piece in zip(idx, pieces, strict=True):
+                        results[i] = piece
+                    continue
+        for i in idx:
+            results[i] = predict_one(items[i])
+    return results
+
+
+class Batcher:
+    """Dynamic batching that forms a batch when the model is free, not when a request comes.
+
+    Requests queue while a batch runs; the next batch takes everything queued, up to
+    max_batch_size, the moment the previous one returns. An idle model answers a lone
+    request at once; a busy one sees batches as large as the load. Ray 2.60's @serve.batch
+    forms each batch as soon as the previous one has been *formed* and lets it wait for its
+    turn: under a steady closed-loop load its batches stay at 1 (measured: 32 requests in
+    the replica, batches of 1, 80 requests/s where a 15 ms batch allows 2,000).
+    """
+
+    def __init__(self, fn, max_batch_size: int, wait_s: float = 0.0):
+        from collections import deque
+
+        self.fn = fn  # list of items -> list of results, run in a thread (torch releases the GIL)
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s
+        self._queue: deque = deque()
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.batch_sizes: deque = deque(maxlen=1000)  # the last 1,000, for whoever wants to look
+
+    async def submit(self, item):
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._ready = asyncio.Event()
+            self._task = loop.create_task(self._run())
+        future = loop.create_future()
+        self._queue.append((item, future))
+        self._ready.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._ready.wait()
+            if self.wait_s and len(self._queue) < self.max_batch_size:
+                await asyncio.sleep(self.wait_s)
+            batch = []
+            while self._queue and len(batch) < self.max_batch_size:
+                item, future = self._queue.popleft()
+                if not future.done():  # a client that went away has its future cancelled
+                    batch.append((item, future))
+            if not self._queue:
+                self._ready.clear()
+            if not batch:
+                continue
+            self.batch_sizes.append(len(batch))
+            try:
+                results = await asyncio.to_thread(self.fn, [item for item, _ in batch])
+            except Exception as err:  # noqa: BLE001 - every waiting request gets the failure
+                results = [err] * len(batch)
+            for (_, future), result in zip(batch, results, strict=False):
+                if not future.done():
+                    future.set_result(result)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,284 @@
+"""The model applications: a Serve deployment, ModelEndpoint, that holds the models of one
+application and parses, validates, batches and answers each request in the replica the
+ingress picked (one hop). One model gets replicas of its own (route prefix /models/NAME);
+several share replicas through Serve's model multiplexing (route prefix /models).
+
+A model's routes are a small table, {(METHOD, ACTION): handler}, under /models/NAME:
+
+    GET   /models/NAME                the model: version, alias, route, signature (no API key)
+    POST  /models/NAME/invocations    predict, MLflow scoring formats (the built-in action;
+                                      POST /models/NAME predicts too)
+    GET   /models                     the published models (a shared app owns that prefix)
+
+Extensions add actions and observe predictions without editing the protocol or the batching
+code. `build_model_app(spec, extensions=[...])` takes factories (a callable that takes the
+endpoint and returns an `EndpointExtension`; a subclass of it is one); every replica's
+endpoint builds one of each in its __init__, after its model is loaded:
+
+    class Monitoring(EndpointExtension):
+        def routes(self):
+            return {("GET", "monitor"): self.monitor, ("POST", "feedback"): self.feedback}
+
+        async def monitor(self, request, name):   # -> a starlette Response
+            followed = await self.endpoint.get_model(name)
+            return JSONResponse({"version": followed.current.version, ...})
+
+        async def feedback(self, request, name):
+            body = await read_body(request, self.endpoint.spec.max_request_bytes)
+            ...                                    # raise ClientError(4xx, ...) for a bad one
+
+        def on_prediction(self, loaded, data, result):
+            ...                                    # quick: queue, count, sample
+
+    build_model_app(spec, extensions=[Monitoring])
+
+- routes(): the endpoint answers METHOD /models/NAME/ACTION with `await handler(request, name)`
+  once the API key checks out (an action needs a key as invocations does). A ClientError
+  raised there is its answer. An action taken twice is an error when the replica starts.
+  An unknown action answers 404 (`no published model at ...; GET /models lists them`), a
+  known one with another method 405.
+- on_prediction(loaded, data, result): called in the replica's event loop after each
+  successful prediction (a 200), with the LoadedModel that answered, the parsed input and
+  the model's output; it must return quickly; what it raises is logged, not answered.
+  `endpoint.prediction_hooks` is the list it goes to.
+- stop(): when the endpoint goes away.
+The factories travel to the replicas as deployment args (cloudpickle, by reference): give
+module-level classes or functions of raymaas (its code ships with the driver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from raymaas.serving.auth import check_api_key, load_api_keys
+from raymaas.serving.batching import Batcher, PredictItem, predict_batch
+from raymaas.serving.following import FollowedModel, LoadedModel, resolve_version
+from raymaas.serving.index import ENDPOINT_DEPLOYMENT, list_published_models
+from raymaas.serving.protocol import (
+    MODELS_PREFIX,
+    ClientError,
+    error_response,
+    parse_scoring_request,
+    predictions_json,
+    read_body,
+    relative_path,
+)
+from raymaas.serving.specs import ModelEndpointSpec, ServeSpec
+
+logger = logging.getLogger("ray.serve")
+
+INVOCATIONS = "invocations"
+
+# (request, model name) -> response
+Handler = Callable[[Any, str], Awaitable[Any]]
+# (the LoadedModel that answered, the parsed input, the model's output) -> None
+PredictionHook = Callable[[LoadedModel, Any, Any], None]
+
+
+class EndpointExtension:
+    """What a module plugs into a model endpoint: actions under /models/NAME/ and a look at
+    every successful prediction. Subclass it and override what you need."""
+
+    on_prediction: PredictionHook | None = None  # define it as a method to observe predictions
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint  # the replica's ModelEndpoint: spec, get_model(name), ...
+
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        """{(METHOD, ACTION): handler} this extension answers under /models/NAME/ACTION."""
+        return {}
+
+    def stop(self) -> None:
+        """The endpoint goes away."""
+
+
+def _endpoint_class(max_models_per_replica: int):
+    # Built on first use: raymaas must import without Ray Serve (no side effects at import).
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    class ModelEndpoint:
+        """Serves the models of one application: one model per replica set, or several
+        multiplexed. Parses, validates, batches and answers in the replica the proxy picked."""
+
+        def __init__(self, spec: dict, extensions: Sequence[Callable[[Any], EndpointExtension]] = ()):
+            from raymaas import paths
+
+            self.spec = ServeSpec.model_validate(spec)
+            self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
+            self.api_keys = load_api_keys()
+            self.by_name = {m.name: m for m in self.spec.models}
+            self.shared = len(self.spec.models) > 1
+            self.batcher = Batcher(
+                predict_batch, self.spec.batching.max_batch_size, self.spec.batching.batch_wait_timeout_s
+            )
+            self.dedicated: FollowedModel | None = None
+            if not self.shared:
+                # Loaded before the replica reports ready: a replica never answers without a model.
+                self.dedicated = FollowedModel(self.spec.models[0], self.tracking_uri, self.spec.poll_interval_s)
+            self.routes: dict[tuple[str, str], Handler] = {("POST", INVOCATIONS): self.invocations}
+            self.prediction_hooks: list[PredictionHook] = []
+            self.extensions = [factory(self) for factory in extensions]
+            for ext in self.extensions:
+                for (method, action), handler in ext.routes().items():
+                    key = (method.upper(), action)
+                    if key in self.routes:
+                        raise ValueError(f"{type(ext).__name__}: {key[0]} {MODELS_PREFIX}/NAME/{action} is taken")
+                    self.routes[key] = handler
+                if ext.on_prediction is not None:
+                    self.prediction_hooks.append(ext.on_prediction)
+            self.actions = {action for _, action in self.routes}
+
+        async def get_model(self, name: str) -> FollowedModel:
+            if self.dedicated is not None:
+                self.dedicated.start_following()
+                return self.dedicated
+            return await self._load_shared(name)
+
+        @serve.multiplexed(max_num_models_per_replica=max_models_per_replica)
+        async def _load_shared(self, name: str) -> FollowedModel:
+            followed = await asyncio.to_thread(
+                FollowedModel, self.by_name[name], self.tracking_uri, self.spec.poll_interval_s
+            )
+            followed.start_following()
+            return _Evictable(followed)
+
+        async def describe(self) -> list[dict]:
+            """Name, version, alias, route and signature of each model of this application."""
+            out = []
+            for name, spec in self.by_name.items():
+                route = f"{MODELS_PREFIX}/{name}/{INVOCATIONS}"
+                if self.dedicated is not None:
+                    out.append(self.dedicated.current.describe(route))
+                    continue
+                out.append(await asyncio.to_thread(_describe_from_registry, spec, self.tracking_uri, route))
+            return out
+
+        async def __call__(self, request: Request) -> Response:
+            try:
+                parts = relative_path(request)
+                if self.shared and not parts and request.method == "GET":
+                    # a shared app owns the /models prefix, so it answers the listing too
+                    return JSONResponse({"models": await list_published_models()})
+                name, action = self._route(parts)
+                if action is None:
+                    if request.method == "GET":
+                        return JSONResponse(
+                            (await self.describe())[list(self.by_name).index(name)]
+                            if self.shared
+                            else self.dedicated.current.describe(f"{MODELS_PREFIX}/{name}/{INVOCATIONS}")
+                        )
+                    action = INVOCATIONS
+                handler = self.routes.get((request.method, action))
+                if handler is None:
+                    if action == INVOCATIONS:
+                        raise ClientError(405, f"predict with POST {MODELS_PREFIX}/{name}/{INVOCATIONS}")
+                    methods = sorted(m for m, a in self.routes if a == action)
+                    raise ClientError(405, f"use {' or '.join(methods)} {MODELS_PREFIX}/{name}/{action}")
+                check_api_key(request.headers, self.api_keys)
+                return await handler(request, name)
+            except ClientError as err:
+                return error_response(err)
+
+        async def invocations(self, request: Request, name: str) -> Response:
+            """POST /models/NAME/invocations: parse, check, batch, predict."""
+            loaded = None
+            try:
+                body = await read_body(request, self.spec.max_request_bytes)
+                followed = await self.get_model(name)
+                loaded = followed.current
+                data, params = parse_scoring_request(body, request.headers.get("content-type", ""), loaded.signature)
+                result = await self.batcher.submit(PredictItem(loaded, data, params))
+                if isinstance(result, ClientError):
+                    raise result
+                if isinstance(result, Exception):
+                    return JSONResponse(
+                        {"error_code": "INTERNAL_ERROR", "message": f"the model failed: {result}"},
+                        status_code=500,
+                        headers=loaded.headers(),
+                    )
+                answer = Response(predictions_json(result), media_type="application/json", headers=loaded.headers())
+                for hook in self.prediction_hooks:
+                    try:
+                        hook(loaded, data, result)
+                    except Exception:  # an observer's failure is not the client's
+                        logger.exception("prediction hook %r failed", hook)
+                return answer
+            except ClientError as err:
+                return error_response(err, loaded.headers() if loaded else None)
+
+        def _route(self, parts: list[str]) -> tuple[str, str | None]:
+            # dedicated app at /models/NAME: [] or [ACTION]; shared app at /models: [NAME] or [NAME, ACTION]
+            rest = None
+            if self.dedicated is not None and len(parts) <= 1:
+                name, rest = self.spec.models[0].name, parts
+            elif self.shared and 1 <= len(parts) <= 2 and parts[0] in self.by_name:
+                name, rest = parts[0], parts[1:]
+            if rest is not None and (not rest or rest[0] in self.actions):
+                return name, rest[0] if rest else None
+            raise ClientError(404, f"no published model at {'/'.join(parts) or '/'}; GET /models lists them")
+
+        def __del__(self):
+            if hasattr(self, "batcher"):
+                self.batcher.stop()
+            if getattr(self, "dedicated", None) is not None:
+                self.dedicated.stop()
+            for ext in getattr(self, "extensions", ()):
+                try:
+                    ext.stop()
+                except Exception:
+                    logger.exception("stopping %s failed", type(ext).__name__)
+
+    ModelEndpoint.__name__ = ModelEndpoint.__qualname__ = ENDPOINT_DEPLOYMENT
+    return ModelEndpoint
+
+
+class _Evictable:
+    """What the multiplexer caches: stops following the alias once evicted (LRU)."""
+
+    def __init__(self, followed: FollowedModel):
+        self.followed = followed
+
+    @property
+    def current(self) -> LoadedModel:
+        return self.followed.current
+
+    def start_following(self) -> None:
+        pass
+
+    def __del__(self):
+        self.followed.stop()
+
+
+def _describe_from_registry(spec: ModelEndpointSpec, tracking_uri: str, route: str) -> dict:
+    import mlflow
+
+    from raymaas.tracking import get_client
+
+    client = get_client(tracking_uri)
+    version = resolve_version(client, spec)
+    info = mlflow.models.get_model_info(f"models:/{spec.name}/{version}")
+    return LoadedModel(spec.name, version, spec.alias, None, info.signature).describe(route)
+
+
+def build_model_app(spec: ServeSpec, extensions: Sequence[Callable[[Any], EndpointExtension]] = ()):
+    """The Serve application of spec's models (route it at spec.route_prefix), with the
+    extensions each replica's endpoint builds (see this module's docstring)."""
+    from ray import serve
+
+    cls = _endpoint_class(spec.max_models_per_replica)
+    deployment = serve.deployment(
+        cls,
+        name=ENDPOINT_DEPLOYMENT,
+        autoscaling_config=spec.autoscaling_config.model_dump(),
+        max_ongoing_requests=spec.max_ongoing_requests,
+        ray_actor_options=spec.ray_actor_options,
+        # a replica loads its model in __init__; a big one takes a while on a busy node
+        health_check_timeout_s=60,
+        graceful_shutdown_timeout_s=10,
+    )
+    return deployment.bind(spec.model_dump(), list(extensions))

@@ -1,0 +1,105 @@
+"""Models that follow the registry: the version an alias points at, loaded, and swapped
+whole for the next one when the alias moves (a request sees one version throughout)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from raymaas.serving.protocol import (
+    ALIAS_HEADER,
+    NAME_HEADER,
+    VERSION_HEADER,
+    schema_json,
+)
+from raymaas.serving.specs import ModelEndpointSpec
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass
+class LoadedModel:
+    """One loaded model version; swapped whole, so a request sees one version throughout."""
+
+    name: str
+    version: str
+    alias: str | None
+    model: Any  # mlflow.pyfunc.PyFuncModel
+    signature: Any
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self, route: str) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "route": route,
+            "signature": {
+                "inputs": schema_json(self.signature),
+                "outputs": self.signature.outputs.to_dict() if self.signature and self.signature.outputs else None,
+            },
+        }
+
+    def headers(self) -> dict[str, str]:
+        h = {VERSION_HEADER: self.version, NAME_HEADER: self.name}
+        if self.alias:
+            h[ALIAS_HEADER] = self.alias
+        return h
+
+
+def resolve_version(client, spec: ModelEndpointSpec) -> str:
+    if spec.version:
+        return spec.version
+    return str(client.get_model_version_by_alias(spec.name, spec.alias).version)
+
+
+def load_serving_model(client, spec: ModelEndpointSpec, version: str) -> LoadedModel:
+    """Load one exact version (not the alias, which may move while it loads)."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}")
+    return LoadedModel(spec.name, version, spec.alias, model, model.metadata.signature)
+
+
+class FollowedModel:
+    """A model that follows its registry alias: polls, loads a new version aside, swaps."""
+
+    def __init__(self, spec: ModelEndpointSpec, tracking_uri: str, poll_interval_s: float):
+        from raymaas.tracking import get_client
+
+        self.spec = spec
+        self.client = get_client(tracking_uri)
+        self.poll_interval_s = poll_interval_s
+        self.current = load_serving_model(self.client, spec, resolve_version(self.client, spec))
+        self._task: asyncio.Task | None = None
+
+    def start_following(self) -> None:
+        if self.spec.alias and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                version = await asyncio.to_thread(resolve_version, self.client, self.spec)
+                if version != self.current.version:
+                    logger.info("%s@%s moved to version %s; loading it", self.spec.name, self.spec.alias, version)
+                    loaded = await asyncio.to_thread(load_serving_model, self.client, self.spec, version)
+                    old, self.current = self.current.version, loaded  # requests in flight keep the old one
+                    logger.info("%s: now serving version %s (was %s)", self.spec.name, version, old)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a registry hiccup must not stop the replica serving the current version
+                logger.exception(
+                    "checking %s@%s in the registry failed; keeping version %s",
+                    self.spec.name,
+                    self.spec.alias,
+                    self.current.version,
+                )

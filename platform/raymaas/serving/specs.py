@@ -1,0 +1,101 @@
+"""The args of the Serve applications (`serve/config.yaml`'s `args`): a model application's
+models, autoscaling, batching and limits, and the index application's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from raymaas.serving.protocol import MODELS_PREFIX
+from raymaas.specs import SpecModel
+
+CHAMPION = "champion"
+
+
+class AutoscalingSpec(SpecModel):
+    min_replicas: int = Field(1, ge=0, description="replicas kept when idle")
+    max_replicas: int = Field(2, ge=1, description="replicas at most, under load")
+    target_ongoing_requests: float = Field(
+        8, gt=0, description="requests in flight per replica that Serve aims for (batching wants a queue)"
+    )
+    upscale_delay_s: float = Field(3, ge=0, description="seconds of load above target before adding a replica")
+    downscale_delay_s: float = Field(60, ge=0, description="seconds of load below target before removing a replica")
+
+
+class BatchingSpec(SpecModel):
+    max_batch_size: int = Field(32, ge=1, description="requests run as one predict call at most")
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description="seconds the first request of a batch waits for others (0: batch what is queued when the model is free)",
+    )
+
+
+class ModelEndpointSpec(SpecModel):
+    name: str = Field(..., description="registered model name in the MLflow Model Registry")
+    alias: str | None = Field(None, description="registry alias to follow (default: champion unless version is set)")
+    version: str | None = Field(None, description="a fixed model version instead of an alias")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_as_text(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("version"), int):
+            data = {**data, "version": str(data["version"])}
+        return data
+
+    @model_validator(mode="after")
+    def _alias_or_version(self):
+        if self.alias and self.version:
+            raise ValueError("give an alias or a version, not both")
+        if not self.version and not self.alias:
+            self.alias = CHAMPION
+        return self
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
+
+
+class ServeSpec(SpecModel):
+    """The args of one application: its models and how its deployment runs them."""
+
+    models: list[ModelEndpointSpec] = Field(
+        ..., min_length=1, description="one model gets replicas of its own; several share replicas (multiplexing)"
+    )
+    autoscaling_config: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec, description="Serve autoscaling of this application's replicas"
+    )
+    batching: BatchingSpec = Field(
+        default_factory=BatchingSpec, description="dynamic batching of the predict path (raymaas.serving.Batcher)"
+    )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="requests a replica accepts at once (Serve's default of 5 starves batching)"
+    )
+    ray_actor_options: dict[str, Any] = Field(
+        {"num_cpus": 0.5}, description="Ray resources of each replica (num_cpus, num_gpus, memory, runtime_env)"
+    )
+    max_request_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413")
+    poll_interval_s: float = Field(3.0, gt=0, description="seconds between checks of the alias in the registry")
+    max_models_per_replica: int = Field(4, ge=1, description="multiplexed models a replica keeps loaded (LRU)")
+    tracking_uri: str | None = Field(
+        None, description="MLflow store (default: MLFLOW_TRACKING_URI, else the embedded store)"
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a model may appear once per application: {names}")
+        return self
+
+    @property
+    def route_prefix(self) -> str:
+        """Where the proxy sends this application's requests."""
+        return f"{MODELS_PREFIX}/{self.models[0].name}" if len(self.models) == 1 else MODELS_PREFIX
+
+
+class IndexSpec(SpecModel):
+    """The args of the index application (listing, health, docs)."""
+
+    title: str = Field("raymaas models", description="title of the OpenAPI document")

@@ -1,0 +1,169 @@
+"""Supervised training on Ray Train: the spec, and the driver.
+
+One job is one MLflow run (raymaas.runtime.driver): the Train controller logs each epoch's
+metrics once the epoch's checkpoint is persisted (raymaas.supervised.logger); after `fit` the
+driver draws the plots and hands the model to the shared publish tail.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from raymaas.specs import JobSpec, SpecModel
+from raymaas.supervised.data import DataSpec
+from raymaas.supervised.loop import TrainLoopConfig
+from raymaas.supervised.models import BUILTIN_MODELS, ModelSpec
+
+
+class ScalingSpec(SpecModel):
+    num_workers: int = Field(2, ge=0, description="Ray Train workers (0 runs the loop in this process, for debugging)")
+    use_gpu: bool | Literal["auto"] = Field(
+        "auto", description="auto: GPUs (NCCL) if the cluster has any, else CPUs (gloo)"
+    )
+    resources_per_worker: dict[str, float] = Field({"CPU": 1}, description="Ray resources each worker reserves")
+    placement_timeout_s: float = Field(
+        10, gt=0, description="seconds to wait for the cluster to offer the resources before failing"
+    )
+
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _gpu_choice(cls, value):
+        if value in (True, False, "auto"):
+            return value
+        raise ValueError("must be true, false or auto")
+
+
+class FailureSpec(SpecModel):
+    max_failures: int = Field(3, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
+
+
+class TrainCheckpointSpec(SpecModel):
+    num_to_keep: int = Field(2, ge=1, description="newest checkpoints kept in storage")
+
+
+class SupervisedSpec(JobSpec):
+    kind: Literal["supervised"] = Field("supervised", description="job kind: picks the entrypoint `raymaas train` runs")
+    data: DataSpec = Field(default_factory=DataSpec, description="where the rows come from")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the network")
+    train_loop_config: TrainLoopConfig = Field(
+        default_factory=TrainLoopConfig, description="passed to train_loop_per_worker"
+    )
+    scaling_config: ScalingSpec = Field(default_factory=ScalingSpec, description="ray.train.ScalingConfig")
+    failure_config: FailureSpec = Field(default_factory=FailureSpec, description="ray.train.FailureConfig")
+    checkpoint_config: TrainCheckpointSpec = Field(
+        default_factory=TrainCheckpointSpec, description="ray.train.CheckpointConfig"
+    )
+
+
+def run_training(spec: SupervisedSpec, address: str | None = None):
+    """Run the job on Ray Train, track it as one MLflow run, register and gate the model;
+    a raymaas.runtime.driver.JobOutcome."""
+    import os
+
+    from raymaas.kinds import get_kind
+    from raymaas.runtime import cluster
+    from raymaas.runtime.driver import run_job
+
+    scaling = spec.scaling_config
+    workers = max(1, scaling.num_workers)
+    needed_cpus = workers * scaling.resources_per_worker.get("CPU", 1)
+    user_code = [] if spec.model.name in BUILTIN_MODELS else [cluster.package_dir_of(spec.model.name.split(":")[0])]
+
+    def prepare(storage_path: str):
+        from raymaas.supervised.data import prepare_data
+
+        use_gpu = cluster.resolve_use_gpu(scaling.use_gpu)
+        per_worker = dict(scaling.resources_per_worker)
+        if use_gpu:
+            per_worker.setdefault("GPU", 1)
+        need = {k: v * workers for k, v in per_worker.items()}
+        cluster.wait_for_resources(need, scaling.placement_timeout_s, bundles=[per_worker] * workers)
+        data = prepare_data(spec.data, spec.train_loop_config.seed)
+        tags = {
+            "num_workers": str(scaling.num_workers),
+            "device": "cuda" if use_gpu else "cpu",
+            "torch_backend": "nccl" if use_gpu else "gloo",
+        }
+        return (data, use_gpu, per_worker), tags
+
+    return run_job(
+        spec,
+        get_kind("supervised"),
+        address,
+        prepare=prepare,
+        train=_fit,
+        # Logical CPUs for a local Ray: the workers' own, plus room for Ray Data's read
+        # tasks, which would otherwise wait behind the workers for a free CPU.
+        num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed_cpus)) + 2),
+        py_modules=[d for d in user_code if d],
+    )
+
+
+def _fit(job, prepared):
+    """TorchTrainer.fit, then the model of its last checkpoint, with its plots."""
+    import ray.train
+    import torch
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from raymaas.runtime.driver import TrainedModel
+    from raymaas.runtime.lifecycle import call_interruptibly
+    from raymaas.supervised.logger import make_mlflow_callback
+    from raymaas.supervised.loop import STATE_FILE, WorkerConfig, train_loop_per_worker
+    from raymaas.supervised.models import build_model
+    from raymaas.tracking import plots
+
+    spec: SupervisedSpec = job.spec
+    data, use_gpu, per_worker = prepared
+    config = WorkerConfig(train_loop_config=spec.train_loop_config, model=spec.model, data=data.worker)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config.model_dump(mode="json"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.scaling_config.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=job.run.run_name,
+            storage_path=job.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=spec.failure_config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint_config.num_to_keep),
+            callbacks=[make_mlflow_callback(job.tracking_uri, job.run_id)],
+        ),
+        datasets=data.datasets,
+    )
+    result = call_interruptibly(trainer.fit)
+
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    n_features = data.worker.n_features
+    module = build_model(spec.model, n_features, data.worker.n_classes, np.zeros(n_features), np.ones(n_features))
+    module.load_state_dict(state["model"])
+
+    history = {k: job.client.get_metric_history(job.run_id, k) for k in ("train_loss", "val_loss")}
+    figures = {
+        "plots/confusion_matrix.png": plots.confusion_matrix_figure(
+            state["confusion"], f"{spec.name}: validation, epoch {state['epoch']}"
+        ),
+        "plots/loss_curve.png": plots.curves_figure(
+            {k: ([m.step for m in v], [m.value for m in v]) for k, v in history.items()},
+            "epoch",
+            "cross-entropy",
+            f"{spec.name}: loss",
+        ),
+    }
+    gate = job.kind.gate_metric
+    value = float(state["metrics"][gate])
+    epochs = int(state["epoch"]) + 1
+    return TrainedModel(
+        module=module,
+        example=np.asarray(data.example, dtype=np.float32),
+        gate_value=value,
+        summary=f"{gate} {value:.4f} after {epochs} epochs",
+        feature_columns=data.feature_columns,
+        figures=figures,
+        details={"epochs": epochs},
+    )

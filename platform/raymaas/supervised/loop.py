@@ -1,0 +1,182 @@
+"""The per-worker training loop of a supervised job (`train_loop_per_worker`), and what the
+driver hands it: a WorkerConfig, validated again in each worker."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from raymaas.specs import SpecModel
+from raymaas.supervised.data import BuiltinData, DataSpec, FileShards, WorkerData, load_builtin, shard_rows
+from raymaas.supervised.models import ModelSpec, build_model
+
+STATE_FILE = "state.pt"
+
+
+class TrainLoopConfig(SpecModel):
+    epochs: int = Field(10, ge=1, description="passes over the training data")
+    batch_size: int = Field(64, ge=1, description="rows per step on each worker")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    seed: int = Field(0, description="seeds the model, the data split and the shuffling")
+
+
+class WorkerConfig(SpecModel):
+    """The train_loop_config of every worker: the loop's, the model's and the data's part."""
+
+    train_loop_config: TrainLoopConfig
+    model: ModelSpec
+    data: WorkerData
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Train with DDP on this worker's shard; resume from the last checkpoint if there is one."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = WorkerConfig.model_validate(config)
+    loop, data = cfg.train_loop_config, cfg.data
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(loop.seed)
+
+    if isinstance(data, BuiltinData):
+        batches = _ArrayBatches(data.spec, loop, rank, world, device)
+        mean, std = batches.stats
+    else:
+        batches = _ShardBatches(data, loop.batch_size, device)
+        mean, std = data.mean, data.std
+    n_classes = data.n_classes
+
+    model = build_model(cfg.model, data.n_features, n_classes, np.asarray(mean), np.asarray(std))
+    model = ray.train.torch.prepare_model(model)
+    plain = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
+        plain.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+
+    distributed = world > 1 and torch.distributed.is_initialized()
+    for epoch in range(start_epoch, loop.epochs):
+        model.train()
+        started = time.perf_counter()
+        sums = torch.zeros(5, dtype=torch.float64, device=device)  # train loss, train n, val loss, correct, val n
+        for x, y in batches.train(epoch):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            (loss / len(y)).backward()
+            optimizer.step()
+            sums[0] += loss.detach()
+            sums[1] += len(y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_seconds = time.perf_counter() - started
+
+        model.eval()
+        confusion = torch.zeros(n_classes, n_classes, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for x, y in batches.validation():
+                logits = plain(x)
+                sums[2] += loss_fn(logits, y)
+                pred = logits.argmax(1)
+                sums[3] += (pred == y).sum()
+                sums[4] += len(y)
+                confusion.index_put_((y, pred), torch.ones_like(y, dtype=torch.float64), accumulate=True)
+        if distributed:
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(confusion)
+        time_all = torch.tensor([epoch_seconds], device=device)
+        if distributed:
+            torch.distributed.all_reduce(time_all, op=torch.distributed.ReduceOp.MAX)
+        train_loss, train_n, val_loss, correct, val_n = sums.tolist()
+        seconds = float(time_all.item())
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss / max(train_n, 1),
+            "val_loss": val_loss / max(val_n, 1),
+            "val_accuracy": correct / max(val_n, 1),
+            "epoch_seconds": seconds,
+            "samples_per_second": train_n / max(seconds, 1e-9),
+            "start_epoch": start_epoch,
+        }
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(
+                    {
+                        "model": plain.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "confusion": confusion.cpu().numpy(),
+                        "metrics": metrics,
+                    },
+                    Path(folder) / STATE_FILE,
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)  # a barrier: every rank reports
+
+
+class _ArrayBatches:
+    """A built-in data set held in memory; each rank takes an equal slice, reshuffled per epoch."""
+
+    def __init__(self, spec: DataSpec, loop: TrainLoopConfig, rank: int, world: int, device):
+        split = load_builtin(spec, loop.seed)
+        self.stats = (split.x_train.mean(0), split.x_train.std(0))
+        self._x = torch.from_numpy(split.x_train).to(device)
+        self._y = torch.from_numpy(split.y_train).to(device)
+        val_rows = np.arange(len(split.x_val))[rank::world]
+        self._xv = torch.from_numpy(split.x_val[val_rows]).to(device)
+        self._yv = torch.from_numpy(split.y_val[val_rows]).to(device)
+        self._rank, self._world, self._loop = rank, world, loop
+
+    def train(self, epoch: int):
+        rows = torch.from_numpy(shard_rows(len(self._x), self._rank, self._world, self._loop.seed * 100_003 + epoch))
+        rows = rows.to(self._x.device)
+        bs = self._loop.batch_size
+        for i in range(0, len(rows), bs):
+            idx = rows[i : i + bs]
+            yield self._x[idx], self._y[idx]
+
+    def validation(self):
+        for i in range(0, len(self._xv), 1024):
+            yield self._xv[i : i + 1024], self._yv[i : i + 1024]
+
+
+class _ShardBatches:
+    """A file data set streamed by Ray Data: this worker's shard of `train` and `validation`."""
+
+    def __init__(self, data: FileShards, batch_size: int, device):
+        import ray.train
+
+        self._train = ray.train.get_dataset_shard("train")
+        self._val = ray.train.get_dataset_shard("validation")
+        self._features, self._label, self._bs, self._device = (
+            data.feature_columns,
+            data.label_column,
+            batch_size,
+            device,
+        )
+
+    def _collate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        x = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._features], axis=1)
+        y = np.asarray(batch[self._label]).astype(np.int64)
+        return torch.from_numpy(x).to(self._device), torch.from_numpy(y).to(self._device)
+
+    def train(self, epoch: int):
+        return self._train.iter_torch_batches(batch_size=self._bs, collate_fn=self._collate)
+
+    def validation(self):
+        return self._val.iter_torch_batches(batch_size=1024, collate_fn=self._collate)

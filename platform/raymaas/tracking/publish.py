@@ -1,0 +1,43 @@
+"""The end every job kind shares: the resolved spec, plots and artifacts to the run, the model
+logged (a Ray-free pyfunc), registered as `candidate` and gated for `champion`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Publication:
+    model_name: str
+    version: str
+    model_uri: str
+    promoted: bool
+    reason: str
+
+
+def publish_model(client, run_id: str, spec, kind, trained) -> Publication:
+    """Log trained (a raymaas.runtime.driver.TrainedModel) to run_id and register it under the
+    spec's registered model name; the kind (raymaas.kinds.JobKind) names the gate metric."""
+    import mlflow
+
+    from raymaas.modelcode.pyfunc import log_classifier
+    from raymaas.tracking import registry
+
+    client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
+    for path, content in trained.dicts.items():
+        client.log_dict(run_id, content, path)
+    for path, figure in trained.figures.items():
+        client.log_figure(run_id, figure, path)
+    for path, folder in trained.artifact_dirs.items():
+        client.log_artifacts(run_id, folder, path)
+
+    with mlflow.start_run(run_id=run_id):
+        info = log_classifier(trained.module, trained.example, trained.feature_columns)
+    if trained.check is not None:
+        trained.check(info.model_uri)  # e.g. the RL policy's parity with the RLlib module
+    name = spec.registered_model_name
+    version = registry.register_model(client, info.model_uri, name, kind.gate_metric, trained.gate_value)
+    decision = registry.promote_if_better(client, name, version, higher_is_better=kind.higher_is_better)
+    return Publication(name, version, info.model_uri, decision.promoted, decision.reason)

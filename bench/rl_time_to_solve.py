@@ -27,7 +27,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from processes import end_group
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_RETURN = 475.0
@@ -149,25 +149,6 @@ def time_to_solve(spec: Path, seed: int, home: Path, budget_s: float) -> Solve:
         print(f"    did not solve within {budget_s:g}s; last output:\n" + "".join(tail[-5:]), flush=True)
         return Solve(budget_s, None)
     return solved
-
-
-def end_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
-    """SIGKILL the process group proc leads; return when none of its processes is left."""
-    import psutil
-
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-    members = []
-    for p in psutil.process_iter():
-        try:
-            if os.getpgid(p.pid) == proc.pid:
-                members.append(p)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    psutil.wait_procs(members, timeout=timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

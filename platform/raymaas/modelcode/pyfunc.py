@@ -9,6 +9,8 @@ before this package existed pickled.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -74,21 +76,35 @@ def log_classifier(
         input_example = (
             pd.DataFrame(example[:5], columns=feature_columns) if feature_columns else example[:5].astype(np.float32)
         )
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=TorchClassifier(feature_columns),
-            artifacts={_PROGRAM: str(path)},
-            signature=classifier_signature(example.shape[1], feature_columns),
-            input_example=input_example,
-            code_paths=[_model_code(Path(tmp))],
-            # Explicit requirements: inference would load the model in a subprocess, slowly.
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                f"mlflow=={mlflow.__version__}",
-                "numpy",
-                "pandas",
-            ],
-        )
+        # MLflow's notes on cloudpickle and on checking the input example are not for the job's output.
+        with _quiet("mlflow.pyfunc"):
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=TorchClassifier(feature_columns),
+                artifacts={_PROGRAM: str(path)},
+                signature=classifier_signature(example.shape[1], feature_columns),
+                input_example=input_example,
+                code_paths=[_model_code(Path(tmp))],
+                # Explicit requirements: inference would load the model in a subprocess, slowly.
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"mlflow=={mlflow.__version__}",
+                    "numpy",
+                    "pandas",
+                ],
+            )
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Only errors from that logger while the block runs."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _model_code(folder: Path) -> str:

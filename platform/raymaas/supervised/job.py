@@ -100,6 +100,9 @@ def run_training(spec: SupervisedSpec, address: str | None = None):
         # tasks, which would otherwise wait behind the workers for a free CPU.
         num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed_cpus)) + 2),
         py_modules=[d for d in user_code if d],
+        # torch.export (the registered model) and matplotlib (the plots): imported while Ray
+        # starts and the workers train, not after.
+        warm_imports=("torch.export", "matplotlib.pyplot"),
     )
 
 
@@ -135,7 +138,8 @@ def _fit(job, prepared):
         ),
         datasets=data.datasets,
     )
-    result = call_interruptibly(trainer.fit)
+    with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs):
+        result = call_interruptibly(trainer.fit)
 
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
@@ -167,3 +171,47 @@ def _fit(job, prepared):
         figures=figures,
         details={"epochs": epochs},
     )
+
+
+class _EpochPrinter:
+    """Prints each epoch as the Train controller logs it to MLflow: the job's progress lines,
+    in the job's own output (Ray's processes print to Ray's log folder)."""
+
+    KEYS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds")
+
+    def __init__(self, client, run_id: str, epochs: int, interval_s: float = 1.0):
+        import threading
+
+        self.client, self.run_id, self.epochs, self.interval_s = client, run_id, epochs, interval_s
+        self.printed = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="raymaas-epochs", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        if exc[0] is None:
+            self._print_new()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._print_new()
+            except Exception:  # a busy store: the next poll catches up
+                pass
+
+    def _print_new(self) -> None:
+        history = {k: {m.step: m.value for m in self.client.get_metric_history(self.run_id, k)} for k in self.KEYS}
+        for epoch in sorted(e for e in history["val_accuracy"] if e > self.printed):
+            values = {k: history[k].get(epoch) for k in self.KEYS}
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if v is not None and k != "epoch_seconds")
+            seconds = values["epoch_seconds"]
+            print(
+                f"raymaas: epoch {epoch + 1}/{self.epochs}  {shown}" + (f"  ({seconds:.2f}s)" if seconds else ""),
+                flush=True,
+            )
+            self.printed = epoch

@@ -50,7 +50,7 @@ def train_loop_per_worker(config: dict) -> None:
         batches = _ArrayBatches(data.spec, loop, rank, world, device)
         mean, std = batches.stats
     else:
-        batches = _ShardBatches(data, loop.batch_size, device)
+        batches = _ShardBatches(data, loop, device)
         mean, std = data.mean, data.std
     n_classes = data.n_classes
 
@@ -156,19 +156,26 @@ class _ArrayBatches:
 
 
 class _ShardBatches:
-    """A file data set streamed by Ray Data: this worker's shard of `train` and `validation`."""
+    """A file data set read by Ray Data: this worker's shard of `train` and `validation`.
 
-    def __init__(self, data: FileShards, batch_size: int, device):
+    The first epoch streams the shards; when they are small (at most CACHE_BYTES on this
+    worker) their rows are kept, and later epochs reshuffle the kept rows instead of running
+    Ray Data's streaming executor again, which cost seconds an epoch on a tiny file. Every
+    rank's shard holds the same number of rows (Ray Train splits with equal=True), so the
+    ranks take the same number of steps either way.
+    """
+
+    CACHE_BYTES = 256 * 2**20
+
+    def __init__(self, data: FileShards, loop: TrainLoopConfig, device):
         import ray.train
 
-        self._train = ray.train.get_dataset_shard("train")
-        self._val = ray.train.get_dataset_shard("validation")
-        self._features, self._label, self._bs, self._device = (
-            data.feature_columns,
-            data.label_column,
-            batch_size,
-            device,
-        )
+        self._shards = {
+            "train": ray.train.get_dataset_shard("train"),
+            "validation": ray.train.get_dataset_shard("validation"),
+        }
+        self._kept: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        self._features, self._label, self._loop, self._device = data.feature_columns, data.label_column, loop, device
 
     def _collate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._features], axis=1)
@@ -176,7 +183,31 @@ class _ShardBatches:
         return torch.from_numpy(x).to(self._device), torch.from_numpy(y).to(self._device)
 
     def train(self, epoch: int):
-        return self._train.iter_torch_batches(batch_size=self._bs, collate_fn=self._collate)
+        return self._batches("train", self._loop.batch_size, self._loop.seed * 100_003 + epoch)
 
     def validation(self):
-        return self._val.iter_torch_batches(batch_size=1024, collate_fn=self._collate)
+        return self._batches("validation", 1024, None)
+
+    def _batches(self, name: str, batch_size: int, order_seed: int | None):
+        kept = self._kept.get(name)
+        if kept is not None:
+            x, y = kept
+            rows = torch.arange(len(x), device=x.device)
+            if order_seed is not None:
+                rows = torch.from_numpy(np.random.default_rng(order_seed).permutation(len(x))).to(x.device)
+            for i in range(0, len(rows), batch_size):
+                idx = rows[i : i + batch_size]
+                yield x[idx], y[idx]
+            return
+        xs, ys, size = [], [], 0
+        for x, y in self._shards[name].iter_torch_batches(batch_size=batch_size, collate_fn=self._collate):
+            if xs is not None:
+                size += x.element_size() * x.nelement() + y.element_size() * y.nelement()
+                if size <= self.CACHE_BYTES:
+                    xs.append(x)
+                    ys.append(y)
+                else:
+                    xs = ys = None
+            yield x, y
+        if xs:
+            self._kept[name] = (torch.cat(xs), torch.cat(ys))

@@ -249,6 +249,36 @@ def test_haproxy_ingress_env_keeps_each_instance_apart(tmp_path):
         haproxy_ingress_env(tmp_path / ("x" * 40))
 
 
+def test_serve_refuses_an_unknown_model_before_serve_starts(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "RAYMAAS_HOME": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raymaas.cli", "serve", "no-such-model", "--port", str(free_port())],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no registered model named 'no-such-model'" in proc.stderr
+    assert "application" not in proc.stdout  # nothing was published
+    proc = subprocess.run(
+        [sys.executable, "-m", "raymaas.cli", "serve", "serve/config.yaml", "no-such-model"],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "not both" in proc.stderr, proc.stderr
+
+
 # --------------------------------------------------------------------------- publishing
 
 
@@ -282,6 +312,19 @@ def test_sklearn_model_registered_by_hand(endpoint, registered):
     # named columns in another order are fine
     status, _, out = call(url, {"dataframe_records": frame[frame.columns[::-1]].to_dict(orient="records")}, key=None)
     assert status == 200 and out["predictions"] == expected
+    # text/csv: a header row, then rows, answered as its dataframe_split equivalent
+    status, headers, out = call(
+        url, raw=frame.to_csv(index=False).encode(), headers={"content-type": "text/csv"}, key=None
+    )
+    assert status == 200, out
+    assert out["predictions"] == expected and headers["x-model-version"] == "1"
+    code, _, out = call(
+        url,
+        raw=frame.drop(columns=["petal_width"]).to_csv(index=False).encode(),
+        headers={"content-type": "text/csv"},
+        key=None,
+    )
+    assert code == 422 and "petal_width" in out["message"], out
 
 
 @pytest.mark.slow
@@ -351,8 +394,10 @@ def test_malformed_unknown_and_too_large(endpoint, registered):
     assert code == 413 and str(TINY_BODY_LIMIT) in out["message"]
     code, _, out = call(f"{endpoint}/models/no-such-model/invocations", {"inputs": [[1.0] * 64]})
     assert code == 404 and "no-such-model" in out["message"]
-    code, _, out = call(url, raw=b"{}", headers={"content-type": "text/csv"})
-    assert code == 415
+    code, _, out = call(url, raw=b"{}", headers={"content-type": "text/plain"})
+    assert code == 415 and "text/csv" in out["message"]
+    code, _, out = call(url, raw=b"", headers={"content-type": "text/csv"})
+    assert code == 400 and "empty" in out["message"]
 
 
 @pytest.mark.slow

@@ -111,7 +111,7 @@ def submit_job(address: str, root: Path, module: str, spec_path: Path, overrides
     """Submit the job to the cluster's job API with the project's code, follow its logs."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from raymaas.runtime.cluster import _use_token_auth_if_available, raymaas_code_dir
+    from raymaas.runtime.cluster import _use_token_auth_if_available, job_env, raymaas_code_dir
 
     try:
         rel_spec = spec_path.resolve().relative_to(root)
@@ -120,8 +120,9 @@ def submit_job(address: str, root: Path, module: str, spec_path: Path, overrides
             f"spec {spec_path} is outside the project folder {root}, so it would not travel with the job",
             EXIT_INVALID_SPEC,
         ) from None
-    # Where the job tracks and keeps checkpoints, as for a local job (raymaas.paths.FORWARDED_ENV).
-    env_vars = {**paths.forwarded_env(), "MLFLOW_TRACKING_URI": paths.tracking_uri()}
+    # Where the job tracks and keeps checkpoints, as for a local job (raymaas.paths.FORWARDED_ENV),
+    # and the Ray settings a local job's processes get (cluster.JOB_ENV_DEFAULTS).
+    env_vars = {**job_env(), "MLFLOW_TRACKING_URI": paths.tracking_uri()}
     runtime_env = {
         "working_dir": str(root),
         "py_modules": [raymaas_code_dir()],
@@ -321,20 +322,35 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Publish the models of a Ray Serve config: start a local Ray (or join --address), deploy
-    every application, print the endpoints, serve until Ctrl-C."""
-    config = Path(args.config)
-    if not config.is_file():
-        raise CliError(f"Serve config {config} does not exist", EXIT_INVALID_SPEC)
-    # import_path `serve.app:...` resolves against the project folder
+    """Publish registered models with Ray Serve: the applications of a Serve config file
+    (default serve/config.yaml), or models named NAME (its champion), NAME@ALIAS or
+    NAME/VERSION, each its own application at /models/NAME with the default settings, plus
+    the index at /. Start a local Ray (or join --address), deploy, print the endpoints,
+    serve until Ctrl-C."""
+    from raymaas.serving.deploy import check_models, deploy_config, deploy_models, serve_targets
+
     try:
-        sys.path.insert(0, str(paths.project_root(config)))
-    except paths.ProjectNotFound:
-        pass  # an import path of an installed package needs no project folder
+        config_path, models = serve_targets(args.targets)
+    except (ValueError, FileNotFoundError) as err:
+        raise CliError(str(err), EXIT_INVALID_SPEC) from None
+    tracking_uri = paths.tracking_uri()
+    if models:
+        try:  # before anything starts
+            check_models(models, tracking_uri)
+        except LookupError as err:
+            raise CliError(str(err), EXIT_INVALID_SPEC) from None
+    else:
+        config = Path(config_path)
+        if not config.is_file():
+            raise CliError(f"Serve config {config} does not exist", EXIT_INVALID_SPEC)
+        # import_path `serve.app:...` resolves against the project folder
+        try:
+            sys.path.insert(0, str(paths.project_root(config)))
+        except paths.ProjectNotFound:
+            pass  # an import path of an installed package needs no project folder
     from ray import serve
 
     from raymaas.runtime.cluster import connect
-    from raymaas.serving.deploy import deploy_config
     from raymaas.serving.ingress import prepare_local_ingress
 
     # Ctrl-C stops serving also where a shell without job control started `raymaas serve` in
@@ -351,10 +367,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         connect(args.address)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C (after ray.init, which sets its own)
-        try:
-            deployed = deploy_config(str(config), http_host=args.host, http_port=args.port)
-        except (ValueError, TypeError) as err:  # args that fail their pydantic model, bad import paths
-            raise CliError(f"cannot deploy {config}: {err}", EXIT_INVALID_SPEC) from None
+        if models:
+            deployed = deploy_models(models, http_host=args.host, http_port=args.port, tracking_uri=tracking_uri)
+        else:
+            try:
+                deployed = deploy_config(str(config), http_host=args.host, http_port=args.port)
+            except (ValueError, TypeError) as err:  # args that fail their pydantic model, bad import paths
+                raise CliError(f"cannot deploy {config}: {err}", EXIT_INVALID_SPEC) from None
         for app in deployed:
             print(f"raymaas: application {app.name!r} at {app.url or app.base_url}/", flush=True)
         if deployed:
@@ -563,7 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_cmd = sub.add_parser("serve", help="publish registered models with Ray Serve", description=cmd_serve.__doc__)
     serve_cmd.add_argument(
-        "config", nargs="?", default="serve/config.yaml", help="Serve config file (default: serve/config.yaml)"
+        "targets",
+        nargs="*",
+        metavar="CONFIG | MODEL",
+        help="a Serve config file (default: serve/config.yaml), or registered models: NAME (its champion), "
+        "NAME@ALIAS or NAME/VERSION, each published at /models/NAME with the default settings",
     )
     serve_cmd.add_argument(
         "--address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"

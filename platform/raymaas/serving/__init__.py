@@ -6,7 +6,7 @@ parses, validates and answers the request itself. A gateway deployment in
 front (proxy -> gateway -> model) measured +8 ms p50 on a 2-core machine, more than the whole
 budget, so each published model is its own application, routed by prefix:
 
-    /models/NAME/invocations   POST, MLflow scoring formats    (app of one model, or a shared app)
+    /models/NAME/invocations   POST, MLflow scoring formats, JSON or CSV (app of one model, or a shared app)
     /models/NAME               GET, the model and its signature (the same app)
     /models                    GET, the published models        (the index app at "/")
     /health, /docs, /openapi.json                               (the index app)
@@ -25,7 +25,7 @@ The modules, one concern each:
     batching    the dynamic batcher and batched predict calls
     endpoint    the ModelEndpoint deployment, its route table and extensions
     index       the index application: listing, health, OpenAPI, docs
-    deploy      deploying a Serve config file
+    deploy      deploying a Serve config file, or registered models by reference
 
 Importing this package imports neither Ray nor Serve: they are imported where used.
 """
@@ -37,7 +37,7 @@ from raymaas.serving.auth import (
     load_api_keys,
 )
 from raymaas.serving.batching import Batcher, PredictItem, predict_batch, predict_one
-from raymaas.serving.deploy import DeployedApp, deploy_config
+from raymaas.serving.deploy import DeployedApp, check_models, deploy_config, deploy_models, parse_model_reference
 from raymaas.serving.endpoint import INVOCATIONS, EndpointExtension, build_model_app
 from raymaas.serving.following import (
     FollowedModel,
@@ -58,6 +58,8 @@ from raymaas.serving.ingress import (
 )
 from raymaas.serving.protocol import (
     ALIAS_HEADER,
+    CSV_MEDIA_TYPE,
+    JSON_MEDIA_TYPE,
     MODELS_PREFIX,
     NAME_HEADER,
     SCORING_FORMATS,
@@ -79,9 +81,11 @@ __all__ = [
     "API_KEYS_ENV",
     "API_KEYS_FILE_ENV",
     "CHAMPION",
+    "CSV_MEDIA_TYPE",
     "ENDPOINT_DEPLOYMENT",
     "INGRESSES",
     "INVOCATIONS",
+    "JSON_MEDIA_TYPE",
     "MODELS_PREFIX",
     "NAME_HEADER",
     "SCORING_FORMATS",
@@ -101,12 +105,15 @@ __all__ = [
     "build_index_app",
     "build_model_app",
     "check_api_key",
+    "check_models",
     "deploy_config",
+    "deploy_models",
     "haproxy_ingress_env",
     "list_published_models",
     "load_api_keys",
     "load_serving_model",
     "openapi_document",
+    "parse_model_reference",
     "parse_scoring_request",
     "predict_batch",
     "predict_one",

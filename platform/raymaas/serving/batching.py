@@ -16,11 +16,14 @@ logger = logging.getLogger("ray.serve")
 
 @dataclass
 class PredictItem:
-    """One request's share of a batch: the model version it got, its parsed input, its params."""
+    """One request's share of a batch: the model version it got, its parsed input, its params.
+    checked: data is what parse_scoring_request returned (checked against the signature), so
+    the model does not check it again; False for an input of another origin."""
 
     loaded: LoadedModel
     data: Any
     params: dict | None
+    checked: bool = True
 
 
 def _rows(data) -> int | None:
@@ -72,9 +75,7 @@ def predict_one(item: PredictItem):
     from mlflow.exceptions import MlflowException
 
     try:
-        if item.params is not None:
-            return item.loaded.model.predict(item.data, params=item.params)
-        return item.loaded.model.predict(item.data)
+        return item.loaded.predict(item.data, item.params, item.checked)
     except MlflowException as err:
         return ClientError(
             422, f"the model rejected the input: {shorten(err.message)}", expected=schema_json(item.loaded.signature)
@@ -94,15 +95,15 @@ def predict_batch(items: list[PredictItem]) -> list:
     results: list = [None] * len(items)
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
-        key = (id(item.loaded), item.params is None, _rows(item.data) is not None)
+        key = (id(item.loaded), item.params is None, _rows(item.data) is not None, item.checked)
         groups.setdefault(key, []).append(i)
-    for (_, no_params, has_rows), idx in groups.items():
+    for (_, no_params, has_rows, checked), idx in groups.items():
         if len(idx) > 1 and no_params and has_rows:
             datas = [items[i].data for i in idx]
             merged = _concat(datas)
             if merged is not None:
                 try:
-                    pieces = _split(items[idx[0]].loaded.model.predict(merged), [len(d) for d in datas])
+                    pieces = _split(items[idx[0]].loaded.predict(merged, None, checked), [len(d) for d in datas])
                 except Exception:
                     pieces = None  # one bad request must not fail the others: predict one by one
                 if pieces is not None:

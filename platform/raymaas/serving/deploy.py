@@ -1,8 +1,17 @@
-"""Deploying a Serve config file (`raymaas serve`) from this driver."""
+"""Deploying from this driver (`raymaas serve`): the applications of a Serve config file, or
+registered models named on the command line, each its own application."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+from raymaas.serving.specs import ModelEndpointSpec
+
+DEFAULT_CONFIG = "serve/config.yaml"
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+INDEX_APP = "index"
 
 
 @dataclass(frozen=True)
@@ -39,4 +48,119 @@ def deploy_config(config_path: str, http_host: str | None = None, http_port: int
         built = call_user_app_builder_with_args_if_necessary(builder, app.args or {})
         serve.run(built, name=app.name, route_prefix=app.route_prefix, blocking=False)
         deployed.append(DeployedApp(app.name, app.route_prefix, f"http://{host}:{port}"))
+    return deployed
+
+
+# --------------------------------------------------------------------------- models by reference
+
+
+def parse_model_reference(ref: str) -> ModelEndpointSpec:
+    """NAME (its champion), NAME@ALIAS or NAME/VERSION -> the model's endpoint spec."""
+    usage = f"{ref!r} is not a model reference: give NAME, NAME@ALIAS or NAME/VERSION"
+    name, at, alias = ref.partition("@")
+    if at:
+        if not name or not alias or "/" in name or "@" in alias:
+            raise ValueError(usage)
+        return ModelEndpointSpec(name=name, alias=alias)
+    name, slash, version = ref.partition("/")
+    if slash:
+        if not name or not version.isdigit():
+            raise ValueError(f"{usage} (a version is a number)")
+        return ModelEndpointSpec(name=name, version=version)
+    if not name:
+        raise ValueError(usage)
+    return ModelEndpointSpec(name=name)
+
+
+def serve_targets(args: Sequence[str]) -> tuple[str | None, list[ModelEndpointSpec]]:
+    """`raymaas serve`'s arguments -> (a Serve config file, None) or (None, the models):
+    nothing is the default config file; an existing file is a config file; anything else is a
+    model reference. A config file and models together, or two config files, are refused
+    (ValueError); a missing file with a config file's suffix is FileNotFoundError."""
+    if not args:
+        return DEFAULT_CONFIG, []
+    files = [a for a in args if Path(a).is_file()]
+    refs = [a for a in args if not Path(a).is_file()]
+    if files and refs:
+        raise ValueError(
+            f"give a Serve config file or model references, not both: {files[0]} is a file, "
+            f"{', '.join(map(repr, refs))} {'is not' if len(refs) == 1 else 'are not'}"
+        )
+    if len(files) > 1:
+        raise ValueError(f"give one Serve config file, not {len(files)}: {', '.join(files)}")
+    if files:
+        return files[0], []
+    for ref in refs:
+        if ref.endswith(CONFIG_SUFFIXES):
+            raise FileNotFoundError(f"Serve config {ref} does not exist")
+    models = [parse_model_reference(r) for r in refs]
+    names = [m.name for m in models]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"each model is published once, at /models/NAME: {', '.join(twice)} given twice")
+    if INDEX_APP in names:
+        raise ValueError(f"a model named {INDEX_APP!r} would take the index application's name")
+    return None, models
+
+
+def check_models(models: Sequence[ModelEndpointSpec], tracking_uri: str) -> list[str]:
+    """The version each model reference stands for now; LookupError, saying which reference
+    the registry at tracking_uri lacks, before anything starts."""
+    from mlflow.exceptions import MlflowException
+
+    from raymaas.tracking import get_client
+
+    client = get_client(tracking_uri)
+    versions = []
+    for spec in models:
+        try:
+            registered = client.get_registered_model(spec.name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise LookupError(f"cannot read the model registry at {tracking_uri}: {err.message}") from None
+            raise LookupError(
+                f"no registered model named {spec.name!r} in {tracking_uri} (`raymaas models` lists them)"
+            ) from None
+        try:
+            if spec.version:
+                version = client.get_model_version(spec.name, spec.version).version
+            else:
+                version = client.get_model_version_by_alias(spec.name, spec.alias).version
+        except MlflowException:
+            if spec.version:
+                raise LookupError(f"registered model {spec.name!r} has no version {spec.version}") from None
+            aliases = sorted(registered.aliases or {})
+            known = f"its aliases: {', '.join(aliases)}" if aliases else "it has no aliases"
+            raise LookupError(
+                f"registered model {spec.name!r} has no alias {spec.alias!r} ({known}; "
+                f"NAME/VERSION publishes a version)"
+            ) from None
+        versions.append(str(version))
+    return versions
+
+
+def deploy_models(
+    models: Sequence[ModelEndpointSpec],
+    http_host: str | None = None,
+    http_port: int | None = None,
+    tracking_uri: str | None = None,
+) -> list[DeployedApp]:
+    """Publish each model as its own application at /models/NAME with the default settings
+    (ServeSpec's), plus the index application at "/"; return where each answers."""
+    from ray import serve
+
+    from raymaas.serving.endpoint import build_model_app
+    from raymaas.serving.index import build_index_app
+    from raymaas.serving.specs import IndexSpec, ServeSpec
+
+    host, port = http_host or "127.0.0.1", http_port or 8000
+    base = f"http://{host}:{port}"
+    serve.start(http_options={"host": host, "port": port})
+    targets = [serve.RunTarget(build_index_app(IndexSpec()), name=INDEX_APP, route_prefix="/")]
+    deployed = [DeployedApp(INDEX_APP, "/", base)]
+    for model in models:
+        spec = ServeSpec(models=[model], tracking_uri=tracking_uri)
+        targets.append(serve.RunTarget(build_model_app(spec), name=model.name, route_prefix=spec.route_prefix))
+        deployed.append(DeployedApp(model.name, spec.route_prefix, base))
+    serve.run_many(targets)  # together: the replicas start in parallel
     return deployed

@@ -132,7 +132,13 @@ def openapi_document(title: str, models: list[dict]) -> dict:
             "post": {
                 "summary": f"predict with {m['name']} ({'@' + m['alias'] if m['alias'] else 'version ' + m['version']})",
                 "description": f"input signature: {json.dumps(m['signature']['inputs'])}",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": scoring}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": scoring},
+                        "text/csv": {"schema": {"type": "string", "description": "a header row, then rows"}},
+                    },
+                },
                 "responses": {
                     "200": {
                         "description": f"predictions; header {VERSION_HEADER} names the version that answered",
@@ -140,7 +146,7 @@ def openapi_document(title: str, models: list[dict]) -> dict:
                             "application/json": {"schema": {"type": "object", "properties": {"predictions": {}}}}
                         },
                     },
-                    "400": {"description": "malformed JSON", **error},
+                    "400": {"description": "malformed JSON or CSV", **error},
                     "401": {"description": "missing or wrong API key", **error},
                     "413": {"description": "body too large", **error},
                     "422": {"description": "input does not match the signature", **error},

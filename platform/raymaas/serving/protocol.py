@@ -4,6 +4,12 @@ What a request to a model endpoint may carry and what it is answered, independen
 model is loaded or run: the routes' prefix and the response headers, the client errors and
 their MLflow error codes, the request body (size-limited), the scoring request parsed and
 checked against the model's signature, the predictions and errors as JSON responses.
+
+A request body is JSON in one of MLflow's scoring formats or CSV (a header row, then rows),
+as `mlflow models serve` takes them. Parsing and checking a request against a signature of
+named columns, or of one tensor, is done here, without MLflow's parser (which builds and casts
+a DataFrame column by column: milliseconds for a wide row); anything less common is left to
+MLflow's parser and schema enforcement, so that the model gets what MLflow would give it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ VERSION_HEADER = "x-model-version"
 NAME_HEADER = "x-model-name"
 ALIAS_HEADER = "x-model-alias"
 SCORING_FORMATS = ("inputs", "instances", "dataframe_split", "dataframe_records")
+JSON_MEDIA_TYPE = "application/json"
+CSV_MEDIA_TYPE = "text/csv"
 
 ERROR_CODES = {
     400: "MALFORMED_REQUEST",
@@ -56,14 +64,25 @@ async def read_body(request, limit: int) -> bytes:
 
 
 def parse_scoring_request(body: bytes, content_type: str, signature) -> tuple[Any, dict | None]:
-    """Body in an MLflow scoring format -> (model input checked against the signature, params)."""
+    """Body in an MLflow scoring format -> (model input checked against the signature, params).
+
+    application/json: an object with exactly one of SCORING_FORMATS (and optional params);
+    text/csv: a header row, then rows. What comes back is what MLflow's parsing and schema
+    enforcement make of the body (`infer_and_parse_data`, then `_enforce_schema`); the common
+    cases are built here without them: one numeric tensor (`_as_tensor`), and named scalar
+    columns (`_as_columns`, `_csv_columns`), each checked against the signature here. Values
+    that MLflow would silently turn into others are refused instead (`_altered_by_mlflow`)."""
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
-    mime = (content_type or "application/json").split(";")[0].strip().lower()
-    if mime not in ("application/json", ""):
+    mime = (content_type or JSON_MEDIA_TYPE).split(";")[0].strip().lower()
+    if mime == CSV_MEDIA_TYPE:
+        return parse_csv_body(body, signature), None
+    if mime not in (JSON_MEDIA_TYPE, ""):
         raise ClientError(
-            415, f"send application/json in one of the MLflow scoring formats {list(SCORING_FORMATS)}, got {mime!r}"
+            415,
+            f"send application/json in one of the MLflow scoring formats {list(SCORING_FORMATS)}, "
+            f"or text/csv (a header row, then rows); got {mime!r}",
         )
     try:
         payload = json.loads(body)
@@ -84,30 +103,51 @@ def parse_scoring_request(body: bytes, content_type: str, signature) -> tuple[An
     params = payload.get("params")
     if params is not None and not isinstance(params, dict):
         raise ClientError(422, "params must be a JSON object")
+    fmt = formats[0]
+    value = payload[fmt]
     input_schema = signature.inputs if signature is not None else None
+    hint = None
     try:
-        data = _as_tensor(payload[formats[0]], input_schema) if formats[0] in ("inputs", "instances") else None
+        data = _as_tensor(value, input_schema) if fmt in ("inputs", "instances") else None
         if data is None:
-            data = infer_and_parse_data({formats[0]: payload[formats[0]]}, input_schema)
+            columns = _column_specs(input_schema)
+            if columns is not None:
+                data, hint = _as_columns(fmt, value, columns, signature)
+                if data is not None:
+                    return data, params  # checked here: what _enforce_schema would make of it
+            data = infer_and_parse_data({fmt: value}, input_schema)
+    except ClientError:
+        raise
     except MlflowException as err:
-        raise ClientError(
-            422, f"cannot read {formats[0]!r}: {shorten(err.message)}", expected=schema_json(signature)
-        ) from None
+        raise _unreadable(f"cannot read {fmt!r}", err.message, hint, signature) from None
     except Exception as err:  # pandas/numpy refuse ragged or odd shapes in many ways
-        raise ClientError(
-            422, f"cannot read {formats[0]!r}: {shorten(str(err))}", expected=schema_json(signature)
-        ) from None
+        raise _unreadable(f"cannot read {fmt!r}", str(err), hint, signature) from None
+    return _enforce(data, input_schema, signature, hint), params
+
+
+def _enforce(data, input_schema, signature, hint: str | None):
+    """MLflow's own check of a parsed input against the signature (and its casts)."""
     if input_schema is None:
-        return data, params
+        return data
+    from mlflow.exceptions import MlflowException
     from mlflow.models.utils import _enforce_schema
 
     try:
-        return _enforce_schema(data, input_schema), params
+        return _enforce_schema(data, input_schema)
     except Exception as err:
         message = err.message if isinstance(err, MlflowException) else str(err)
-        raise ClientError(
-            422, f"input does not match the model's signature: {shorten(message)}", expected=schema_json(signature)
-        ) from None
+        raise _unreadable("input does not match the model's signature", message, hint, signature) from None
+
+
+def _unreadable(what: str, message: str, hint: str | None, signature) -> ClientError:
+    """The 422 of an input MLflow refused; led by what the column check found, if anything."""
+    if hint:
+        return ClientError(
+            422,
+            f"input does not match the model's signature: {hint} ({shorten(message, 300)})",
+            expected=schema_json(signature),
+        )
+    return ClientError(422, f"{what}: {shorten(message)}", expected=schema_json(signature))
 
 
 def _as_tensor(value, input_schema):
@@ -122,6 +162,406 @@ def _as_tensor(value, input_schema):
     if not isinstance(value, list) or dtype.kind not in "biuf":
         return None
     return np.asarray(value, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- named columns
+#
+# MLflow reads a column-signature request by building a pandas DataFrame of the JSON, casting
+# each column (`cast_df_types_according_to_schema`), then checking and casting each column
+# again (`_enforce_schema`), and PyFuncModel.predict checks it a third time: ~0.1 ms a column.
+# For a signature of required, named, scalar columns, the request is checked and built here
+# in one pass: the signature's columns in its order, each of its dtype (extra columns are
+# dropped, as MLflow drops them), the same DataFrame MLflow would build. Only values whose
+# JSON type is the column's own are taken here (numbers for double/float, integers for
+# long/integer, true/false for boolean, strings for string); anything else (null, a string
+# in a number column, an index, optional columns, arrays, objects, binary, datetime, ...)
+# goes to MLflow's parser, which decides as `mlflow models serve` would, and its 422 is led
+# by the column and the type this check found wrong. Two kinds of value MLflow would take
+# by changing them are refused here instead (see _altered_by_mlflow).
+
+# MLflow DataType name -> (the JSON values a column of it takes here, its numpy dtype)
+_COLUMN_TYPES: dict[str, tuple[frozenset, str | None]] = {
+    "double": (frozenset({float, int}), "float64"),
+    "float": (frozenset({float, int}), "float32"),
+    "long": (frozenset({int}), "int64"),
+    "integer": (frozenset({int}), "int32"),
+    "boolean": (frozenset({bool}), "bool"),
+    "string": (frozenset({str}), None),
+}
+_JSON_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
+
+
+class _Columns:
+    """What the fast path needs of a signature of required, named, scalar columns."""
+
+    def __init__(self, specs):
+        import pandas as pd
+
+        self.names = [s.name for s in specs]
+        self.kinds = [s.type.name for s in specs]
+        self.index = pd.Index(self.names)  # shared by every DataFrame built (an Index is immutable)
+        # one numpy dtype for every column: the DataFrame is one 2-D block
+        kind = self.kinds[0]
+        self.uniform = kind if len(set(self.kinds)) == 1 and kind != "string" else None
+
+    def describe(self, names) -> str:
+        kinds = dict(zip(self.names, self.kinds, strict=True))
+        return ", ".join(f"{n!r} ({kinds[n]})" for n in names)
+
+
+_COLUMN_CACHE: dict[int, tuple[Any, _Columns | None]] = {}
+
+
+def _column_specs(input_schema) -> _Columns | None:
+    """The signature's columns if all are required, named and scalar (see above); else None."""
+    if input_schema is None:
+        return None
+    cached = _COLUMN_CACHE.get(id(input_schema))
+    if cached is not None and cached[0] is input_schema:
+        return cached[1]
+    from mlflow.types import ColSpec, DataType
+
+    specs = input_schema.inputs
+    ok = (
+        bool(specs)
+        and not input_schema.is_tensor_spec()
+        and input_schema.has_input_names()
+        and all(
+            isinstance(s, ColSpec)
+            and isinstance(s.type, DataType)
+            and s.type.name in _COLUMN_TYPES
+            and s.required
+            and isinstance(s.name, str)
+            for s in specs
+        )
+        and len({s.name for s in specs}) == len(specs)
+    )
+    columns = _Columns(specs) if ok else None
+    if len(_COLUMN_CACHE) > 256:  # a replica loads few signatures; keep it bounded anyway
+        _COLUMN_CACHE.clear()
+    _COLUMN_CACHE[id(input_schema)] = (input_schema, columns)  # holding the schema keeps its id unique
+    return columns
+
+
+def _missing(columns: _Columns, missing: list[str], signature) -> ClientError:
+    s = "s" if len(missing) > 1 else ""
+    return ClientError(
+        422,
+        f"input does not match the model's signature: missing input column{s} {columns.describe(missing)}",
+        expected=schema_json(signature),
+    )
+
+
+def _as_columns(fmt: str, value, columns: _Columns, signature):
+    """(DataFrame, None) for a request the column check takes; (None, what is wrong or None)
+    for one MLflow's parser reads. A missing column raises its 422 here."""
+    if fmt == "dataframe_split":
+        found = _split_columns(value, columns, signature)
+    elif fmt == "dataframe_records":
+        found = _records_columns(value, columns, signature)
+    elif fmt == "inputs":
+        found = _inputs_columns(value, columns, signature)
+    else:  # instances
+        found = None
+    if found is None:
+        return None, None
+    if isinstance(found, list):  # rows with the signature's columns in its order, nothing else
+        return _frame_from_rows(found, columns, signature)
+    return _frame_from_columns(found, columns, signature)
+
+
+def _split_columns(value, columns: _Columns, signature):
+    if not isinstance(value, dict) or value.keys() - {"columns", "data"}:
+        return None  # an index, or not the split format: MLflow's parser
+    header, rows = value.get("columns"), value.get("data")
+    if type(header) is not list or type(rows) is not list or not rows:
+        return None
+    width = len(header)
+    if not all(type(row) is list and len(row) == width for row in rows):
+        return None
+    if header == columns.names:
+        return rows
+    if len(set(map(type, header)) - {str}) or len(set(header)) != width:
+        return None  # duplicated or odd column names
+    position = {name: i for i, name in enumerate(header)}
+    missing = [n for n in columns.names if n not in position]
+    if missing:
+        raise _missing(columns, missing, signature)
+    by_column = list(zip(*rows, strict=True))
+    return {n: by_column[position[n]] for n in columns.names}
+
+
+def _records_columns(value, columns: _Columns, signature):
+    if type(value) is not list or not value or not all(type(r) is dict for r in value):
+        return None
+    found, missing = {}, []
+    for name in columns.names:
+        try:
+            found[name] = [record[name] for record in value]
+        except KeyError:
+            if any(name in record for record in value):
+                return None  # in some records only: MLflow fills in NaN
+            missing.append(name)
+    if missing:
+        raise _missing(columns, missing, signature)
+    return found
+
+
+def _inputs_columns(value, columns: _Columns, signature):
+    if type(value) is not dict or not value:
+        return None
+    values = list(value.values())
+    if all(type(v) is list for v in values):
+        lengths = {len(v) for v in values}
+        if len(lengths) != 1 or 0 in lengths:
+            return None  # ragged or empty: MLflow's parser says what it makes of it
+        lists = value
+    elif all(type(v) in (float, int, str, bool) for v in values):
+        lists = {k: [v] for k, v in value.items()}  # one row
+    else:
+        return None
+    missing = [n for n in columns.names if n not in lists]
+    if missing:
+        raise _missing(columns, missing, signature)
+    return {n: lists[n] for n in columns.names}
+
+
+def _altered_by_mlflow(kind: str, v) -> bool:
+    """A value MLflow's parser would cast into another rather than refuse (pandas' astype runs
+    before its check): anything but true/false in a boolean column ("no" is True), a fraction
+    in an integer column (1.5 is 1). MLflow's check means to refuse such conversions ("they
+    alter the values significantly"); here they are refused."""
+    if kind == "boolean":
+        return type(v) is not bool and v is not None
+    if kind in ("long", "integer"):
+        return type(v) is float and not v.is_integer()
+    return False
+
+
+def _wrong_value(name: str, kind: str, v) -> str:
+    got = "null" if v is None else _JSON_NAMES.get(type(v), f"a {type(v).__name__}")
+    return f"column {name!r} expects {kind}, got {got} {shorten(json.dumps(v, default=str), 60)}"
+
+
+def _frame_from_rows(rows: list, columns: _Columns, signature):
+    import itertools
+
+    import numpy as np
+    import pandas as pd
+
+    kind = columns.uniform
+    if kind is not None and set(map(type, itertools.chain.from_iterable(rows))) <= _COLUMN_TYPES[kind][0]:
+        try:
+            block = np.array(rows, dtype=_COLUMN_TYPES[kind][1])
+        except (OverflowError, ValueError, TypeError):
+            return None, None  # e.g. an integer out of the column's range
+        return pd.DataFrame(block, columns=columns.index, copy=False), None
+    by_column = dict(zip(columns.names, zip(*rows, strict=True), strict=True))
+    return _frame_from_columns(by_column, columns, signature)
+
+
+def _frame_from_columns(found: dict, columns: _Columns, signature):
+    import numpy as np
+    import pandas as pd
+
+    for name, kind in zip(columns.names, columns.kinds, strict=True):
+        accepted = _COLUMN_TYPES[kind][0]
+        if not set(map(type, found[name])) <= accepted:
+            altered = [v for v in found[name] if _altered_by_mlflow(kind, v)]
+            if altered:
+                raise ClientError(
+                    422,
+                    f"input does not match the model's signature: {_wrong_value(name, kind, altered[0])}",
+                    expected=schema_json(signature),
+                )
+            return None, _wrong_value(name, kind, next(v for v in found[name] if type(v) not in accepted))
+    try:
+        if columns.uniform is not None:
+            block = np.array([found[n] for n in columns.names], dtype=_COLUMN_TYPES[columns.uniform][1])
+            return pd.DataFrame(block.T, columns=columns.index, copy=False), None
+        built = {}
+        for name, kind in zip(columns.names, columns.kinds, strict=True):
+            dtype = _COLUMN_TYPES[kind][1]
+            built[name] = list(found[name]) if dtype is None else np.array(found[name], dtype=dtype)
+    except (OverflowError, ValueError, TypeError):
+        return None, None
+    return pd.DataFrame(built), None
+
+
+# --------------------------------------------------------------------------- text/csv
+
+# what pandas.read_csv reads as a missing value (its default na_values)
+_CSV_NA = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
+
+
+def parse_csv_body(body: bytes, signature):
+    """A text/csv body (a header row, then rows) -> the model input, checked against the
+    signature as the JSON formats are: what `mlflow models serve` reads of it (pandas.read_csv
+    with the signature's column types, then MLflow's schema enforcement), built here without
+    pandas' parser for clean rows of a column signature."""
+    try:
+        text = body.decode("utf-8-sig")  # a byte-order mark is not part of the first column's name
+    except UnicodeDecodeError as err:
+        raise ClientError(400, f"the text/csv body is not UTF-8: {err}") from None
+    if not text.strip():
+        raise ClientError(400, "the text/csv body is empty: send a header row, then one row per input")
+    input_schema = signature.inputs if signature is not None else None
+    hint = None
+    rows = _csv_rows(text)
+    if rows is not None:
+        columns = _column_specs(input_schema)
+        if columns is not None:
+            data, hint = _csv_columns(rows[0], rows[1:], columns, signature)
+            if data is not None:
+                return data
+    return _enforce(_read_csv(text, input_schema, hint, signature), input_schema, signature, hint)
+
+
+def _csv_no_rows() -> ClientError:
+    return ClientError(422, "the text/csv body has a header row but no rows to predict")
+
+
+def _csv_rows(text: str) -> list[list[str]] | None:
+    """The header and the rows (blank lines skipped, as pandas skips them); None where the csv
+    module refuses the text (pandas' parser then names the problem). A row longer than the
+    header is a 400 (pandas would take its first field for an index)."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text), strict=True)
+    rows = []
+    try:
+        for row in reader:
+            if not row:
+                continue
+            if rows and len(row) > len(rows[0]):
+                raise ClientError(
+                    400,
+                    f"the body is not valid CSV: line {reader.line_num} has {len(row)} fields, "
+                    f"the header {len(rows[0])}",
+                )
+            rows.append(row)
+    except csv.Error:
+        return None
+    if len(rows) < 2:
+        raise _csv_no_rows()
+    return rows
+
+
+def _csv_columns(header: list[str], rows: list[list[str]], columns: _Columns, signature):
+    """(DataFrame, None) for clean CSV rows of the signature's columns; (None, what is wrong or
+    None) for pandas' parser and MLflow's check to read. A missing column raises its 422."""
+    import pandas as pd
+
+    width = len(header)
+    if len(set(header)) != width or not all(len(row) == width for row in rows):
+        return None, None  # duplicated names (pandas renames them), short rows (pandas fills in NaN)
+    position = {name: i for i, name in enumerate(header)}
+    missing = [n for n in columns.names if n not in position]
+    if missing:
+        raise _missing(columns, missing, signature)
+    by_column = list(zip(*rows, strict=True))
+    built = {}
+    for name, kind in zip(columns.names, columns.kinds, strict=True):
+        values = by_column[position[name]]
+        column = _csv_column(values, kind)
+        if column is None:
+            return None, _csv_wrong_value(name, kind, values)
+        built[name] = column
+    if columns.uniform is not None:
+        import numpy as np
+
+        block = np.stack([built[n] for n in columns.names])
+        return pd.DataFrame(block.T, columns=columns.index, copy=False), None
+    return pd.DataFrame(built), None
+
+
+def _csv_column(values: tuple[str, ...], kind: str):
+    """One CSV column as the signature's dtype, or None where pandas decides (missing values,
+    padded or unusual numbers, booleans)."""
+    import numpy as np
+    import pandas as pd
+
+    dtype = _COLUMN_TYPES[kind][1]
+    if kind == "boolean":
+        return None
+    if dtype is None:  # string
+        if any(v in _CSV_NA for v in values):
+            return None
+        return pd.Series(values, dtype=object)  # read_csv's str columns are object columns
+    if any("_" in v or v != v.strip() for v in values):
+        return None  # Python's float() and int() take "1_000" and padding; pandas' parser need not
+    try:
+        column = np.array(values, dtype=dtype)
+    except (ValueError, OverflowError):
+        return None
+    if column.dtype.kind == "f" and not np.isfinite(column).all():
+        return None  # nan, inf: pandas' spelling of them decides
+    return column
+
+
+def _csv_wrong_value(name: str, kind: str, values) -> str | None:
+    """What the check says of a CSV column with a value that is not of its type (missing
+    values are pandas' to read: None)."""
+    convert = {"double": float, "float": float, "long": int, "integer": int}.get(kind)
+    if convert is None:
+        return None
+    for row, v in enumerate(values, start=1):
+        if v in _CSV_NA:
+            continue
+        try:
+            convert(v)
+        except ValueError:
+            return f"column {name!r} expects {kind}, got {shorten(repr(v), 60)} in row {row}"
+    return None
+
+
+def _read_csv(text: str, input_schema, hint: str | None, signature):
+    """pandas.read_csv of the body, with the column types of the signature as `mlflow models
+    serve` reads it: 400 for a malformed CSV, 422 for values the types refuse."""
+    import io
+
+    import pandas as pd
+
+    dtype = None
+    if input_schema is not None and input_schema.has_input_names() and not input_schema.is_tensor_spec():
+        try:
+            dtype = dict(zip(input_schema.input_names(), input_schema.pandas_types(), strict=True))
+        except Exception:  # arrays, objects: no pandas type; MLflow's check reads what pandas infers
+            dtype = None
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=dtype)
+    except pd.errors.EmptyDataError as err:
+        raise ClientError(400, f"the body is not valid CSV: {err}") from None
+    except pd.errors.ParserError as err:
+        raise ClientError(400, f"the body is not valid CSV: {shorten(str(err).strip())}") from None
+    except (ValueError, TypeError, OverflowError) as err:  # a value its column's type refuses
+        raise _unreadable("cannot read the CSV with the signature's column types", str(err), hint, signature) from None
+    if frame.empty:
+        raise _csv_no_rows()
+    return frame
 
 
 def schema_json(signature) -> list | None:

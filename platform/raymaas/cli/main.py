@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from raymaas import paths
+from raymaas.cli.predict import add_parser as add_predict_parser
 from raymaas.kinds import KINDS, JobKind, UnknownKind, get_kind, kind_of
 from raymaas.serving.ingress import INGRESSES
 from raymaas.specs import EXIT_INVALID_SPEC, SpecError, describe_fields, load_spec, read_spec_file
@@ -566,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: run the job's driver here; it joins RAY_ADDRESS if set, else starts a local Ray)",
     )
     train.set_defaults(func=cmd_train)
+
+    add_predict_parser(sub)
 
     runs = sub.add_parser("runs", help="list recent MLflow runs", description=cmd_runs.__doc__)
     runs.add_argument("--experiment", metavar="NAME", help="only this experiment (default: all)")

@@ -1,0 +1,552 @@
+"""What a batch-scoring job decides before Ray starts: which model version, which input files,
+how their columns become the model's input, and what the output folder already holds.
+
+Everything here reads file footers, CSV headers and the registry; nothing starts Ray or creates
+an MLflow run, so a job that cannot work exits 2 before it costs anything (SpecError).
+
+The rules (the README's batch section should say the same):
+
+- **Units.** The input is a Parquet or CSV file, or a folder of them (searched recursively;
+  names starting with `.` or `_` are skipped, as Spark's and Ray's readers skip them). Each
+  file is one unit: its scored rows go to `OUTPUT/part-<name>.parquet`, written under a
+  temporary name and renamed once complete, so a unit is done exactly when its part file
+  exists. A unit is named after the file's path below the input folder, so the names do not
+  shift when files are added. A big single file is one unit (its resumption restarts it):
+  split the input into files for finer resumption, as Spark and Ray write tables anyway.
+- **Row counts are known up front**: a Parquet footer holds them; a CSV file is counted once
+  with the same pyarrow parser and options Ray Data reads it with. The driver commits a unit
+  when it has seen that many rows of it, whatever order Ray Data delivers blocks in.
+- **Signatures.** A model whose signature is named columns gets those columns by name (other
+  input columns are ignored unless passed through). A model whose signature is one tensor
+  `[-1, n]` (the digits MLP: float32 `[-1, 64]`) gets `feature_columns`, by default every
+  input column except the pass-through ones, in file order; their number must be n (the
+  product of the tensor's dimensions after the first).
+- **Types.** Integer and float columns feed float inputs, integer columns integer inputs,
+  booleans boolean, strings string; anything else exits 2 naming the column. A CSV feature
+  column is read as text and converted per batch, so one bad value rejects its row, not the
+  job; a CSV column in which no value of the first block is a number is the wrong column and
+  exits 2. CSV pass-through columns keep the types pyarrow infers from the first block (an
+  empty one is text), so that every block of every file has one schema.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raymaas.specs import SpecError
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+# The column Ray Data's include_paths adds: which file a row came from. An input column of the
+# same name would be taken for it (Ray keeps or overwrites it), so such an input is refused.
+PATH_COLUMN = "path"
+# Written into OUTPUT when a job starts: the run, model and input the folder belongs to.
+MARKER = "_raymaas_predict.json"
+PART_PREFIX = "part-"
+PART_SUFFIX = ".parquet"
+# MLflow column types -> the numpy dtype a batch column is converted to.
+COLUMN_DTYPES = {
+    "float": "float32",
+    "double": "float64",
+    "integer": "int32",
+    "long": "int64",
+    "boolean": "bool",
+    "string": "str",
+}
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version, pinned: every actor loads `uri`, even if the alias moves."""
+
+    name: str
+    version: str
+    requested: str  # what the spec said: NAME, NAME@ALIAS, models:/...
+    run_id: str | None  # the run that produced the version
+    experiment_id: str | None  # that run's experiment: where the scoring run goes
+    signature: object  # mlflow.models.ModelSignature
+    # Where the version's files are (MLflow's download URI): what the actors load, without a
+    # registry look-up each (which imports MLflow's SQL store: seconds per actor on 2 cores).
+    download_uri: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def parse_model_reference(ref: str) -> tuple[str, str | None, str | None]:
+    """NAME (its champion), NAME@ALIAS, NAME/VERSION, or models:/ forms of the last two ->
+    (name, alias, version)."""
+    usage = f"model {ref!r}: give NAME, NAME@ALIAS, NAME/VERSION, models:/NAME@ALIAS or models:/NAME/VERSION"
+    body = ref.removeprefix("models:/")
+    name, at, alias = body.partition("@")
+    if at:
+        if not name or not alias or "/" in name or "@" in alias:
+            raise SpecError(usage)
+        return name, alias, None
+    name, slash, version = body.partition("/")
+    if slash:
+        if not name or not version.isdigit():
+            raise SpecError(f"{usage} (a version is a number)")
+        return name, None, version
+    if not name:
+        raise SpecError(usage)
+    if ref.startswith("models:/") and name.startswith("m-"):
+        raise SpecError(f"{usage}: {ref} is a logged model, not a registered one (register it first)")
+    return name, "champion", None
+
+
+def resolve_model(client, ref: str) -> ModelRef:
+    """The registered version ref stands for now, with its signature; SpecError naming what
+    the registry lacks."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_reference(ref)
+    where = client.tracking_uri
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise SpecError(f"cannot read the model registry at {where}: {err.message}") from None
+        raise SpecError(f"model {ref!r}: no registered model named {name!r} in {where} (`raymaas models`)") from None
+    try:
+        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        if version:
+            raise SpecError(f"model {ref!r}: registered model {name!r} has no version {version}") from None
+        aliases = ", ".join(sorted(registered.aliases or {})) or "none"
+        raise SpecError(
+            f"model {ref!r}: registered model {name!r} has no alias {alias!r} (its aliases: {aliases}; "
+            "NAME/VERSION names a version)"
+        ) from None
+    experiment_id = None
+    if mv.run_id:
+        try:
+            experiment_id = client.get_run(mv.run_id).info.experiment_id
+        except MlflowException:
+            experiment_id = None  # the run was deleted; the version outlives it
+    uri = f"models:/{name}/{mv.version}"
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except Exception as err:
+        raise SpecError(f"model {ref!r}: cannot read {uri}: {err}") from None
+    if info.signature is None or info.signature.inputs is None:
+        raise SpecError(
+            f"model {ref!r} ({uri}) has no input signature: batch scoring checks the input against it "
+            "before it starts; log the model with a signature"
+        )
+    download_uri = client.get_model_version_download_uri(name, str(mv.version))
+    return ModelRef(name, str(mv.version), ref, mv.run_id or None, experiment_id, info.signature, download_uri)
+
+
+def check_probabilities(model: ModelRef) -> None:
+    """Probabilities come from models that declare a boolean `probabilities` parameter in their
+    signature (MLflow's inference params): predict(x, params={"probabilities": True}) then
+    returns them. TorchClassifier returns class ids only."""
+    params = model.signature.params
+    names = {p.name: p for p in params.params} if params is not None else {}
+    declared = names.get("probabilities")
+    if declared is not None and getattr(declared.dtype, "name", "") == "boolean":
+        return
+    outputs = model.signature.outputs.to_dict() if model.signature.outputs is not None else "undeclared"
+    raise SpecError(
+        f"probabilities: {model.name} version {model.version} cannot return class probabilities: its output "
+        f"is {json.dumps(outputs)} (class ids) and its signature declares no boolean `probabilities` parameter"
+    )
+
+
+# --------------------------------------------------------------------------- the input
+
+
+@dataclass(frozen=True)
+class Features:
+    """How a batch's columns become the model's input; each model actor gets one."""
+
+    kind: str  # "tensor" (one array) or "columns" (a DataFrame of named columns)
+    columns: tuple[str, ...]  # the input columns fed to the model, in the model's order
+    dtypes: tuple[str, ...]  # the numpy dtype each is converted to ("str" for strings)
+    tensor_shape: tuple[int, ...] | None = None  # kind "tensor": the signature's shape, -1 first
+
+    def expected(self, dtype: str) -> str:
+        """A dtype as the signature names it: MLflow's column types, numpy's for a tensor."""
+        if self.kind == "tensor":
+            return dtype
+        return {v: k for k, v in COLUMN_DTYPES.items()}[dtype]
+
+    def describe(self) -> str:
+        if self.kind == "tensor":
+            return f"tensor {self.dtypes[0]} {list(self.tensor_shape)} from {len(self.columns)} columns"
+        return f"{len(self.columns)} named columns"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One input file: the unit that is scored, committed and skipped on resumption as a whole."""
+
+    index: int
+    path: str  # absolute, as Ray Data's `path` column gives it
+    name: str  # OUTPUT/part-<name>.parquet
+    num_rows: int
+
+    @property
+    def part_file(self) -> str:
+        return f"{PART_PREFIX}{self.name}{PART_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """The input's files, their format, and how their columns are read and fed to the model."""
+
+    root: str
+    format: str  # "parquet" or "csv"
+    units: tuple[Unit, ...]
+    features: Features
+    passthrough: tuple[str, ...]
+    # pyarrow type of each pass-through column (CSV: what they are read as, from the first block)
+    passthrough_types: dict = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(u.num_rows for u in self.units)
+
+    def csv_column_types(self) -> dict:
+        """CSV: the pyarrow type each read column is given, so that every block of every file
+        has the same schema (Ray Data infers types per block otherwise): features as text,
+        converted per row by the scorer; pass-through columns as their first block has them."""
+        import pyarrow as pa
+
+        types = {c: pa.string() for c in self.features.columns}
+        types.update({c: t for c, t in self.passthrough_types.items() if c not in types})
+        return types
+
+
+def list_input_files(path: Path, fmt: str = "auto") -> tuple[str, list[Path]]:
+    """(format, files) of a file or folder; SpecError if there is nothing to read or the
+    formats are mixed."""
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and FORMATS.get(p.suffix.lower()) in ((fmt,) if fmt != "auto" else set(FORMATS.values()))
+            and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise SpecError(f"input {path}: no Parquet or CSV files (*.parquet, *.pq, *.csv) in it")
+    else:
+        raise SpecError(f"input {path} does not exist")
+    found = {FORMATS.get(p.suffix.lower()) for p in files}
+    if fmt != "auto":
+        return fmt, files
+    if len(found) != 1 or None in found:
+        kinds = ", ".join(sorted(str(f) for f in found))
+        raise SpecError(f"input {path}: cannot tell its format ({kinds}): one format a job; set format")
+    return found.pop(), files
+
+
+def unit_name(root: Path, file: Path) -> str:
+    """The part file's name for an input file: its path below the input folder, made safe."""
+    rel = file.name if root.is_file() else str(file.relative_to(root))
+    stem = rel[: -len(file.suffix)] if file.suffix else rel
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__"))
+
+
+def plan_input(
+    path: str,
+    fmt: str,
+    signature,
+    passthrough: list[str],
+    feature_columns: list[str] | None,
+    prediction_column: str,
+) -> InputPlan:
+    """List the input's units and check every file's columns and types against the signature."""
+    root = Path(path)
+    fmt, files = list_input_files(root, fmt)
+    schemas = [(f, _file_schema(f, fmt)) for f in files]
+    first_file, first = schemas[0]
+    features = _features(signature, first, passthrough, feature_columns, first_file)
+    if prediction_column in passthrough:
+        raise SpecError(f"prediction_column {prediction_column!r} is also a pass-through column: rename one")
+    for file, schema in schemas:
+        _check_file(file, schema, features, passthrough, fmt)
+    names: dict[str, Path] = {}
+    units = []
+    for i, (file, _) in enumerate(schemas):
+        name = unit_name(root, file)
+        if name in names:
+            raise SpecError(f"input files {names[name]} and {file} would both be written to {PART_PREFIX}{name}")
+        names[name] = file
+        units.append(Unit(i, str(file.resolve()), name, _num_rows(file, fmt)))
+    return InputPlan(
+        str(root.resolve()),
+        fmt,
+        tuple(units),
+        features,
+        tuple(passthrough),
+        {c: _readable_type(first.types[c]) for c in passthrough},
+    )
+
+
+def _readable_type(t):
+    """A CSV column empty in its first block is inferred as null; it is read as text."""
+    import pyarrow as pa
+
+    return pa.string() if pa.types.is_null(t) else t
+
+
+@dataclass(frozen=True)
+class _Schema:
+    names: list[str]
+    types: dict  # name -> pyarrow type (CSV: inferred from the first block)
+    sample: object = None  # CSV: the first block (pyarrow Table), for columns read as text
+
+
+def _file_schema(file: Path, fmt: str) -> _Schema:
+    import pyarrow as pa
+
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(file)
+            return _Schema(list(schema.names), {f.name: f.type for f in schema})
+        reader = _open_csv(file)
+        try:
+            sample = reader.read_next_batch()
+            table = pa.Table.from_batches([sample])
+        except StopIteration:
+            table = reader.schema.empty_table()
+        return _Schema(list(reader.schema.names), {f.name: f.type for f in reader.schema}, table)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise SpecError(f"input file {file}: cannot read it as {fmt}: {err}") from None
+
+
+def csv_options():
+    """The pyarrow CSV options of every read: the planning pass and Ray Data's read_csv."""
+    import pyarrow.csv as pcsv
+
+    return pcsv.ReadOptions(block_size=8 << 20), pcsv.ParseOptions()
+
+
+def _open_csv(file: Path, convert_options=None):
+    import pyarrow.csv as pcsv
+
+    read_options, parse_options = csv_options()
+    return pcsv.open_csv(file, read_options=read_options, parse_options=parse_options, convert_options=convert_options)
+
+
+def _num_rows(file: Path, fmt: str) -> int:
+    import pyarrow as pa
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(file).metadata.num_rows
+    import pyarrow.csv as pcsv
+
+    # Ray Data's reader would count the same rows: same parser, same options (blank lines
+    # skipped, no newlines inside values). One column converted, as text: the cheapest pass.
+    first = _open_csv(file).schema.names[0]
+    options = pcsv.ConvertOptions(include_columns=[first], column_types={first: pa.string()})
+    try:
+        return sum(batch.num_rows for batch in _open_csv(file, options))
+    except pa.ArrowInvalid as err:
+        raise SpecError(f"input file {file}: not valid CSV: {err}") from None
+
+
+def _features(signature, schema: _Schema, passthrough: list[str], feature_columns, file: Path) -> Features:
+    import numpy as np
+    from mlflow.types import ColSpec, DataType
+
+    inputs = signature.inputs
+    if inputs.is_tensor_spec():
+        if len(inputs.inputs) != 1:
+            raise SpecError(
+                f"the model takes {len(inputs.inputs)} named tensors; batch scoring feeds one tensor "
+                "or named columns (its signature: " + json.dumps(inputs.to_dict()) + ")"
+            )
+        spec = inputs.inputs[0]
+        dtype = np.dtype(spec.type)
+        shape = tuple(spec.shape)
+        width = math.prod(shape[1:]) if len(shape) > 1 else 1
+        if dtype.kind not in "biuf" or any(d < 0 for d in shape[1:]) or not shape or shape[0] != -1:
+            raise SpecError(
+                f"the model's tensor input {dtype} {list(shape)} cannot be built from table columns "
+                "(batch scoring feeds a numeric tensor [-1, n] or named columns)"
+            )
+        columns = list(feature_columns) if feature_columns else [c for c in schema.names if c not in passthrough]
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise SpecError(f"feature_columns {missing} are not columns of {file}")
+        if len(columns) != width:
+            rule = "feature_columns" if feature_columns else "every column except the pass-through ones"
+            raise SpecError(
+                f"the model takes a {dtype} tensor {list(shape)}: {width} values a row, but {file} gives "
+                f"{len(columns)} feature columns ({rule}); set feature_columns or passthrough_columns"
+            )
+        return Features("tensor", tuple(columns), (str(dtype),) * len(columns), shape)
+    if feature_columns:
+        raise SpecError("feature_columns applies to tensor signatures; this model names its input columns")
+    columns, dtypes = [], []
+    for spec in inputs.inputs:
+        if not isinstance(spec, ColSpec) or not isinstance(spec.type, DataType) or spec.type.name not in COLUMN_DTYPES:
+            raise SpecError(
+                f"the model's input {spec.to_dict()} is not a scalar column of "
+                f"{', '.join(COLUMN_DTYPES)}: batch scoring cannot build it from a table"
+            )
+        if spec.name is None:
+            raise SpecError("the model's signature has unnamed columns: batch scoring matches columns by name")
+        if not spec.required and spec.name not in schema.names:
+            continue  # an optional column the input lacks: the model does without it
+        columns.append(spec.name)
+        dtypes.append(COLUMN_DTYPES[spec.type.name])
+    return Features("columns", tuple(columns), tuple(dtypes))
+
+
+def _check_file(file: Path, schema: _Schema, features: Features, passthrough: list[str], fmt: str) -> None:
+    if PATH_COLUMN in schema.names:
+        raise SpecError(
+            f"input file {file} has a column named {PATH_COLUMN!r}, the name Ray Data gives the column that says "
+            "which file a row came from (raymaas resumes by file): rename that column"
+        )
+    missing = [c for c in (*features.columns, *passthrough) if c not in schema.names]
+    if missing:
+        s = "s" if len(missing) > 1 else ""
+        expected = [c for c in missing if c in features.columns]
+        what = "the model's input" if expected else "pass-through"
+        raise SpecError(
+            f"input file {file} lacks {what} column{s} {', '.join(map(repr, missing))} "
+            f"(its columns: {', '.join(schema.names)})"
+        )
+    for name, dtype in zip(features.columns, features.dtypes):
+        problem = _type_problem(schema, name, dtype, features.expected(dtype), fmt)
+        if problem:
+            raise SpecError(f"input file {file}: column {name!r} {problem}")
+
+
+def _type_problem(schema: _Schema, name: str, dtype: str, want: str, fmt: str) -> str | None:
+    """Why a column cannot feed an input of that numpy dtype (`want` as the signature says it), or None."""
+    import pyarrow.types as pat
+
+    t = schema.types[name]
+    if pat.is_null(t):
+        return None  # no values (yet): its rows are rejected as null
+    if dtype == "str":
+        ok = pat.is_string(t) or pat.is_large_string(t) or fmt == "csv"
+    elif dtype == "bool":
+        ok = pat.is_boolean(t) or (fmt == "csv" and pat.is_string(t))
+    elif dtype.startswith("int"):
+        ok = pat.is_integer(t)
+    else:
+        ok = pat.is_integer(t) or pat.is_floating(t)
+    if ok:
+        return None
+    if fmt == "csv" and pat.is_string(t) and dtype != "str":
+        # Read as text: a few bad values are rejected row by row; a column of words is the wrong one.
+        values = [v for v in schema.sample.column(name).to_pylist() if v is not None]
+        if any(_parses(v, dtype) for v in values):
+            return None
+        shown = ", ".join(repr(v) for v in values[:3])
+        return f"holds text ({shown}, ...) where the model expects {want}"
+    return f"is {t}, the model expects {want}" + (" (a Parquet column's type is its own)" if fmt == "parquet" else "")
+
+
+def _parses(value: str, dtype: str) -> bool:
+    try:
+        (int if dtype.startswith("int") else float)(value)
+        return True
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- the output
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """The output and errors folders, and which units an earlier attempt of this run finished."""
+
+    output: str
+    errors: str
+    done: frozenset[str]  # unit names whose part file exists
+    resumed: bool  # an earlier attempt of the same run wrote this folder
+    clear: bool  # --overwrite: empty both folders first
+
+
+def errors_folder(output: Path) -> Path:
+    """Rejected rows go beside the output, not inside it: a reader of OUTPUT as one table
+    (pandas, Spark, Ray) would otherwise mix in files of another schema."""
+    return output.with_name(output.name + "-errors")
+
+
+def plan_output(output: str, run_name: str | None, model: ModelRef, input_root: str, overwrite: bool) -> OutputPlan:
+    """Refuse an output folder that holds anything but this run's own earlier work (unless
+    overwrite), and say which units are done."""
+    out = Path(output)
+    errors = errors_folder(out)
+    for folder in (out, errors):
+        if folder.exists() and not folder.is_dir():
+            raise SpecError(f"output {folder} exists and is not a folder")
+    contents = _visible(out) + _visible(errors)
+    marker = _read_marker(out)
+    if overwrite:
+        foreign = [p for p in contents if not _ours(p)]
+        if foreign and marker is None:
+            raise SpecError(
+                f"output {out}: --overwrite would delete files raymaas did not write there (e.g. {foreign[0]}); "
+                "choose another output folder"
+            )
+        return OutputPlan(str(out), str(errors), frozenset(), False, clear=True)
+    if not contents:
+        return OutputPlan(str(out), str(errors), frozenset(), False, clear=False)
+    if marker is None or run_name is None or marker.get("run_name") != run_name:
+        by = f" by run {marker['run_name']!r}" if marker and marker.get("run_name") else ""
+        cont = f"; mlflow.run_name={marker['run_name']} (--run-name) continues that run" if by else ""
+        raise SpecError(
+            f"output {out} exists and is not empty ({len(contents)} files, written{by or ' by something else'}): "
+            f"--overwrite (overwrite: true) replaces it{cont}"
+        )
+    if marker.get("model") != model.uri:
+        raise SpecError(
+            f"run {run_name!r} scored {out} with {marker.get('model')}, but {model.requested} is {model.uri} now: "
+            f"give model {marker.get('model')} to finish it, or a new run name and another output"
+        )
+    if marker.get("input") != input_root:
+        raise SpecError(f"run {run_name!r} scored {marker.get('input')} into {out}, not {input_root}")
+    done = frozenset(
+        p.name[len(PART_PREFIX) : -len(PART_SUFFIX)]
+        for p in out.glob(f"{PART_PREFIX}*{PART_SUFFIX}")
+        if not p.name.startswith(".")
+    )
+    return OutputPlan(str(out), str(errors), done, resumed=True, clear=False)
+
+
+def marker_content(run_name: str, model: ModelRef, input_root: str) -> dict:
+    return {"run_name": run_name, "model": model.uri, "input": input_root}
+
+
+def _read_marker(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _visible(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _ours(path: Path) -> bool:
+    """A file a batch job writes: a part file, a temporary one, the marker."""
+    return path.name == MARKER or path.name.endswith(PART_SUFFIX) or path.name.endswith(".tmp")

@@ -1,0 +1,276 @@
+"""The model actor of a batch job: Ray Data's `map_batches` pattern, holding one MLflow pyfunc.
+
+    ds.map_batches(BatchScorer, fn_constructor_kwargs=..., compute=ActorPoolStrategy(size=N),
+                   batch_size=B, batch_format="pyarrow")
+
+Each actor loads the pinned model version once (the files of `models:/NAME/VERSION`, so a
+moved alias does not change the model half way) and turns a batch of input rows into a batch
+of output rows, one for one: the unit the row came from, its pass-through columns, its
+prediction, and for a rejected row why, with the row itself as JSON. The driver
+(raymaas.batch.job) splits them into the output and errors folders.
+
+A row is rejected, not the batch, when
+- a feature is missing (null) or, read from CSV text, not a number of the input's type;
+- the model raises on it: a batch that fails is split in halves until the rows that fail on
+  their own are found (a few extra calls per bad row; models score rows independently). Only
+  when the model fails on every row of an actor's first batch does the job fail instead: that
+  is a model that cannot score this input at all, and scoring it row by row would take hours.
+
+`score_table` is the whole transformation, without Ray: the tests call it in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+
+from raymaas.batch.plan import PATH_COLUMN, Features
+
+UNIT_COLUMN = "__raymaas_unit"
+ERROR_COLUMN = "__raymaas_error"
+INPUT_COLUMN = "__raymaas_input"
+
+
+class ModelFailed(RuntimeError):
+    """The model rejects every row it is given: the job fails rather than reject them all."""
+
+
+class BatchScorer:
+    """A Ray Data actor: one model, loaded once; each call scores one batch (a pyarrow Table)."""
+
+    def __init__(
+        self,
+        model_uri: str,  # the pinned version's files (plan.ModelRef.download_uri)
+        tracking_uri: str,
+        features: Features,
+        unit_paths: list[str],
+        passthrough: list[str],
+        prediction_column: str,
+        probabilities: bool = False,
+    ):
+        import mlflow
+
+        # The actor's cwd is Ray's, not the project: the driver's store, explicitly (artifact
+        # URIs served by a tracking server, mlflow-artifacts:/, need it).
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        # TorchClassifier runs its torch.export program on the CPU; on an actor given a GPU,
+        # a model that uses CUDA finds it through CUDA_VISIBLE_DEVICES, set by Ray.
+        self._model = mlflow.pyfunc.load_model(model_uri)
+        self._params = {"probabilities": True} if probabilities else None
+        self._features = features
+        self._unit_paths = unit_paths
+        self._passthrough = passthrough
+        self._prediction_column = prediction_column
+        self._scored_any = False
+
+    def _predict(self, x):
+        if self._params is None:
+            return self._model.predict(x)
+        return self._model.predict(x, params=self._params)
+
+    def __call__(self, batch):
+        out = score_table(
+            batch,
+            self._predict,
+            self._features,
+            self._unit_paths,
+            self._passthrough,
+            self._prediction_column,
+            first_batch=not self._scored_any,
+        )
+        self._scored_any = True
+        return out
+
+
+def score_table(
+    batch,
+    predict: Callable,
+    features: Features,
+    unit_paths: list[str],
+    passthrough: list[str],
+    prediction_column: str,
+    first_batch: bool = False,
+):
+    """Input rows (a pyarrow Table with Ray Data's `path` column) -> one output row each."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = batch.num_rows
+    units = pc.index_in(batch.column(PATH_COLUMN), value_set=pa.array(unit_paths, pa.string()))
+    if units.null_count:
+        unknown = batch.column(PATH_COLUMN).filter(pc.is_null(units))[0].as_py()
+        raise RuntimeError(f"a row from {unknown!r}, which is not one of the job's input files")
+    reasons: list[str | None] = [None] * n
+    columns = []
+    for name, dtype in zip(features.columns, features.dtypes):
+        values, problems = convert_column(batch.column(name), dtype, name)
+        columns.append(values)
+        for i, why in problems:
+            if reasons[i] is None:
+                reasons[i] = why
+    good = np.array([r is None for r in reasons], dtype=bool)
+    rows = np.flatnonzero(good)
+    pieces = []
+    if len(rows):
+        x = model_input(features, columns, rows)
+        pieces, failures = predict_rows(predict, x, rows)
+        if failures and len(failures) == len(rows) and first_batch and len(rows) > 1:
+            raise ModelFailed(
+                f"the model failed on every one of the {len(rows)} rows of its first batch "
+                f"(e.g. {failures[0][1]}); rows are rejected one by one only when others score"
+            )
+        for i, why in failures:
+            reasons[i] = f"the model raised {why}"
+    return _assemble(batch, units, reasons, pieces, passthrough, prediction_column)
+
+
+def convert_column(column, dtype: str, name: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """A batch column as a numpy array of dtype (placeholders where a row is bad), and the bad
+    rows with why."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    problems = []
+    if array.null_count:
+        problems = [(int(i), f"null in column {name!r}") for i in np.flatnonzero(array.is_null().to_numpy(False))]
+    if dtype == "str":
+        return np.asarray(pc.cast(array, pa.string()).to_pylist(), dtype=object), problems
+    target = pa.from_numpy_dtype(np.dtype(dtype))
+    try:
+        # Unsafe into floats (an int64 feeding float32 is a model input, not a value to keep
+        # exactly); safe into integers, whose range a value may exceed.
+        cast = pc.cast(array, target, safe=not pa.types.is_floating(target))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # Text that does not parse, an integer out of range: value by value, for this batch only.
+        return _convert_values(array.to_pylist(), dtype, name, problems)
+    filled = cast.fill_null(False if dtype == "bool" else 0) if cast.null_count else cast
+    return filled.to_numpy(zero_copy_only=False), problems
+
+
+def _convert_values(values: list, dtype: str, name: str, problems: list) -> tuple[np.ndarray, list]:
+    out = np.zeros(len(values), dtype=dtype)
+    bad = dict(problems)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        try:
+            out[i] = _convert_value(v, dtype)
+        except (ValueError, OverflowError):
+            bad[i] = f"column {name!r}: {_short(repr(v), 40)} is not {_kind_name(dtype)}"
+    return out, sorted(bad.items())
+
+
+def _convert_value(v, dtype: str):
+    if dtype == "bool":
+        lowered = str(v).strip().lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        raise ValueError(v)
+    if dtype.startswith("int"):
+        number = int(v) if not isinstance(v, float) or v.is_integer() else None
+        info = np.iinfo(dtype)
+        if number is None or not info.min <= number <= info.max:
+            raise ValueError(v)
+        return number
+    return float(v)
+
+
+def _kind_name(dtype: str) -> str:
+    if dtype == "bool":
+        return "true or false"
+    return f"an integer of {dtype}" if dtype.startswith("int") else "a number"
+
+
+def model_input(features: Features, columns: list[np.ndarray], rows: np.ndarray):
+    """The model's input for the good rows: one tensor, or a DataFrame of named columns."""
+    if features.kind == "tensor":
+        x = np.empty((len(rows), len(columns)), dtype=features.dtypes[0])
+        whole = len(rows) == len(columns[0])
+        for j, values in enumerate(columns):
+            x[:, j] = values if whole else values[rows]
+        return x.reshape((len(rows), *features.tensor_shape[1:])) if len(features.tensor_shape) > 2 else x
+    import pandas as pd
+
+    return pd.DataFrame({name: values[rows] for name, values in zip(features.columns, columns)})
+
+
+def predict_rows(predict: Callable, x, rows: np.ndarray) -> tuple[list, list[tuple[int, str]]]:
+    """predict(x) over rows; where it raises, the halves, down to single rows. Returns the
+    pieces that scored, as (their rows, output columns), and the rows that failed, with why."""
+    try:
+        return [(rows, as_columns(predict(x), len(rows)))], []
+    except Exception as err:
+        if len(rows) == 1:
+            return [], [(int(rows[0]), _short(f"{type(err).__name__}: {err}", 500))]
+    half = len(rows) // 2
+    first, first_failed = predict_rows(predict, _take(x, slice(0, half)), rows[:half])
+    second, second_failed = predict_rows(predict, _take(x, slice(half, None)), rows[half:])
+    return first + second, first_failed + second_failed
+
+
+def _take(x, part: slice):
+    return x.iloc[part] if hasattr(x, "iloc") else x[part]
+
+
+def as_columns(result, n: int) -> dict[str, np.ndarray]:
+    """A pyfunc's output as named columns: a 1-D array is `prediction`, a 2-D one
+    `prediction_0..k-1`, a DataFrame or dict keeps its names."""
+    import pandas as pd
+
+    if isinstance(result, pd.DataFrame):
+        cols = {str(c): result[c].to_numpy() for c in result.columns}
+    elif isinstance(result, dict):
+        cols = {str(k): np.asarray(v) for k, v in result.items()}
+    else:
+        array = np.asarray(result.to_numpy() if isinstance(result, pd.Series) else result)
+        if array.ndim == 1:
+            cols = {"": array}
+        elif array.ndim == 2:
+            cols = {f"_{j}": array[:, j] for j in range(array.shape[1])}
+        else:
+            raise TypeError(f"the model returned an array of shape {array.shape}; batch scoring writes columns")
+    for name, values in cols.items():
+        if len(values) != n:
+            raise RuntimeError(f"the model returned {len(values)} values for {n} rows (output {name!r})")
+    return cols
+
+
+def _assemble(batch, units, reasons, pieces: list, passthrough: list[str], prediction_column: str):
+    import pyarrow as pa
+
+    n = batch.num_rows
+    bad = np.array([r is not None for r in reasons], dtype=bool)
+    arrays = {UNIT_COLUMN: units.cast(pa.int32())}
+    for name in passthrough:
+        arrays[name] = batch.column(name)
+    for key in pieces[0][1] if pieces else ():
+        name = prediction_column + key if key == "" or key.startswith("_") else key
+        if name in arrays:
+            raise RuntimeError(f"the model's output {name!r} has the name of a pass-through column")
+        if len(pieces) == 1 and not bad.any():
+            arrays[name] = pa.array(pieces[0][1][key])
+            continue
+        dtype = pieces[0][1][key].dtype
+        full = np.full(n, None, dtype=object) if dtype.kind == "O" else np.zeros(n, dtype=dtype)
+        for rows, cols in pieces:
+            full[rows] = cols[key]
+        arrays[name] = pa.array(full, mask=bad)
+    arrays[ERROR_COLUMN] = pa.array(reasons, pa.string())
+    inputs: list[str | None] = [None] * n
+    if bad.any():
+        keep = [c for c in batch.column_names if c != PATH_COLUMN]
+        rejected = batch.select(keep).take(pa.array(np.flatnonzero(bad)))
+        for i, row in zip(np.flatnonzero(bad), rejected.to_pylist()):
+            inputs[i] = json.dumps(row, default=str)
+    arrays[INPUT_COLUMN] = pa.array(inputs, pa.string())
+    return pa.table(arrays)
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -82,6 +82,9 @@ def ray_head(tmp_path_factory) -> RayHead:
     # A temp dir of our own (short: Ray's socket paths must fit in 107 characters) marks
     # every process of this head, so teardown ends exactly those and no other Ray.
     temp_dir = Path(tempfile.mkdtemp(prefix="rmt", dir="/tmp"))
+    from raymaas.runtime.cluster import ensure_auth_token
+
+    ensure_auth_token()  # the head runs with token auth even on a machine that never ran Ray
     subprocess.run(
         [
             str(python.parent / "ray"),

@@ -208,6 +208,19 @@ def start_driver(cluster: FakeCluster, log: Path, *args: str, env: dict | None =
     )
 
 
+def driver_running(driver: subprocess.Popen, log: Path, predicate):
+    """predicate for wait_for that fails at once, with the driver's output, if the driver has
+    ended (a wait that times out says nothing of why)."""
+
+    def check():
+        value = predicate()
+        if not value and driver.poll() is not None:
+            raise AssertionError(f"the driver ended (exit {driver.returncode}):\n{log.read_text()[-4000:]}")
+        return value
+
+    return check
+
+
 def runs_named(client, run_name: str):
     return client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
@@ -268,20 +281,21 @@ def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_i
     run_name = "mn-scale-run"
     wait_for(lambda: not worker_nodes(), 120, "no worker nodes before the job")
     submitted = time.monotonic()
-    driver = start_driver(
-        fake_cluster, tmp_path / "driver.log", "--set", "name=mn-scale", "--set", f"mlflow.run_name={run_name}"
-    )
+    log = tmp_path / "driver.log"
+    driver = start_driver(fake_cluster, log, "--set", "name=mn-scale", "--set", f"mlflow.run_name={run_name}")
     try:
-        wait_for(lambda: len(worker_nodes()) >= 2, 240, "two worker nodes")
+        wait_for(driver_running(driver, log, lambda: len(worker_nodes()) >= 2), 240, "two worker nodes")
         nodes_up_s = time.monotonic() - submitted
         actors = wait_for(lambda: (a := train_worker_actors()) and len(a) == 2 and a, 240, "two Ray Train workers")
         # The nodes are idle from when the workers end (the driver then logs the model for a while).
         idle_since = wait_for(lambda: not train_worker_actors() and time.monotonic(), 480, "the workers to end", 1)
         driver.wait(timeout=480)
+    except (TimeoutError, subprocess.TimeoutExpired) as exc:
+        raise AssertionError(f"{exc}; the driver's output:\n{log.read_text()[-4000:]}") from None
     finally:
         if driver.poll() is None:
             driver.kill()
-    output = (tmp_path / "driver.log").read_text()
+    output = log.read_text()
     assert driver.returncode == 0, output[-4000:]
     import ray
 
@@ -313,9 +327,10 @@ def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_i
 
 def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, client, tmp_path):
     run_name = "mn-kill-node-run"
+    log = tmp_path / "driver.log"
     driver = start_driver(
         fake_cluster,
-        tmp_path / "driver.log",
+        log,
         *SLOW_EPOCHS,
         "--set",
         "name=mn-kill",
@@ -327,7 +342,7 @@ def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, cli
         "failure_config.max_failures=3",
     )
     try:
-        wait_for(lambda: len(epochs_logged(client, run_name)) >= 2, 360, "two epochs")
+        wait_for(driver_running(driver, log, lambda: len(epochs_logged(client, run_name)) >= 2), 360, "two epochs")
         actor = wait_for(train_worker_actors, 30, "a Ray Train worker")[0]
         raylet = raylet_of(actor.pid)
         killed_after = epochs_logged(client, run_name)[-1]
@@ -343,10 +358,12 @@ def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, cli
         wait_for(lambda: set(worker_nodes()) - nodes_before, 300, "a replacement node")
         replaced_s = time.monotonic() - killed_at
         driver.wait(timeout=480)
+    except (TimeoutError, subprocess.TimeoutExpired) as exc:
+        raise AssertionError(f"{exc}; the driver's output:\n{log.read_text()[-4000:]}") from None
     finally:
         if driver.poll() is None:
             driver.kill()
-    output = (tmp_path / "driver.log").read_text()
+    output = log.read_text()
     assert driver.returncode == 0, output[-4000:]
     assert actor.node_id not in worker_nodes()
     (run,) = runs_named(client, run_name)

@@ -128,6 +128,27 @@ def package_dir_of(module_name: str) -> str | None:
     return str(folder)
 
 
+def ensure_auth_token() -> str:
+    """The path of Ray's saved token (~/.ray/auth_token), generated first if there is none.
+
+    `ray start --head` turns token auth on only when a token is already saved, and a local
+    `ray.init()` saves one as a side effect: on a machine that never ran Ray, a head started
+    first ran without auth while the drivers told to use token mode failed ("no
+    authentication token was found"). Called before every head this project starts.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        _get_default_token_path,
+        generate_and_save_token,
+    )
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    if not loader.has_token(ignore_auth_mode=True):  # RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token
+        generate_and_save_token()
+        loader.reset_cache()
+    return str(_get_default_token_path())
+
+
 def _use_token_auth_if_available() -> None:
     # Ray 2.60 turns token auth on for clusters it starts, but a driver joining one by
     # explicit address only sends the saved token (~/.ray/auth_token) in token mode; without

@@ -151,6 +151,9 @@ def start(
         }
         for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_REGISTRY_URI"):
             head_env.pop(var, None)
+        from raymaas.runtime.cluster import ensure_auth_token
+
+        ensure_auth_token()  # a head with token auth, as exports() tells its clients
         cmd = [
             str(bin_dir / "ray"),
             "start",

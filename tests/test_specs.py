@@ -123,3 +123,69 @@ def test_invalid_spec_exits_2_and_creates_no_run(tmp_path):
     assert "model.name: unknown model 'transformer'" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "ray_results").exists()
+
+
+def test_regression_specs_and_the_gate_direction():
+    from raymaas.kinds import get_kind
+    from raymaas.rl.job import RLSpec
+
+    kind = get_kind("supervised")
+    for name in ("diabetes_mlp", "diabetes_debug"):
+        spec = load_spec(SupervisedSpec, REPO / "jobs" / "specs" / f"{name}.yaml")
+        assert spec.task == "regression" and spec.train_loop_config.loss_name("regression") == "mse"
+        gate = spec.gate(kind)
+        assert (gate.metric, gate.higher_is_better) == ("val_rmse", False)
+    gate = load_spec(SupervisedSpec, DEBUG_SPEC).gate(kind)
+    assert (gate.metric, gate.higher_is_better) == ("val_accuracy", True)
+    for metric, higher in [("val_log_loss", False), ("val_f1_macro", True), ("val_loss", False)]:
+        assert (
+            load_spec(SupervisedSpec, DEBUG_SPEC, [f"mlflow.gate_metric={metric}"]).gate(kind).higher_is_better
+            is higher
+        )
+    spec = load_spec(SupervisedSpec, REPO / "jobs/specs/diabetes_debug.yaml", ["mlflow.gate_metric=val_r2"])
+    assert spec.gate(kind).higher_is_better is True
+    assert (
+        load_spec(RLSpec, REPO / "jobs/specs/cartpole_ppo_debug.yaml").gate(get_kind("rl")).metric == "eval_return_mean"
+    )
+
+
+@pytest.mark.parametrize(
+    "spec, override, words",
+    [
+        (DEBUG_SPEC, "task=regression", "'digits' is a data set for classification, not regression"),
+        (REPO / "jobs/specs/diabetes_debug.yaml", "task=classification", "for regression, not classification"),
+        (DEBUG_SPEC, "train_loop_config.loss=mse", "'mse' is not a classification loss"),
+        (REPO / "jobs/specs/diabetes_debug.yaml", "train_loop_config.loss=cross_entropy", "not a regression loss"),
+        (REPO / "jobs/specs/diabetes_debug.yaml", "train_loop_config.class_weight=balanced", "for classification"),
+        (DEBUG_SPEC, "mlflow.gate_metric=val_rmse", "a classification job logs val_loss, val_accuracy"),
+        (REPO / "jobs/specs/diabetes_debug.yaml", "mlflow.gate_metric=val_accuracy", "regression job logs"),
+        (DEBUG_SPEC, "model.name=linea", "unknown model 'linea': use one of linear, mlp, cnn"),
+    ],
+)
+def test_task_mismatches_are_named(spec, override, words):
+    with pytest.raises(SpecError) as err:
+        load_spec(SupervisedSpec, spec, [override])
+    assert words in str(err.value), str(err.value)
+
+
+def test_rl_gate_metric_is_its_evaluation():
+    from raymaas.rl.job import RLSpec
+
+    with pytest.raises(SpecError) as err:
+        load_spec(RLSpec, REPO / "jobs/specs/cartpole_ppo_debug.yaml", ["mlflow.gate_metric=val_rmse"])
+    assert "eval_return_mean" in str(err.value)
+
+
+def test_label_list_is_for_regression(tmp_path):
+    path = tmp_path / "rows.csv"
+    pd.DataFrame({"a": [1.0, 2.0], "y1": [0.5, 0.1], "y2": [3.0, 4.0]}).to_csv(path, index=False)
+    spec = load_spec(
+        SupervisedSpec, DEBUG_SPEC, [f"data.source={path}", "data.label_column=[y1, y2]", "task=regression"]
+    )
+    assert spec.data.label_columns == ["y1", "y2"]
+    with pytest.raises(SpecError) as err:
+        load_spec(SupervisedSpec, DEBUG_SPEC, [f"data.source={path}", "data.label_column=[y1, y2]"])
+    assert "classification takes one label column" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        load_spec(SupervisedSpec, DEBUG_SPEC, [f"data.source={path}", "data.label_column=[y1, y3]", "task=regression"])
+    assert "label_column 'y3' is not a column" in str(err.value)

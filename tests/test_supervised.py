@@ -225,3 +225,93 @@ def test_parquet_folder_and_user_model_factory(tmp_path, ray_head, mlflow_client
     pred = model.predict(shuffled)
     assert pred.dtype == np.int64 and pred.shape == (50,)
     assert (pred == frame["species"].head(50).to_numpy()).mean() > 0.7
+
+
+def test_regression_job_answers_in_the_targets_units(ray_head, mlflow_client):
+    """The diabetes table, linear model: per-epoch RMSE/MAE/R^2, the regression plots, a float
+    signature, a model whose answers are in the target's units, and a gate on val_rmse."""
+    import mlflow
+
+    from raymaas.supervised.data import DataSpec, load_builtin
+
+    proc = run_job(
+        ["jobs.supervised", str(REPO / "jobs/specs/diabetes_debug.yaml"), "--set", "name=test-diabetes"],
+        env=ray_head.env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_id = _run_id(proc.stdout)
+    run = mlflow_client.get_run(run_id)
+    assert run.data.tags["task"] == "regression"
+    for key in ("train_loss", "val_loss", "val_rmse", "val_mae", "val_r2"):
+        assert sorted(m.step for m in mlflow_client.get_metric_history(run_id, key)) == list(range(20)), key
+    assert "val_accuracy" not in run.data.metrics
+    assert run.data.metrics["val_r2"] > 0.3  # linear regression on this table: about 0.5
+    plots = {a.path for a in mlflow_client.list_artifacts(run_id, "plots")}
+    assert plots == {"plots/loss_curve.png", "plots/predicted_vs_actual.png", "plots/residuals.png"}
+
+    (found,) = mlflow_client.search_model_versions(f"name='test-diabetes' and run_id='{run_id}'")
+    assert found.tags["raymaas.gate_metric"] == "val_rmse"
+    assert float(found.tags["raymaas.gate_value"]) == pytest.approx(run.data.metrics["val_rmse"])
+    info = mlflow.models.get_model_info("models:/test-diabetes@champion")
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1,)}
+    model = mlflow.pyfunc.load_model("models:/test-diabetes@champion")
+    split = load_builtin(DataSpec(source="diabetes"), 0, "regression")
+    pred = model.predict(split.x_val)
+    assert pred.dtype == np.float32 and pred.shape == (len(split.x_val),)
+    rmse = float(np.sqrt(np.mean((pred - split.y_val[:, 0]) ** 2)))
+    assert rmse == pytest.approx(run.data.metrics["val_rmse"], rel=1e-3)  # the same model, in the same units
+    assert abs(pred.mean() - split.y_val.mean()) < 30  # not standardised: the target's mean is ~150
+
+
+def test_named_classes_from_a_csv(tmp_path, ray_head, mlflow_client):
+    """String labels with an imbalance, class_weight balanced: the model answers "spam" or
+    "ham", and the run has the binary task's full metrics and the per-class table."""
+    import mlflow
+    import pandas as pd
+
+    from raymaas.supervised.data import make_synthetic
+
+    x, y = make_synthetic(1200, 8, 2, seed=3)
+    keep = (y == 1) | (np.arange(len(y)) % 4 == 0)  # ham is 1 row in 4 of spam's
+    x, y = x[keep], y[keep]
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(8)]).assign(kind=np.where(y == 1, "spam", "ham"))
+    path = tmp_path / "mail.csv"
+    frame.to_csv(path, index=False)
+    proc = run_job(
+        [
+            "jobs.supervised",
+            str(DEBUG_SPEC),
+            "--set",
+            "name=test-spam",
+            "--set",
+            f"data.source={path}",
+            "--set",
+            "data.label_column=kind",
+            "--set",
+            "train_loop_config.class_weight=balanced",
+            "--set",
+            "mlflow.gate_metric=val_f1_macro",
+        ],
+        env=ray_head.env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_id = _run_id(proc.stdout)
+    run = mlflow_client.get_run(run_id)
+    for key in (
+        "val_accuracy",
+        "val_precision_macro",
+        "val_recall_macro",
+        "val_f1_macro",
+        "val_log_loss",
+        "val_roc_auc",
+    ):
+        assert 0.7 < run.data.metrics[key] <= 1.0 or key == "val_log_loss", (key, run.data.metrics[key])
+    table = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/per_class_metrics.json")
+    assert table["columns"] == ["class", "precision", "recall", "f1", "support"]
+    assert [row[0] for row in table["data"]] == ["ham", "spam"]
+    (found,) = mlflow_client.search_model_versions(f"name='test-spam' and run_id='{run_id}'")
+    assert found.tags["raymaas.gate_metric"] == "val_f1_macro"
+    model = mlflow.pyfunc.load_model("models:/test-spam@champion")
+    pred = model.predict(frame.drop(columns="kind").head(200))
+    assert set(pred) <= {"spam", "ham"}
+    assert (pred == frame["kind"].head(200).to_numpy()).mean() > 0.8

@@ -59,6 +59,15 @@ KINDS: dict[str, JobKind] = {
 }
 
 
+# Metrics for which a lower value is the better model: the gate's direction for a metric a
+# spec names in mlflow.gate_metric (a kind's own gate metric has its row's direction).
+_LOWER_IS_BETTER_SUFFIXES = ("loss", "rmse", "mae", "mse", "error", "seconds")
+
+
+def higher_is_better(metric: str) -> bool:
+    return not metric.endswith(_LOWER_IS_BETTER_SUFFIXES)
+
+
 class UnknownKind(KeyError):
     def __str__(self) -> str:
         return f"unknown job kind {self.args[0]!r} (kinds: {', '.join(KINDS)})"

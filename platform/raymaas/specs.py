@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +24,11 @@ class MlflowSpec(SpecModel):
     experiment_name: str | None = Field(None, description="MLflow experiment (default: the job name)")
     run_name: str | None = Field(None, description="a run name continues that run if it exists (default: a new name)")
     registered_model_name: str | None = Field(None, description="Model Registry name (default: the job name)")
+    gate_metric: str | None = Field(
+        None,
+        description="the metric the registry gate compares (default: the kind's; supervised regression: "
+        "val_rmse); losses and errors promote only when lower",
+    )
 
 
 class JobSpec(SpecModel):
@@ -42,6 +48,26 @@ class JobSpec(SpecModel):
     @property
     def registered_model_name(self) -> str:
         return self.mlflow.registered_model_name or self.name
+
+    def gate(self, kind) -> Gate:
+        """The metric the registry gate compares for this job, and its direction."""
+        from raymaas.kinds import higher_is_better
+
+        metric = self.mlflow.gate_metric or self.default_gate_metric(kind)
+        return Gate(metric, kind.higher_is_better if metric == kind.gate_metric else higher_is_better(metric))
+
+    def default_gate_metric(self, kind) -> str:
+        return kind.gate_metric
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    higher_is_better: bool
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
 
 
 class SpecError(ValueError):

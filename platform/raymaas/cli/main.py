@@ -43,7 +43,7 @@ JOB_EXCLUDES = [
 ]
 # Shown by `raymaas runs`: the first of these a run has (each kind's gate metric, then RL's
 # training return for a run that has not evaluated yet), else its first metric by name.
-MAIN_METRICS = (*dict.fromkeys(k.gate_metric for k in KINDS.values()), "episode_return_mean")
+MAIN_METRICS = (*dict.fromkeys(k.gate_metric for k in KINDS.values()), "val_rmse", "episode_return_mean")
 
 
 class CliError(Exception):

@@ -25,11 +25,36 @@ _PROGRAM = "program"
 
 
 class TorchClassifier(mlflow.pyfunc.PythonModel):
-    """Maps a batch of feature rows to int64 class ids."""
+    """Maps a batch of feature rows to class ids (int64), or to the class labels the model was
+    trained on (strings, booleans, any integers) when it was given them."""
 
-    def __init__(self, feature_columns: list[str] | None = None):
+    def __init__(self, feature_columns: list[str] | None = None, classes: list | None = None):
         # Column names when the signature is column-based (tabular files); None for tensors.
         self.feature_columns = feature_columns
+        # The label of each output (None: the output index is the class id).
+        self.classes = classes
+
+    def load_context(self, context):
+        self._module = torch.export.load(context.artifacts[_PROGRAM]).module()
+        classes = getattr(self, "classes", None)  # absent from models pickled before it existed
+        self._labels = None if classes is None else np.asarray(classes, dtype=_label_dtype(classes))
+
+    def predict(self, context, model_input, params=None):
+        x = _to_float32(model_input, self.feature_columns)
+        with torch.inference_mode():
+            logits = self._module(torch.from_numpy(x))
+        ids = logits.argmax(dim=1).numpy().astype(np.int64)
+        labels = getattr(self, "_labels", None)
+        return ids if labels is None else labels[ids]
+
+
+class TorchRegressor(mlflow.pyfunc.PythonModel):
+    """Maps a batch of feature rows to float32 predictions in the targets' units: shape [n]
+    for one target, [n, k] for k."""
+
+    def __init__(self, feature_columns: list[str] | None = None, n_outputs: int = 1):
+        self.feature_columns = feature_columns
+        self.n_outputs = n_outputs
 
     def load_context(self, context):
         self._module = torch.export.load(context.artifacts[_PROGRAM]).module()
@@ -37,8 +62,18 @@ class TorchClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         x = _to_float32(model_input, self.feature_columns)
         with torch.inference_mode():
-            logits = self._module(torch.from_numpy(x))
-        return logits.argmax(dim=1).numpy().astype(np.int64)
+            out = self._module(torch.from_numpy(x)).numpy().astype(np.float32)
+        return out[:, 0] if self.n_outputs == 1 else out
+
+
+def _label_dtype(classes: list):
+    if all(isinstance(c, bool) for c in classes):
+        return np.bool_
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return np.int64
+    if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes):
+        return np.float64
+    return object  # strings (or a mix, answered as given)
 
 
 def _to_float32(model_input, columns: list[str] | None) -> np.ndarray:
@@ -51,13 +86,29 @@ def _to_float32(model_input, columns: list[str] | None) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(1, -1) if x.ndim == 1 else x)
 
 
-def classifier_signature(n_features: int, feature_columns: list[str] | None) -> ModelSignature:
-    outputs = Schema([TensorSpec(np.dtype(np.int64), (-1,))])
-    if feature_columns:
-        inputs = Schema([ColSpec("float", c) for c in feature_columns])
+def classifier_signature(
+    n_features: int, feature_columns: list[str] | None, classes: list | None = None
+) -> ModelSignature:
+    if classes is None or _label_dtype(classes) is np.int64:
+        outputs = Schema([TensorSpec(np.dtype(np.int64), (-1,))])
+    elif _label_dtype(classes) is object:
+        outputs = Schema([ColSpec("string")])
     else:
-        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, n_features))])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+        outputs = Schema([TensorSpec(np.dtype(_label_dtype(classes)), (-1,))])
+    return ModelSignature(inputs=_input_schema(n_features, feature_columns), outputs=outputs)
+
+
+def regressor_signature(n_features: int, feature_columns: list[str] | None, n_outputs: int) -> ModelSignature:
+    shape = (-1,) if n_outputs == 1 else (-1, n_outputs)
+    return ModelSignature(
+        inputs=_input_schema(n_features, feature_columns), outputs=Schema([TensorSpec(np.dtype(np.float32), shape)])
+    )
+
+
+def _input_schema(n_features: int, feature_columns: list[str] | None) -> Schema:
+    if feature_columns:
+        return Schema([ColSpec("float", c) for c in feature_columns])
+    return Schema([TensorSpec(np.dtype(np.float32), (-1, n_features))])
 
 
 def log_classifier(
@@ -65,8 +116,30 @@ def log_classifier(
     example: np.ndarray,
     feature_columns: list[str] | None = None,
     name: str = "model",
+    classes: list | None = None,
 ):
-    """Export module and log it to the active MLflow run; return MLflow's ModelInfo."""
+    """Export module (class scores out) and log it to the active MLflow run as a
+    TorchClassifier answering classes' labels (or class ids); return MLflow's ModelInfo."""
+    n = example.shape[1]
+    named = classes if classes is not None and classes != list(range(len(classes))) else None
+    model = TorchClassifier(feature_columns, named)
+    return _log_torch(module, example, feature_columns, name, model, classifier_signature(n, feature_columns, named))
+
+
+def log_regressor(
+    module: torch.nn.Module,
+    example: np.ndarray,
+    n_outputs: int,
+    feature_columns: list[str] | None = None,
+    name: str = "model",
+):
+    """Export module (predictions in the targets' units out) and log it to the active MLflow
+    run as a TorchRegressor; return MLflow's ModelInfo."""
+    signature = regressor_signature(example.shape[1], feature_columns, n_outputs)
+    return _log_torch(module, example, feature_columns, name, TorchRegressor(feature_columns, n_outputs), signature)
+
+
+def _log_torch(module, example, feature_columns, name, python_model, signature):
     module = module.eval().cpu()
     example_t = torch.as_tensor(example[: max(2, min(len(example), 8))], dtype=torch.float32)
     program = torch.export.export(module, (example_t,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
@@ -80,9 +153,9 @@ def log_classifier(
         with _quiet("mlflow.pyfunc"):
             return mlflow.pyfunc.log_model(
                 name=name,
-                python_model=TorchClassifier(feature_columns),
+                python_model=python_model,
                 artifacts={_PROGRAM: str(path)},
-                signature=classifier_signature(example.shape[1], feature_columns),
+                signature=signature,
                 input_example=input_example,
                 code_paths=[_model_code(Path(tmp))],
                 # Explicit requirements: inference would load the model in a subprocess, slowly.

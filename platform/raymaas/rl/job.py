@@ -108,6 +108,16 @@ class RLSpec(JobSpec):
         _check_keys(model, model_config_fields(), "RLlib's DefaultModelConfig")
         return model
 
+    @field_validator("mlflow")
+    @classmethod
+    def _gate_metric(cls, mlflow):
+        if mlflow.gate_metric not in (None, "eval_return_mean"):
+            raise ValueError(
+                f"gate_metric {mlflow.gate_metric!r}: an RL job's gate compares eval_return_mean "
+                "(the greedy evaluation's mean return)"
+            )
+        return mlflow
+
 
 _LATEST_FILE = "latest.json"
 # Training fields RLlib tells apart by `isinstance(x, tuple)`; YAML only has lists.

@@ -10,7 +10,8 @@
       publish_model(...)             spec, plots, model, register, gate (raymaas.tracking.publish)
 
 A kind supplies prepare and train and gets a JobOutcome back; see raymaas.supervised.job and
-raymaas.rl.job. The kind's row in raymaas.kinds names its gate metric and direction.
+raymaas.rl.job. The kind's row in raymaas.kinds names its gate metric and direction; a spec
+may name another (mlflow.gate_metric, JobSpec.gate).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Job:
 class TrainedModel:
     """What a kind's training hands to the publish tail."""
 
-    module: Any  # torch.nn.Module: its forward maps a float32 batch to class scores
+    module: Any  # torch.nn.Module: its forward maps a float32 batch to class scores (or regression outputs)
     example: Any  # np.ndarray: a few input rows (the signature and MLflow's input example)
     gate_value: float  # the kind's gate metric for this model
     summary: str  # what the job's last lines say of it, e.g. "val_accuracy 0.97 after 20 epochs"
@@ -59,6 +60,7 @@ class TrainedModel:
     dicts: dict[str, dict] = field(default_factory=dict)  # artifact path -> JSON content
     artifact_dirs: dict[str, str] = field(default_factory=dict)  # artifact folder -> local folder
     check: Callable[[str], None] | None = None  # raises to refuse a logged model URI before registration
+    targets: Any = None  # raymaas.supervised.data.Targets: the class labels or regression outputs (None: class ids)
     details: dict[str, Any] = field(default_factory=dict)  # kind-specific facts for the outcome
 
 
@@ -128,6 +130,7 @@ def run_job(
     from raymaas.runtime.lifecycle import final_status, in_background
     from raymaas.tracking.publish import publish_model
 
+    gate = spec.gate(kind)
     tracking_uri = paths.tracking_uri()
     # While Ray starts (seconds, mostly waiting on its processes): open the store (a new
     # SQLite store runs MLflow's migrations) and import what the kind will import anyway.
@@ -162,7 +165,7 @@ def run_job(
     try:
         with final_status(client, job_run.run_id) as status:
             trained = train(job, prepared)
-            published = publish_model(client, job_run.run_id, spec, kind, trained)
+            published = publish_model(client, job_run.run_id, spec, gate, trained)
             status.set("FINISHED")
         for fn in job.deferred:
             fn()
@@ -176,7 +179,7 @@ def run_job(
         tracking_uri=tracking_uri,
         model_name=published.model_name,
         version=published.version,
-        gate_metric=kind.gate_metric,
+        gate_metric=gate.metric,
         gate_value=trained.gate_value,
         promoted=published.promoted,
         promotion_reason=published.reason,

@@ -1,7 +1,8 @@
 """Data sources for supervised jobs.
 
-Built-in sets (`digits`, `synthetic`) are small and generated deterministically, so each
-worker builds its own shard in memory. Files (Parquet or CSV, a file or a folder) are read
+Built-in sets (`digits` and `synthetic` for classification, `diabetes` and `synthetic` for
+regression) are small and generated deterministically, so each worker builds its own shard in
+memory. Files (Parquet or CSV, a file or a folder) are read
 with Ray Data and streamed to the workers as dataset shards.
 
 What the driver hands each worker about its data is one typed model per source
@@ -10,7 +11,7 @@ What the driver hands each worker about its data is one typed model per source
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -19,16 +20,29 @@ from pydantic import Field, field_validator, model_validator
 
 from raymaas.specs import SpecError, SpecModel
 
-BUILTIN_DATASETS = ("digits", "synthetic")
+BUILTIN_DATASETS = ("digits", "synthetic", "diabetes")
+# The tasks each built-in set can train (synthetic makes classes or a continuous target).
+BUILTIN_TASKS = {
+    "digits": ("classification",),
+    "synthetic": ("classification", "regression"),
+    "diabetes": ("regression",),
+}
+TASKS = ("classification", "regression")
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 
 class DataSpec(SpecModel):
-    source: str = Field("digits", description="digits, synthetic, or the path of a Parquet/CSV file or folder")
+    source: str = Field(
+        "digits", description="digits, synthetic, diabetes (regression), or the path of a Parquet/CSV file or folder"
+    )
     format: Literal["auto", "parquet", "csv"] = Field(
         "auto", description="file format; auto infers it from the file names"
     )
-    label_column: str = Field("label", description="files: the column holding integer class ids 0..n-1")
+    label_column: str | list[str] = Field(
+        "label",
+        description="files: the target column (classification: any labels, e.g. strings; regression: "
+        "numbers, or a list of columns for several outputs)",
+    )
     feature_columns: list[str] | None = Field(
         None, description="files: feature columns (default: every column but the label)"
     )
@@ -36,6 +50,13 @@ class DataSpec(SpecModel):
     n_samples: int = Field(20_000, gt=10, description="synthetic: number of rows")
     n_features: int = Field(32, gt=0, description="synthetic: number of features")
     n_classes: int = Field(4, ge=2, description="synthetic: number of classes")
+
+    @field_validator("label_column")
+    @classmethod
+    def _some_label(cls, value):
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("must be a column name or a non-empty list of distinct column names")
+        return value
 
     @field_validator("source")
     @classmethod
@@ -56,14 +77,22 @@ class DataSpec(SpecModel):
             return self
         self.format = infer_format(Path(self.source), self.format)
         columns = file_columns(self.source, self.format)
-        if self.label_column not in columns:
-            raise ValueError(
-                f"label_column {self.label_column!r} is not a column of {self.source} (columns: {', '.join(columns)})"
-            )
+        for label in self.label_columns:
+            if label not in columns:
+                raise ValueError(
+                    f"label_column {label!r} is not a column of {self.source} (columns: {', '.join(columns)})"
+                )
         missing = [c for c in (self.feature_columns or []) if c not in columns]
         if missing:
             raise ValueError(f"feature_columns {missing} are not columns of {self.source}")
+        overlap = [c for c in (self.feature_columns or []) if c in self.label_columns]
+        if overlap:
+            raise ValueError(f"feature_columns {overlap} are also label columns")
         return self
+
+    @property
+    def label_columns(self) -> list[str]:
+        return [self.label_column] if isinstance(self.label_column, str) else list(self.label_column)
 
 
 def infer_format(path: Path, fmt: str) -> str:
@@ -83,13 +112,41 @@ def file_columns(source: str, fmt: str) -> list[str]:
     return list(pads.dataset(source, format=fmt).schema.names)
 
 
+class Targets(SpecModel):
+    """What the model predicts, fixed on the training split: the class list (classification;
+    index i of the network's output is classes[i]) or the targets' statistics (regression)."""
+
+    task: Literal["classification", "regression"]
+    classes: list[str | bool | int | float] | None = None
+    names: list[str] | None = None  # regression: the target columns (None for a built-in set)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> Targets:
+        if self.task == "classification" and (self.classes is None or len(self.classes) < 2):
+            raise ValueError("classification needs at least 2 classes in the training split")
+        if self.task == "regression" and (self.mean is None or self.std is None or len(self.mean) != len(self.std)):
+            raise ValueError("regression needs one mean and one std per target")
+        return self
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.classes) if self.task == "classification" else len(self.mean)
+
+    @property
+    def named_classes(self) -> bool:
+        """Whether the classes are anything but the ids 0..n-1 the network's outputs are."""
+        return self.classes is not None and self.classes != list(range(len(self.classes)))
+
+
 class BuiltinData(SpecModel):
     """A built-in set: each worker builds the same split from the spec and the seed."""
 
     source: Literal["builtin"] = "builtin"
     spec: DataSpec
     n_features: int = Field(..., gt=0)
-    n_classes: int = Field(..., ge=2)
+    targets: Targets
 
 
 class FileShards(SpecModel):
@@ -97,9 +154,9 @@ class FileShards(SpecModel):
 
     source: Literal["files"] = "files"
     feature_columns: list[str] = Field(..., min_length=1)
-    label_column: str
+    label_columns: list[str] = Field(..., min_length=1)
     n_features: int = Field(..., gt=0)
-    n_classes: int = Field(..., ge=2)
+    targets: Targets
     mean: list[float]
     std: list[float]
 
@@ -125,17 +182,25 @@ class ArraySplit:
     y_val: np.ndarray
 
 
-def load_builtin(spec: DataSpec, seed: int) -> ArraySplit:
-    """The built-in data set as float32 features / int64 labels, split deterministically by seed."""
+def load_builtin(spec: DataSpec, seed: int, task: str = "classification") -> ArraySplit:
+    """The built-in data set as float32 features and int64 class ids (classification) or
+    float32 targets of shape [n, 1] (regression), split deterministically by seed."""
+    if task not in BUILTIN_TASKS.get(spec.source, ()):
+        raise ValueError(f"{spec.source!r} is not a built-in data set for {task}")
     if spec.source == "digits":
         from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
         bunch = load_digits()
         x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
-    elif spec.source == "synthetic":
-        x, y = make_synthetic(spec.n_samples, spec.n_features, spec.n_classes, seed)
+    elif spec.source == "diabetes":
+        from sklearn.datasets import load_diabetes  # bundled with scikit-learn: no download
+
+        bunch = load_diabetes()
+        x, y = bunch.data.astype(np.float32), bunch.target.astype(np.float32).reshape(-1, 1)
+    elif task == "regression":
+        x, y = make_synthetic_regression(spec.n_samples, spec.n_features, seed)
     else:
-        raise ValueError(f"{spec.source!r} is not a built-in data set")
+        x, y = make_synthetic(spec.n_samples, spec.n_features, spec.n_classes, seed)
     return split_arrays(x, y, spec.validation_fraction, seed)
 
 
@@ -146,6 +211,16 @@ def make_synthetic(n_samples: int, n_features: int, n_classes: int, seed: int) -
     y = rng.integers(0, n_classes, size=n_samples).astype(np.int64)
     x = centres[y] + rng.normal(0.0, 1.5, size=(n_samples, n_features)).astype(np.float32)
     return x.astype(np.float32), y
+
+
+def make_synthetic_regression(n_samples: int, n_features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A target that is linear in the features plus a smooth nonlinear part and noise, in
+    units far from 0 and 1 (so a model that forgot to unscale its answers is visibly wrong)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, size=(n_samples, n_features)).astype(np.float32)
+    w = rng.normal(0.0, 1.0, size=n_features).astype(np.float32)
+    y = 50.0 + 10.0 * (x @ w) / np.sqrt(n_features) + 5.0 * np.sin(x[:, 0]) + rng.normal(0.0, 1.0, n_samples)
+    return x, y.astype(np.float32).reshape(-1, 1)
 
 
 def split_arrays(x: np.ndarray, y: np.ndarray, validation_fraction: float, seed: int) -> ArraySplit:
@@ -170,16 +245,24 @@ class PreparedData:
     datasets: dict  # Ray Data datasets for Ray Train ({} for a built-in set)
     example: np.ndarray  # a few validation rows: the model's input example
     feature_columns: list[str] | None  # files: the signature's columns; built-in: a tensor signature
+    notes: dict[str, str] = field(default_factory=dict)  # facts found in the data, as run tags
 
 
-def prepare_data(spec: DataSpec, seed: int) -> PreparedData:
+def prepare_data(spec: DataSpec, seed: int, task: str = "classification") -> PreparedData:
     """The built-in split or the files read with Ray Data, as the workers will see them."""
     if spec.source in BUILTIN_DATASETS:
-        split = load_builtin(spec, seed)
-        n_classes = int(max(split.y_train.max(), split.y_val.max()) + 1)
-        worker = BuiltinData(spec=spec, n_features=split.x_train.shape[1], n_classes=n_classes)
+        split = load_builtin(spec, seed, task)
+        worker = BuiltinData(spec=spec, n_features=split.x_train.shape[1], targets=builtin_targets(split, task))
         return PreparedData(worker, {}, split.x_val[:8], None)
-    return read_files(spec, seed)
+    return read_files(spec, seed, task)
+
+
+def builtin_targets(split: ArraySplit, task: str) -> Targets:
+    """The targets of a built-in split, as every worker computes them again from the split."""
+    if task == "classification":
+        n_classes = int(max(split.y_train.max(), split.y_val.max()) + 1)
+        return Targets(task=task, classes=list(range(n_classes)))
+    return Targets(task=task, mean=split.y_train.mean(0).tolist(), std=split.y_train.std(0).tolist())
 
 
 # A training split up to this size has its statistics computed from one pandas frame in the
@@ -187,49 +270,106 @@ def prepare_data(spec: DataSpec, seed: int) -> PreparedData:
 SMALL_SPLIT_BYTES = 64 * 2**20
 
 
-def read_files(spec: DataSpec, seed: int) -> PreparedData:
-    """Read a file source with Ray Data, split it by seed, and fit the feature statistics."""
+def read_files(spec: DataSpec, seed: int, task: str = "classification") -> PreparedData:
+    """Read a file source with Ray Data, split it by seed, and fit the feature statistics and
+    the targets (the class list, or the targets' statistics) on the training split."""
     import logging
 
     import ray.data
-    from ray.data.aggregate import Max, Mean, Min, Std
+    from ray.data.aggregate import Mean, Std
 
     # Ray Data's per-dataset progress reports are for Ray's logs, not the job's output.
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     reader = ray.data.read_parquet if spec.format == "parquet" else ray.data.read_csv
+    labels = spec.label_columns
+    if task == "classification" and len(labels) > 1:
+        raise DataError(f"label_column: classification takes one label column, not {len(labels)} ({labels})")
     # Columns from the files' own schema (no Ray task), then one read: the split and the
     # statistics work on the materialized blocks instead of reading the files again.
-    features = spec.feature_columns or [c for c in file_columns(spec.source, spec.format) if c != spec.label_column]
-    ds = reader(spec.source).select_columns([*features, spec.label_column]).materialize()
+    features = spec.feature_columns or [c for c in file_columns(spec.source, spec.format) if c not in labels]
+    ds = reader(spec.source).select_columns([*features, *labels]).materialize()
+    _check_numeric(ds.schema(), features, "feature column", "features are numbers")
+    if task == "regression":
+        _check_numeric(ds.schema(), labels, "label_column", "a regression target is a number")
     train, validation = ds.train_test_split(test_size=spec.validation_fraction, shuffle=True, seed=seed)
     train = train.materialize()
+    notes: dict[str, str] = {}
+    moments = [*features, *labels] if task == "regression" else features
     if train.size_bytes() <= SMALL_SPLIT_BYTES:
         frame = train.to_pandas()
-        labels = frame[spec.label_column]
         stats = {
-            **{f"mean:{c}": frame[c].mean() for c in features},
-            **{f"std:{c}": frame[c].std() for c in features},
-            "label_min": labels.min(),
-            "label_max": labels.max(),
+            **{f"mean:{c}": frame[c].mean() for c in moments},
+            **{f"std:{c}": frame[c].std() for c in moments},
         }
         example = frame[features].head(8).to_numpy(dtype=np.float32)
+        train_labels = frame[labels[0]].unique().tolist() if task == "classification" else []
     else:
         stats = train.aggregate(
-            *(Mean(c, alias_name=f"mean:{c}") for c in features),
-            *(Std(c, alias_name=f"std:{c}") for c in features),
-            Min(spec.label_column, alias_name="label_min"),
-            Max(spec.label_column, alias_name="label_max"),
+            *(Mean(c, alias_name=f"mean:{c}") for c in moments),
+            *(Std(c, alias_name=f"std:{c}") for c in moments),
         )
         example = train.limit(8).to_pandas()[features].to_numpy(dtype=np.float32)
-    if stats["label_min"] < 0 or float(stats["label_max"]) != int(stats["label_max"]):
-        raise DataError(f"label_column {spec.label_column!r} must hold integer class ids 0..n-1")
+        train_labels = train.unique(labels[0]) if task == "classification" else []
+    if task == "classification":
+        classes = sort_classes(train_labels)
+        if len(classes) < 2:
+            raise DataError(f"label_column {labels[0]!r}: the training split holds {len(classes)} class(es); need 2+")
+        unseen = unseen_labels(validation.select_columns([labels[0]]).to_pandas()[labels[0]], classes)
+        if unseen:
+            notes["raymaas.unseen_validation_labels"] = ", ".join(f"{k!r}: {n} rows" for k, n in unseen.items())
+            print(
+                f"raymaas: validation rows whose label is not in the training split are left out of the "
+                f"validation metrics: {notes['raymaas.unseen_validation_labels']}",
+                flush=True,
+            )
+        targets = Targets(task=task, classes=classes)
+    else:
+        targets = Targets(
+            task=task,
+            names=labels,
+            mean=[float(stats[f"mean:{c}"]) for c in labels],
+            std=[float(stats[f"std:{c}"] or 1.0) for c in labels],
+        )
     worker = FileShards(
         feature_columns=features,
-        label_column=spec.label_column,
+        label_columns=labels,
         n_features=len(features),
-        n_classes=int(stats["label_max"]) + 1,
+        targets=targets,
         mean=[float(stats[f"mean:{c}"]) for c in features],
         std=[float(stats[f"std:{c}"] or 1.0) for c in features],
     )
-    return PreparedData(worker, {"train": train, "validation": validation}, example, features)
+    return PreparedData(worker, {"train": train, "validation": validation}, example, features, notes)
+
+
+def sort_classes(values) -> list:
+    """The class list: plain Python values, sorted (by their text when types are mixed)."""
+    plain = {v.item() if isinstance(v, np.generic) else v for v in values}
+    bad = [v for v in plain if v is None or (isinstance(v, float) and np.isnan(v))]
+    if bad:
+        raise DataError("the label column has missing values in the training split")
+    try:
+        return sorted(plain)
+    except TypeError:
+        return sorted(plain, key=str)
+
+
+def unseen_labels(validation_labels, classes: list) -> dict:
+    """Each validation label that is not one of classes, with its row count."""
+    import pandas as pd
+
+    counts = pd.Series(validation_labels).value_counts()
+    known = pd.Index(classes)
+    return {(k.item() if isinstance(k, np.generic) else k): int(n) for k, n in counts.items() if k not in known}
+
+
+def _check_numeric(schema, columns: list[str], what: str, rule: str) -> None:
+    import pyarrow as pa
+
+    types = dict(zip(schema.names, schema.types))
+    for column in columns:
+        t = types.get(column)
+        if isinstance(t, pa.DataType) and not (
+            pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+        ):
+            raise DataError(f"{what} {column!r} holds {t}: {rule}")

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from raymaas.specs import JobSpec, SpecModel
-from raymaas.supervised.data import DataSpec
+from raymaas.supervised.data import BUILTIN_TASKS, DataSpec
 from raymaas.supervised.loop import TrainLoopConfig
+from raymaas.supervised.metrics import task_metric_names
 from raymaas.supervised.models import BUILTIN_MODELS, ModelSpec
 
 
@@ -47,6 +48,9 @@ class TrainCheckpointSpec(SpecModel):
 
 class SupervisedSpec(JobSpec):
     kind: Literal["supervised"] = Field("supervised", description="job kind: picks the entrypoint `raymaas train` runs")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="classification (a label per row) or regression (one or more numbers per row)"
+    )
     data: DataSpec = Field(default_factory=DataSpec, description="where the rows come from")
     model: ModelSpec = Field(default_factory=ModelSpec, description="the network")
     train_loop_config: TrainLoopConfig = Field(
@@ -57,6 +61,27 @@ class SupervisedSpec(JobSpec):
     checkpoint_config: TrainCheckpointSpec = Field(
         default_factory=TrainCheckpointSpec, description="ray.train.CheckpointConfig"
     )
+
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> SupervisedSpec:
+        task, data, loop = self.task, self.data, self.train_loop_config
+        tasks = BUILTIN_TASKS.get(data.source)
+        if tasks is not None and task not in tasks:
+            raise ValueError(f"data.source {data.source!r} is a data set for {' or '.join(tasks)}, not {task}")
+        if task == "classification" and isinstance(data.label_column, list) and len(data.label_column) > 1:
+            raise ValueError("data.label_column: classification takes one label column (a list is for regression)")
+        loss = loop.loss_name(task)
+        if (task == "classification") != (loss == "cross_entropy"):
+            raise ValueError(f"train_loop_config.loss {loss!r} is not a {task} loss")
+        if task == "regression" and loop.class_weight != "none":
+            raise ValueError("train_loop_config.class_weight is for classification")
+        gate = self.mlflow.gate_metric
+        if gate is not None and gate not in task_metric_names(task):
+            raise ValueError(f"mlflow.gate_metric {gate!r}: a {task} job logs {', '.join(task_metric_names(task))}")
+        return self
+
+    def default_gate_metric(self, kind) -> str:
+        return "val_rmse" if self.task == "regression" else kind.gate_metric
 
 
 def run_training(spec: SupervisedSpec, address: str | None = None):
@@ -82,8 +107,10 @@ def run_training(spec: SupervisedSpec, address: str | None = None):
             per_worker.setdefault("GPU", 1)
         need = {k: v * workers for k, v in per_worker.items()}
         cluster.wait_for_resources(need, scaling.placement_timeout_s, bundles=[per_worker] * workers)
-        data = prepare_data(spec.data, spec.train_loop_config.seed)
+        data = prepare_data(spec.data, spec.train_loop_config.seed, spec.task)
         tags = {
+            "task": spec.task,
+            **data.notes,
             "num_workers": str(scaling.num_workers),
             "device": "cuda" if use_gpu else "cpu",
             "torch_backend": "nccl" if use_gpu else "gloo",
@@ -143,41 +170,105 @@ def _fit(job, prepared):
 
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
-    n_features = data.worker.n_features
-    module = build_model(spec.model, n_features, data.worker.n_classes, np.zeros(n_features), np.ones(n_features))
+    worker = data.worker
+    targets = worker.targets
+    n_features = worker.n_features
+    regression = targets.task == "regression"
+    module = build_model(
+        spec.model,
+        n_features,
+        targets.n_outputs,
+        np.zeros(n_features),
+        np.ones(n_features),
+        np.zeros(targets.n_outputs) if regression else None,
+        np.ones(targets.n_outputs) if regression else None,
+    )
     module.load_state_dict(state["model"])
 
+    loss_name = spec.train_loop_config.loss_name(spec.task).replace("_", "-")
     history = {k: job.client.get_metric_history(job.run_id, k) for k in ("train_loss", "val_loss")}
+    title = f"{spec.name}: validation, epoch {state['epoch']}"
     figures = {
-        "plots/confusion_matrix.png": plots.confusion_matrix_figure(
-            state["confusion"], f"{spec.name}: validation, epoch {state['epoch']}"
-        ),
         "plots/loss_curve.png": plots.curves_figure(
             {k: ([m.step for m in v], [m.value for m in v]) for k, v in history.items()},
             "epoch",
-            "cross-entropy",
+            loss_name,
             f"{spec.name}: loss",
         ),
     }
-    gate = job.kind.gate_metric
-    value = float(state["metrics"][gate])
+    tables = {}
+    if regression:
+        actual, predicted = _validation_predictions(module, data, spec)
+        names = targets.names or ["target"]
+        figures["plots/predicted_vs_actual.png"] = plots.predicted_vs_actual_figure(actual, predicted, names, title)
+        figures["plots/residuals.png"] = plots.residuals_figure(actual, predicted, names, title)
+    else:
+        labels = [str(c) for c in targets.classes]
+        figures["plots/confusion_matrix.png"] = plots.confusion_matrix_figure(state["confusion"], title, labels)
+        tables["per_class_metrics.json"] = per_class_table(state["confusion"], labels)
+    gate = spec.gate(job.kind)
+    if gate.metric not in state["metrics"]:
+        raise ValueError(
+            f"mlflow.gate_metric {gate.metric!r} was not logged by this job "
+            f"(it logged {', '.join(k for k in state['metrics'] if k.startswith('val_'))})"
+        )
+    value = float(state["metrics"][gate.metric])
     epochs = int(state["epoch"]) + 1
     return TrainedModel(
         module=module,
         example=np.asarray(data.example, dtype=np.float32),
         gate_value=value,
-        summary=f"{gate} {value:.4f} after {epochs} epochs",
+        summary=f"{gate.metric} {value:.4f} after {epochs} epochs",
         feature_columns=data.feature_columns,
         figures=figures,
+        dicts=tables,
+        targets=targets,
         details={"epochs": epochs},
     )
+
+
+def per_class_table(confusion, labels: list[str]) -> dict:
+    """Precision, recall, F1 and support of each class, in MLflow's table layout (columns + data)."""
+    from raymaas.supervised.metrics import per_class_scores
+
+    scores = per_class_scores(np.asarray(confusion))
+    rows = [
+        [
+            label,
+            float(scores["precision"][i]),
+            float(scores["recall"][i]),
+            float(scores["f1"][i]),
+            int(scores["support"][i]),
+        ]
+        for i, label in enumerate(labels)
+    ]
+    return {"columns": ["class", "precision", "recall", "f1", "support"], "data": rows}
+
+
+def _validation_predictions(module, data, spec, limit: int = 5000):
+    """Up to limit validation rows' targets and the trained model's predictions, for the plots."""
+    import torch
+
+    from raymaas.supervised.data import load_builtin
+
+    worker = data.worker
+    if "validation" in data.datasets:
+        frame = data.datasets["validation"].limit(limit).to_pandas()
+        x = frame[worker.feature_columns].to_numpy(dtype=np.float32)
+        y = frame[worker.label_columns].to_numpy(dtype=np.float32)
+    else:
+        split = load_builtin(spec.data, spec.train_loop_config.seed, spec.task)
+        x, y = split.x_val[:limit], split.y_val[:limit]
+    with torch.inference_mode():
+        predicted = module.eval()(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    return y.reshape(len(y), -1), predicted.reshape(len(predicted), -1)
 
 
 class _EpochPrinter:
     """Prints each epoch as the Train controller logs it to MLflow: the job's progress lines,
     in the job's own output (Ray's processes print to Ray's log folder)."""
 
-    KEYS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds")
+    KEYS = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "val_r2", "epoch_seconds")
 
     def __init__(self, client, run_id: str, epochs: int, interval_s: float = 1.0):
         import threading
@@ -205,8 +296,17 @@ class _EpochPrinter:
                 pass
 
     def _print_new(self) -> None:
-        history = {k: {m.step: m.value for m in self.client.get_metric_history(self.run_id, k)} for k in self.KEYS}
-        for epoch in sorted(e for e in history["val_accuracy"] if e > self.printed):
+        # One store call a poll; the other metrics only once an epoch is there (the logger
+        # writes an epoch's metrics in one batch).
+        done = {m.step: m.value for m in self.client.get_metric_history(self.run_id, "val_loss")}
+        new = sorted(e for e in done if e > self.printed)
+        if not new:
+            return
+        history = {"val_loss": done}
+        for k in self.KEYS:
+            if k != "val_loss":
+                history[k] = {m.step: m.value for m in self.client.get_metric_history(self.run_id, k)}
+        for epoch in new:
             values = {k: history[k].get(epoch) for k in self.KEYS}
             shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if v is not None and k != "epoch_seconds")
             seconds = values["epoch_seconds"]

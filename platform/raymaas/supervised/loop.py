@@ -6,13 +6,15 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from raymaas.specs import SpecModel
-from raymaas.supervised.data import BuiltinData, DataSpec, FileShards, WorkerData, load_builtin, shard_rows
+from raymaas.supervised import metrics as task_metrics
+from raymaas.supervised.data import BuiltinData, DataSpec, FileShards, Targets, WorkerData, load_builtin, shard_rows
 from raymaas.supervised.models import ModelSpec, build_model
 
 STATE_FILE = "state.pt"
@@ -24,6 +26,17 @@ class TrainLoopConfig(SpecModel):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
     seed: int = Field(0, description="seeds the model, the data split and the shuffling")
+    loss: Literal["auto", "cross_entropy", "mse", "huber", "l1"] = Field(
+        "auto", description="auto: cross_entropy for classification, mse for regression (on standardised targets)"
+    )
+    class_weight: Literal["none", "balanced"] = Field(
+        "none", description="classification: balanced weighs each class by n_rows / (n_classes * its rows)"
+    )
+
+    def loss_name(self, task: str) -> str:
+        if self.loss == "auto":
+            return "cross_entropy" if task == "classification" else "mse"
+        return self.loss
 
 
 class WorkerConfig(SpecModel):
@@ -47,18 +60,27 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(loop.seed)
 
     if isinstance(data, BuiltinData):
-        batches = _ArrayBatches(data.spec, loop, rank, world, device)
+        batches = _ArrayBatches(data.spec, data.targets, loop, rank, world, device)
         mean, std = batches.stats
     else:
         batches = _ShardBatches(data, loop, device)
         mean, std = data.mean, data.std
-    n_classes = data.n_classes
+    targets = data.targets
+    regression = targets.task == "regression"
 
-    model = build_model(cfg.model, data.n_features, n_classes, np.asarray(mean), np.asarray(std))
+    model = build_model(
+        cfg.model,
+        data.n_features,
+        targets.n_outputs,
+        np.asarray(mean),
+        np.asarray(std),
+        np.asarray(targets.mean) if regression else None,
+        np.asarray(targets.std) if regression else None,
+    )
     model = ray.train.torch.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
-    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    loss_fn = _loss(loop, targets, batches, device)
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -73,7 +95,7 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, loop.epochs):
         model.train()
         started = time.perf_counter()
-        sums = torch.zeros(5, dtype=torch.float64, device=device)  # train loss, train n, val loss, correct, val n
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # train loss, train rows
         for x, y in batches.train(epoch):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
@@ -86,28 +108,22 @@ def train_loop_per_worker(config: dict) -> None:
         epoch_seconds = time.perf_counter() - started
 
         model.eval()
-        confusion = torch.zeros(n_classes, n_classes, dtype=torch.float64, device=device)
+        tally = task_metrics.Tally(targets, device)
         with torch.no_grad():
             for x, y in batches.validation():
-                logits = plain(x)
-                sums[2] += loss_fn(logits, y)
-                pred = logits.argmax(1)
-                sums[3] += (pred == y).sum()
-                sums[4] += len(y)
-                confusion.index_put_((y, pred), torch.ones_like(y, dtype=torch.float64), accumulate=True)
-        if distributed:
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(confusion)
+                out = plain(x)
+                tally.add(out, y, loss_fn(out, y))
         time_all = torch.tensor([epoch_seconds], device=device)
         if distributed:
+            torch.distributed.all_reduce(sums)
+            tally.all_reduce()
             torch.distributed.all_reduce(time_all, op=torch.distributed.ReduceOp.MAX)
-        train_loss, train_n, val_loss, correct, val_n = sums.tolist()
+        train_loss, train_n = sums.tolist()
         seconds = float(time_all.item())
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss / max(train_n, 1),
-            "val_loss": val_loss / max(val_n, 1),
-            "val_accuracy": correct / max(val_n, 1),
+            **tally.metrics(),
             "epoch_seconds": seconds,
             "samples_per_second": train_n / max(seconds, 1e-9),
             "start_epoch": start_epoch,
@@ -119,7 +135,7 @@ def train_loop_per_worker(config: dict) -> None:
                         "model": plain.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "epoch": epoch,
-                        "confusion": confusion.cpu().numpy(),
+                        "confusion": tally.confusion_matrix(),
                         "metrics": metrics,
                     },
                     Path(folder) / STATE_FILE,
@@ -129,11 +145,38 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)  # a barrier: every rank reports
 
 
+def _loss(loop: TrainLoopConfig, targets: Targets, batches, device):
+    """The summed loss of a batch. Regression losses compare standardised values: the model
+    answers in the targets' units, and mse on prices in the thousands would swamp Adam's steps."""
+    name = loop.loss_name(targets.task)
+    if targets.task == "classification":
+        weight = None
+        if loop.class_weight == "balanced":
+            counts = batches.class_counts(len(targets.classes)).astype(np.float64)
+            weight = torch.as_tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+            weight = weight.to(device)
+        ce = torch.nn.CrossEntropyLoss(weight=weight, reduction="sum")
+        return ce
+    scale = torch.as_tensor(np.asarray(targets.std, dtype=np.float32), device=device)
+    scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
+    base = {
+        "mse": torch.nn.MSELoss(reduction="sum"),
+        "huber": torch.nn.HuberLoss(reduction="sum"),
+        "l1": torch.nn.L1Loss(reduction="sum"),
+    }[name]
+
+    def regression_loss(out, y):
+        # summed over outputs: per row, as cross-entropy is
+        return base(out / scale, y / scale)
+
+    return regression_loss
+
+
 class _ArrayBatches:
     """A built-in data set held in memory; each rank takes an equal slice, reshuffled per epoch."""
 
-    def __init__(self, spec: DataSpec, loop: TrainLoopConfig, rank: int, world: int, device):
-        split = load_builtin(spec, loop.seed)
+    def __init__(self, spec: DataSpec, targets: Targets, loop: TrainLoopConfig, rank: int, world: int, device):
+        split = load_builtin(spec, loop.seed, targets.task)
         self.stats = (split.x_train.mean(0), split.x_train.std(0))
         self._x = torch.from_numpy(split.x_train).to(device)
         self._y = torch.from_numpy(split.y_train).to(device)
@@ -141,6 +184,10 @@ class _ArrayBatches:
         self._xv = torch.from_numpy(split.x_val[val_rows]).to(device)
         self._yv = torch.from_numpy(split.y_val[val_rows]).to(device)
         self._rank, self._world, self._loop = rank, world, loop
+
+    def class_counts(self, n_classes: int) -> np.ndarray:
+        """Rows of each class in the whole training split (every rank sees the same)."""
+        return np.bincount(self._y.cpu().numpy(), minlength=n_classes)
 
     def train(self, epoch: int):
         rows = torch.from_numpy(shard_rows(len(self._x), self._rank, self._world, self._loop.seed * 100_003 + epoch))
@@ -168,6 +215,7 @@ class _ShardBatches:
     CACHE_BYTES = 256 * 2**20
 
     def __init__(self, data: FileShards, loop: TrainLoopConfig, device):
+        import pandas as pd
         import ray.train
 
         self._shards = {
@@ -175,12 +223,29 @@ class _ShardBatches:
             "validation": ray.train.get_dataset_shard("validation"),
         }
         self._kept: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
-        self._features, self._label, self._loop, self._device = data.feature_columns, data.label_column, loop, device
+        self._features, self._labels, self._loop, self._device = data.feature_columns, data.label_columns, loop, device
+        # classification: label -> index in the class list (-1 for a label the training split lacks)
+        self._classes = pd.Index(data.targets.classes) if data.targets.task == "classification" else None
 
     def _collate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._features], axis=1)
-        y = np.asarray(batch[self._label]).astype(np.int64)
+        if self._classes is not None:
+            y = self._classes.get_indexer(np.asarray(batch[self._labels[0]])).astype(np.int64)
+            known = y >= 0  # validation rows of an unseen label: reported by the driver, left out here
+            if not known.all():
+                x, y = x[known], y[known]
+        else:
+            y = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._labels], axis=1)
         return torch.from_numpy(x).to(self._device), torch.from_numpy(y).to(self._device)
+
+    def class_counts(self, n_classes: int) -> np.ndarray:
+        """Rows of each class in the training split, summed over the workers' shards."""
+        counts = torch.zeros(n_classes, dtype=torch.float64, device=self._device)
+        for _, y in self.train(0):
+            counts += torch.bincount(y, minlength=n_classes).to(counts)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        return counts.cpu().numpy()
 
     def train(self, epoch: int):
         return self._batches("train", self._loop.batch_size, self._loop.seed * 100_003 + epoch)

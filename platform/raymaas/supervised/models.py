@@ -1,7 +1,8 @@
-"""Built-in torch models (MLP, small CNN) and user factories named `package.module:factory`.
+"""Built-in torch models (linear, MLP, small CNN) and user factories named `package.module:factory`.
 
-Every model is wrapped so that it takes features exactly as the data set provides them: the
-standardisation fitted on the training split is a layer of the model, not a client's job.
+Every model is wrapped so that it takes features exactly as the data set provides them and,
+for regression, answers in the targets' own units: the standardisation of the inputs and of
+the targets fitted on the training split are layers of the model, not a client's job.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from torch import nn
 
 from raymaas.specs import SpecModel
 
-BUILTIN_MODELS = ("mlp", "cnn")
+BUILTIN_MODELS = ("linear", "mlp", "cnn")
 
 
 class ModelSpec(SpecModel):
-    name: str = Field("mlp", description="mlp, cnn, or package.module:factory returning a torch.nn.Module")
+    name: str = Field(
+        "mlp",
+        description="linear (linear/logistic regression), mlp, cnn, or package.module:factory returning a torch.nn.Module",
+    )
     hidden_sizes: list[int] = Field([128, 64], description="mlp: widths of the hidden layers")
     channels: list[int] = Field([16, 32], description="cnn: output channels of each 3x3 conv layer")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before each hidden layer's output")
@@ -70,6 +74,18 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class Unstandardize(nn.Module):
+    """y * std + mean: a regression network's standardised outputs in the targets' units."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("std", torch.where(std > 1e-6, std, torch.ones_like(std)).float().clone())
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.std + self.mean
+
+
 class MLP(nn.Module):
     def __init__(self, n_features: int, n_classes: int, hidden_sizes: list[int], dropout: float):
         super().__init__()
@@ -110,14 +126,22 @@ class SmallCNN(nn.Module):
         return self.head(self.pool(self.convs(x)))
 
 
-def build_model(spec: ModelSpec, n_features: int, n_classes: int, mean, std) -> nn.Module:
-    """The network named by spec, behind a Standardize layer fitted to the training data."""
-    if spec.name == "mlp":
-        net = MLP(n_features, n_classes, spec.hidden_sizes, spec.dropout)
+def build_model(
+    spec: ModelSpec, n_features: int, n_outputs: int, mean, std, target_mean=None, target_std=None
+) -> nn.Module:
+    """The network named by spec, behind a Standardize layer fitted to the training data and,
+    for regression (target_mean and target_std given), before an Unstandardize layer."""
+    if spec.name == "linear":
+        net = nn.Linear(n_features, n_outputs)
+    elif spec.name == "mlp":
+        net = MLP(n_features, n_outputs, spec.hidden_sizes, spec.dropout)
     elif spec.name == "cnn":
-        net = SmallCNN(n_features, n_classes, spec.channels, spec.dropout)
+        net = SmallCNN(n_features, n_outputs, spec.channels, spec.dropout)
     else:
-        net = resolve_factory(spec.name)(n_features=n_features, n_classes=n_classes, **spec.options)
+        net = resolve_factory(spec.name)(n_features=n_features, n_classes=n_outputs, **spec.options)
         if not isinstance(net, nn.Module):
             raise TypeError(f"model factory {spec.name!r} returned {type(net).__name__}, not a torch.nn.Module")
-    return nn.Sequential(Standardize(torch.as_tensor(mean), torch.as_tensor(std)), net)
+    layers = [Standardize(torch.as_tensor(mean), torch.as_tensor(std)), net]
+    if target_mean is not None:
+        layers.append(Unstandardize(torch.as_tensor(target_mean), torch.as_tensor(target_std)))
+    return nn.Sequential(*layers)

@@ -7,21 +7,23 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _figure(width: float = 6.0, height: float = 4.5):
+def _figure(width: float = 6.0, height: float = 4.5, ncols: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height), dpi=100)
+    return plt.subplots(1, ncols, figsize=(width, height), dpi=100)
 
 
-def confusion_matrix_figure(confusion: np.ndarray, title: str):
+def confusion_matrix_figure(confusion: np.ndarray, title: str, labels: Sequence[str] | None = None):
     fig, ax = _figure(5.5, 5.0)
     image = ax.imshow(confusion, cmap="Blues")
     n = confusion.shape[0]
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
+    ax.set_xticks(range(n), labels=labels if labels is not None and n <= 30 else None)
+    ax.set_yticks(range(n), labels=labels if labels is not None and n <= 30 else None)
+    if labels is not None and n <= 30 and max((len(x) for x in labels), default=0) > 3:
+        ax.tick_params(axis="x", labelrotation=45)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
@@ -53,5 +55,35 @@ def curves_figure(series: dict[str, tuple[Sequence[float], Sequence[float]]], xl
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def predicted_vs_actual_figure(actual: np.ndarray, predicted: np.ndarray, names: Sequence[str], title: str):
+    """Predicted against true value for each target ([n, k] arrays), with the y = x line."""
+    k = actual.shape[1]
+    fig, axes = _figure(4.5 * k, 4.5, ncols=k)
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        a, p = actual[:, i], predicted[:, i]
+        ax.scatter(a, p, s=8, alpha=0.5)
+        lo, hi = float(min(a.min(), p.min())), float(max(a.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
+        ax.set_xlabel(f"actual {names[i]}")
+        ax.set_ylabel(f"predicted {names[i]}")
+        ax.set_title(title if k == 1 else f"{title}: {names[i]}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def residuals_figure(actual: np.ndarray, predicted: np.ndarray, names: Sequence[str], title: str):
+    """Residual (actual - predicted) against the prediction for each target."""
+    k = actual.shape[1]
+    fig, axes = _figure(4.5 * k, 4.0, ncols=k)
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        ax.scatter(predicted[:, i], actual[:, i] - predicted[:, i], s=8, alpha=0.5)
+        ax.axhline(0.0, color="black", linewidth=1)
+        ax.set_xlabel(f"predicted {names[i]}")
+        ax.set_ylabel("residual (actual - predicted)")
+        ax.set_title(title if k == 1 else f"{title}: {names[i]}", fontsize=9)
     fig.tight_layout()
     return fig

@@ -17,12 +17,12 @@ class Publication:
     reason: str
 
 
-def publish_model(client, run_id: str, spec, kind, trained) -> Publication:
+def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
     """Log trained (a raymaas.runtime.driver.TrainedModel) to run_id and register it under the
-    spec's registered model name; the kind (raymaas.kinds.JobKind) names the gate metric."""
+    spec's registered model name, gated on gate (raymaas.specs.Gate: metric and direction)."""
     import mlflow
 
-    from raymaas.modelcode.pyfunc import log_classifier
+    from raymaas.modelcode.pyfunc import log_classifier, log_regressor
     from raymaas.tracking import registry
 
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
@@ -33,11 +33,16 @@ def publish_model(client, run_id: str, spec, kind, trained) -> Publication:
     for path, folder in trained.artifact_dirs.items():
         client.log_artifacts(run_id, folder, path)
 
+    targets = trained.targets
     with mlflow.start_run(run_id=run_id):
-        info = log_classifier(trained.module, trained.example, trained.feature_columns)
+        if targets is not None and targets.task == "regression":
+            info = log_regressor(trained.module, trained.example, targets.n_outputs, trained.feature_columns)
+        else:
+            classes = targets.classes if targets is not None else None
+            info = log_classifier(trained.module, trained.example, trained.feature_columns, classes=classes)
     if trained.check is not None:
         trained.check(info.model_uri)  # e.g. the RL policy's parity with the RLlib module
     name = spec.registered_model_name
-    version = registry.register_model(client, info.model_uri, name, kind.gate_metric, trained.gate_value)
-    decision = registry.promote_if_better(client, name, version, higher_is_better=kind.higher_is_better)
+    version = registry.register_model(client, info.model_uri, name, gate.metric, trained.gate_value)
+    decision = registry.promote_if_better(client, name, version, higher_is_better=gate.higher_is_better)
     return Publication(name, version, info.model_uri, decision.promoted, decision.reason)

@@ -100,7 +100,8 @@ def tensor_frame(n: int, width: int, first_id: int, seed: int) -> pd.DataFrame:
 
 def test_csv_with_named_columns_bad_rows_to_errors(models, ray_head, mlflow_client, tmp_path):
     """Columns matched by name (reordered, one extra), an id passed through, one output row per
-    good row, a null and a word rejected with their reasons, tracked in the model's experiment."""
+    good row with its class probabilities, a null and a word rejected with their reasons,
+    tracked in the model's experiment."""
     rng = np.random.default_rng(1)
     frame = pd.DataFrame(rng.normal(size=(300, 4)), columns=COLUMNS)
     frame.insert(0, "id", np.arange(1000, 1300))
@@ -112,11 +113,15 @@ def test_csv_with_named_columns_bad_rows_to_errors(models, ray_head, mlflow_clie
     frame.to_csv(source, index=False)
     out = tmp_path / "scored"
 
-    proc = predict_cli("batch-columns@champion", str(source), str(out), "--passthrough", "id", env=ray_head.env)
+    proc = predict_cli(
+        "batch-columns@champion", str(source), str(out), "--passthrough", "id", "--probabilities", env=ray_head.env
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     scored = pd.read_parquet(out)
-    assert list(scored.columns) == ["id", "prediction"]
+    probabilities = ["probability_0", "probability_1", "probability_2"]  # one per class, named
+    assert list(scored.columns) == ["id", "prediction", *probabilities]
+    np.testing.assert_allclose(scored[probabilities].sum(axis=1), 1.0, rtol=1e-5)
     good = frame.drop(index=[7, 11])
     assert sorted(scored["id"]) == list(good["id"])
     expected = models["batch-columns"].predict(good[COLUMNS].astype(np.float32))
@@ -284,10 +289,20 @@ def test_bad_jobs_exit_2_before_ray_or_a_run(case, message, models, ray_head, ml
         source = tmp_path / "in.parquet"
         frame.to_parquet(source)
         model = "batch-columns@nope"
-    elif case == "probabilities":
+    elif case == "probabilities":  # a model registered by hand, without a `probabilities` param
+        import mlflow
+        from mlflow.models import infer_signature
+        from sklearn.linear_model import LogisticRegression
+
         source = tmp_path / "in.parquet"
         frame.to_parquet(source)
-        extra = ["--probabilities"]
+        clf = LogisticRegression().fit(frame[COLUMNS], [0, 1, 0, 1, 1])
+        with mlflow.start_run(experiment_id=mlflow_client.get_experiment_by_name(EXPERIMENT).experiment_id):
+            info = mlflow.sklearn.log_model(
+                clf, name="model", signature=infer_signature(frame[COLUMNS], clf.predict(frame[COLUMNS]))
+            )
+        version = mlflow.register_model(info.model_uri, "batch-sklearn").version
+        model, extra = f"models:/batch-sklearn/{version}", ["--probabilities"]
     else:
         source = tmp_path / "in.parquet"
         frame.to_parquet(source)

@@ -289,7 +289,39 @@ def test_a_checked_input_is_not_checked_again_and_predicts_the_same(tmp_path):
     with pytest.raises(ClientError):
         raise predict_batch([PredictItem(loaded, frame.drop(columns=["f3"]), None, checked=False)])[0]
 
-    # a params schema fills in default params: such a model is always called as it is
+    # a params schema stays on the twin: MLflow still fills in the params' defaults
     with_params = infer_signature(frame, params={"k": 1})
     mlflow.sklearn.save_model(clf, tmp_path / "params", signature=with_params, **no_inference)
-    assert without_input_check(mlflow.pyfunc.load_model(str(tmp_path / "params"))) is None
+    twin = without_input_check(mlflow.pyfunc.load_model(str(tmp_path / "params")))
+    assert twin.metadata.signature.inputs is None and twin.metadata.signature.params == with_params.params
+
+
+def test_class_probabilities_when_asked_and_bad_params_are_422(tmp_path):
+    """A TorchClassifier declares a boolean `probabilities` param: asked, it answers the
+    prediction and a named probability per class, through the unchecked twin as well."""
+    import mlflow
+    import torch
+
+    from raymaas.modelcode.pyfunc import log_classifier
+    from raymaas.serving.following import without_input_check
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
+    with mlflow.start_run():
+        info = log_classifier(torch.nn.Linear(4, 2), x, classes=["ham", "spam"])
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    signature = model.metadata.signature
+    body = json.dumps({"inputs": x.tolist(), "params": {"probabilities": True}}).encode()
+    data, params = parse_scoring_request(body, "application/json", signature)
+    for predictor in (model, without_input_check(model)):
+        frame = predictor.predict(data, params=params)
+        assert list(frame.columns) == ["prediction", "probability_ham", "probability_spam"]
+        assert set(frame["prediction"]) <= {"ham", "spam"}
+        assert np.allclose(frame[["probability_ham", "probability_spam"]].sum(axis=1), 1.0)
+        assert predictor.predict(data).tolist() == frame["prediction"].tolist()
+    for bad, says in [({"probabilities": "maybe"}, "probabilities"), ({"top_k": 3}, "unknown params ['top_k']")]:
+        with pytest.raises(ClientError) as err:
+            parse_scoring_request(
+                json.dumps({"inputs": x.tolist(), "params": bad}).encode(), "application/json", signature
+            )
+        assert err.value.status == 422 and says in str(err.value), str(err.value)

@@ -296,6 +296,15 @@ def test_platform_trained_models_match_pyfunc(endpoint, registered):
         # every scoring format that fits a tensor signature
         status, _, body = call(f"{endpoint}/models/{name}/invocations", {"instances": x[:3].tolist()})
         assert status == 200 and body["predictions"] == expected[:3], body
+    # class probabilities when asked (MLflow's params field): the prediction and one per class, named
+    status, _, body = call(
+        f"{endpoint}/models/{JOB_MODEL}/invocations", {"inputs": x[:3].tolist(), "params": {"probabilities": True}}
+    )
+    assert status == 200, body
+    rows = body["predictions"]
+    assert [row["prediction"] for row in rows] == expected[:3]
+    assert set(rows[0]) == {"prediction", *(f"probability_{c}" for c in range(10))}
+    assert abs(sum(v for k, v in rows[0].items() if k != "prediction") - 1.0) < 1e-4
 
 
 @pytest.mark.slow
@@ -361,6 +370,7 @@ def test_listing_health_and_docs(endpoint, registered):
         ([[1.0] * 64], 422, "JSON object"),
         ({"inputs": [[1.0] * 64, [1.0] * 3]}, 422, "inputs"),  # ragged
         ({"inputs": [[1.0] * 64], "params": [1]}, 422, "params"),
+        ({"inputs": [[1.0] * 64], "params": {"temperature": 2}}, 422, "unknown params ['temperature']"),
     ],
 )
 def test_bad_tensor_input_is_422_saying_what_is_expected(endpoint, registered, body, status, says):

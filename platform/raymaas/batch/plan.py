@@ -149,7 +149,7 @@ def resolve_model(client, ref: str) -> ModelRef:
 def check_probabilities(model: ModelRef) -> None:
     """Probabilities come from models that declare a boolean `probabilities` parameter in their
     signature (MLflow's inference params): predict(x, params={"probabilities": True}) then
-    returns them. TorchClassifier returns class ids only."""
+    returns them (TorchClassifier: the prediction and a probability_<class> column per class)."""
     params = model.signature.params
     names = {p.name: p for p in params.params} if params is not None else {}
     declared = names.get("probabilities")
@@ -158,7 +158,7 @@ def check_probabilities(model: ModelRef) -> None:
     outputs = model.signature.outputs.to_dict() if model.signature.outputs is not None else "undeclared"
     raise SpecError(
         f"probabilities: {model.name} version {model.version} cannot return class probabilities: its output "
-        f"is {json.dumps(outputs)} (class ids) and its signature declares no boolean `probabilities` parameter"
+        f"is {json.dumps(outputs)} and its signature declares no boolean `probabilities` parameter"
     )
 
 

@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 _PROGRAM = "program"
+PROBABILITIES = "probabilities"  # the inference param that asks a classifier for class probabilities
 
 
 class TorchClassifier(mlflow.pyfunc.PythonModel):
@@ -45,7 +46,16 @@ class TorchClassifier(mlflow.pyfunc.PythonModel):
             logits = self._module(torch.from_numpy(x))
         ids = logits.argmax(dim=1).numpy().astype(np.int64)
         labels = getattr(self, "_labels", None)
-        return ids if labels is None else labels[ids]
+        predictions = ids if labels is None else labels[ids]
+        if not (params and params.get(PROBABILITIES)):
+            return predictions
+        # {"params": {"probabilities": true}}: the prediction and one probability per class, named
+        names = labels.tolist() if labels is not None else range(logits.shape[1])
+        probs = torch.softmax(logits.float(), dim=1).numpy()
+        frame = pd.DataFrame({"prediction": predictions})
+        for i, name in enumerate(names):
+            frame[f"probability_{name}"] = probs[:, i]
+        return frame
 
 
 class TorchRegressor(mlflow.pyfunc.PythonModel):
@@ -87,7 +97,7 @@ def _to_float32(model_input, columns: list[str] | None) -> np.ndarray:
 
 
 def classifier_signature(
-    n_features: int, feature_columns: list[str] | None, classes: list | None = None
+    n_features: int, feature_columns: list[str] | None, classes: list | None = None, probabilities: bool = True
 ) -> ModelSignature:
     if classes is None or _label_dtype(classes) is np.int64:
         outputs = Schema([TensorSpec(np.dtype(np.int64), (-1,))])
@@ -95,7 +105,8 @@ def classifier_signature(
         outputs = Schema([ColSpec("string")])
     else:
         outputs = Schema([TensorSpec(np.dtype(_label_dtype(classes)), (-1,))])
-    return ModelSignature(inputs=_input_schema(n_features, feature_columns), outputs=outputs)
+    params = ParamSchema([ParamSpec(PROBABILITIES, "boolean", False)]) if probabilities else None
+    return ModelSignature(inputs=_input_schema(n_features, feature_columns), outputs=outputs, params=params)
 
 
 def regressor_signature(n_features: int, feature_columns: list[str] | None, n_outputs: int) -> ModelSignature:
@@ -117,13 +128,17 @@ def log_classifier(
     feature_columns: list[str] | None = None,
     name: str = "model",
     classes: list | None = None,
+    probabilities: bool = True,
 ):
     """Export module (class scores out) and log it to the active MLflow run as a
-    TorchClassifier answering classes' labels (or class ids); return MLflow's ModelInfo."""
+    TorchClassifier answering classes' labels (or class ids); return MLflow's ModelInfo.
+    probabilities: declare the `probabilities` param (a softmax of the scores; not for scores
+    that are no logits, such as a DQN policy's Q-values)."""
     n = example.shape[1]
     named = classes if classes is not None and classes != list(range(len(classes))) else None
     model = TorchClassifier(feature_columns, named)
-    return _log_torch(module, example, feature_columns, name, model, classifier_signature(n, feature_columns, named))
+    signature = classifier_signature(n, feature_columns, named, probabilities)
+    return _log_torch(module, example, feature_columns, name, model, signature)
 
 
 def log_regressor(

@@ -82,19 +82,26 @@ def load_serving_model(client, spec: ModelEndpointSpec, version: str) -> LoadedM
 def without_input_check(model):
     """The same model (same implementation, same prediction context) without the input schema
     check of PyFuncModel.predict, for inputs already checked against it; None where skipping
-    that check could change what the model gets: no input schema (nothing to skip), a params
-    schema (its defaults fill in missing params), a signature from type hints (the model
-    converts its input itself) or an input example's format."""
+    that check could change what the model gets: no input schema (nothing to skip), a signature
+    from type hints (the model converts its input itself) or an input example's format. A
+    params schema stays: MLflow still fills in the params' defaults."""
     import copy
+
+    from mlflow.models import ModelSignature
 
     meta = model.metadata
     signature = meta.signature
-    if signature is None or signature.inputs is None or signature.params is not None:
+    if signature is None or signature.inputs is None:
         return None
     if meta._is_signature_from_type_hint() or meta._is_type_hint_from_example():
         return None
     twin_meta = copy.copy(meta)
-    twin_meta.signature = None  # PyFuncModel._predict: no input schema, no params schema
+    # PyFuncModel._predict: no input schema to enforce; the params schema as it was
+    twin_meta.signature = (
+        ModelSignature(inputs=None, outputs=signature.outputs, params=signature.params)
+        if signature.params is not None
+        else None
+    )
     twin = copy.copy(model)
     twin._model_meta = twin_meta
     return twin

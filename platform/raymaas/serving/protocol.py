@@ -103,6 +103,8 @@ def parse_scoring_request(body: bytes, content_type: str, signature) -> tuple[An
     params = payload.get("params")
     if params is not None and not isinstance(params, dict):
         raise ClientError(422, "params must be a JSON object")
+    if params is not None:
+        params = check_params(params, signature)
     fmt = formats[0]
     value = payload[fmt]
     input_schema = signature.inputs if signature is not None else None
@@ -572,6 +574,23 @@ def schema_json(signature) -> list | None:
 def shorten(text: str, limit: int = 600) -> str:
     """MLflow's messages repeat the whole input; keep what says what is wrong."""
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def check_params(params: dict, signature) -> dict:
+    """params against the signature's params schema, as MLflow's predict would check them, but
+    as a 422 naming the parameter (in predict, a bad value is the model's error: a 500)."""
+    declared = {p.name: p for p in signature.params.params} if signature is not None and signature.params else {}
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        known = ", ".join(f"{p.name} ({p.dtype})" for p in declared.values()) or "none"
+        raise ClientError(422, f"unknown params {unknown}: this model takes {known}")
+    from mlflow.exceptions import MlflowException
+    from mlflow.models.utils import _enforce_params_schema
+
+    try:
+        return _enforce_params_schema(params, signature.params)
+    except MlflowException as err:
+        raise ClientError(422, f"params: {err.message}") from None
 
 
 def predictions_json(result) -> bytes:

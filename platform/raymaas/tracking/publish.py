@@ -39,7 +39,14 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
             info = log_regressor(trained.module, trained.example, targets.n_outputs, trained.feature_columns)
         else:
             classes = targets.classes if targets is not None else None
-            info = log_classifier(trained.module, trained.example, trained.feature_columns, classes=classes)
+            # probabilities for a supervised classifier's logits, not for an RL policy's action scores
+            info = log_classifier(
+                trained.module,
+                trained.example,
+                trained.feature_columns,
+                classes=classes,
+                probabilities=targets is not None,
+            )
     if trained.check is not None:
         trained.check(info.model_uri)  # e.g. the RL policy's parity with the RLlib module
     name = spec.registered_model_name

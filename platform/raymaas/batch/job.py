@@ -498,24 +498,12 @@ def _connect(address: str | None, spec: PredictSpec) -> None:
 
     actors_cpus = math.ceil(spec.concurrency * spec.num_cpus)
     num_cpus = max(os.cpu_count() or 1, actors_cpus + 1)
-    if address or not spec.object_store_memory:
-        cluster.connect(address, num_cpus=num_cpus, log_to_driver=False)
-    else:
-        # cluster.connect has no object store size; the same local start with one.
-        import logging
-
-        import ray
-
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            object_store_memory=spec.object_store_memory,
-            include_dashboard=False,
-            runtime_env={"env_vars": cluster.job_env()},
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
+    cluster.connect(
+        address,
+        num_cpus=num_cpus,
+        log_to_driver=False,
+        object_store_memory=None if address else spec.object_store_memory,
+    )
     import ray.data
 
     context = ray.data.DataContext.get_current()

@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from raymaas import paths
+from raymaas.cli.args import positive_int
 from raymaas.cli.predict import add_parser as add_predict_parser
 from raymaas.kinds import KINDS, JobKind, UnknownKind, get_kind, kind_of
 from raymaas.serving.ingress import INGRESSES
@@ -516,16 +517,6 @@ def format_duration(start_ms: int | None, end_ms: int | None) -> str:
     return text if end_ms else f"{text}+"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _format_number(raw: str) -> str:
     try:
         return f"{float(raw):.4f}"
@@ -572,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list recent MLflow runs", description=cmd_runs.__doc__)
     runs.add_argument("--experiment", metavar="NAME", help="only this experiment (default: all)")
-    runs.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N runs (default: 20)")
+    runs.add_argument("--limit", type=positive_int, default=20, metavar="N", help="at most N runs (default: 20)")
     runs.set_defaults(func=cmd_runs)
 
     models = sub.add_parser("models", help="list registered model versions", description=cmd_models.__doc__)
@@ -595,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
     )
     serve_cmd.add_argument("--host", help="HTTP host of the ingress (default: the config's, else 127.0.0.1)")
-    serve_cmd.add_argument("--port", type=_positive_int, help="HTTP port (default: the config's, else 8000)")
+    serve_cmd.add_argument("--port", type=positive_int, help="HTTP port (default: the config's, else 8000)")
     serve_cmd.add_argument(
         "--ingress",
         choices=INGRESSES,
@@ -614,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the small debug specs: the whole path in a few minutes (policies will not solve CartPole)",
     )
     demo.add_argument("--host", default="127.0.0.1", help="HTTP host of the endpoints (default: 127.0.0.1)")
-    demo.add_argument("--port", type=_positive_int, default=8000, help="HTTP port of the endpoints (default: 8000)")
+    demo.add_argument("--port", type=positive_int, default=8000, help="HTTP port of the endpoints (default: 8000)")
     demo.set_defaults(func=cmd_demo)
 
     explain = sub.add_parser(
@@ -631,12 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--home", metavar="DIR", help="RAYMAAS_HOME: MLflow store, artifacts, checkpoints (default: the project folder)"
     )
-    up.add_argument("--num-cpus", type=_positive_int, metavar="N", help="CPUs the head offers (default: all)")
-    up.add_argument("--port", type=_positive_int, help="Ray GCS port (default: 6379 if free)")
+    up.add_argument("--num-cpus", type=positive_int, metavar="N", help="CPUs the head offers (default: all)")
+    up.add_argument("--port", type=positive_int, help="Ray GCS port (default: 6379 if free)")
     up.add_argument(
-        "--dashboard-port", type=_positive_int, help="Ray dashboard and job API port (default: 8265 if free)"
+        "--dashboard-port", type=positive_int, help="Ray dashboard and job API port (default: 8265 if free)"
     )
-    up.add_argument("--mlflow-port", type=_positive_int, help="MLflow server port (default: 5000 if free)")
+    up.add_argument("--mlflow-port", type=positive_int, help="MLflow server port (default: 5000 if free)")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop what `raymaas up` started", description=cmd_down.__doc__)

@@ -15,6 +15,7 @@ import argparse
 import re
 import sys
 
+from raymaas.cli.args import positive_int
 from raymaas.specs import EXIT_INVALID_SPEC, SpecError
 
 
@@ -98,9 +99,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="tensor-signature models: the columns that form the tensor, in order "
         "(default: every column but the pass-through ones)",
     )
-    parser.add_argument("--batch-size", type=_positive_int, metavar="N", help="rows per model call (default: 4096)")
+    parser.add_argument("--batch-size", type=positive_int, metavar="N", help="rows per model call (default: 4096)")
     parser.add_argument(
-        "--concurrency", type=_positive_int, metavar="N", help="model actors, each loading the model once (default: 2)"
+        "--concurrency", type=positive_int, metavar="N", help="model actors, each loading the model once (default: 2)"
     )
     parser.add_argument("--num-cpus", type=float, metavar="N", help="CPUs per model actor (default: 1)")
     parser.add_argument(
@@ -139,16 +140,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--address", metavar="ADDRESS", help="Ray cluster to join, HOST:6379 (default: RAY_ADDRESS, else a local Ray)"
     )
     parser.set_defaults(func=cmd_predict)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,7 @@ def connect(
     py_modules: list[str] = (),
     prestart_workers: bool = True,
     log_to_driver: bool = True,
+    object_store_memory: int | None = None,
 ) -> None:
     """Join the cluster at address (or RAY_ADDRESS), or start a local Ray in this process.
 
@@ -78,6 +79,7 @@ def connect(
     job that runs everything in the driver uses none, and on a small machine they compete
     with the driver for the CPU while Ray starts. log_to_driver=False leaves the output of Ray's
     processes in Ray's log folder (`ray_logs_dir()`) instead of this process's output.
+    object_store_memory sizes a local Ray's object store (Ray's default otherwise).
     """
     if ray.is_initialized():
         return
@@ -97,6 +99,7 @@ def connect(
         ray.init(
             address="local",
             num_cpus=num_cpus,
+            object_store_memory=object_store_memory,
             include_dashboard=False,
             runtime_env={"env_vars": env_vars},
             _system_config=system or None,

@@ -171,13 +171,16 @@ def mlflow_server(demo_home, second_demo):
 
 def test_first_demo_shows_every_stage_and_what_the_endpoints_answered(first_demo):
     out = first_demo.output
-    for number in range(1, 6):
-        assert f"[{number}/5]" in out, out
+    for number in range(1, 7):
+        assert f"[{number}/6]" in out, out
     # progress: epochs of the classifier, env steps of the policies, a time for each stage
     assert re.search(r"epoch 3/3 +val_accuracy 0\.\d+", out), out
     assert re.search(r"env steps [\d,]+/1,500", out), out
     accuracy = re.search(r"digits-debug \(version 1\): ([\d.]+)% of (\d+) held-out digits right", out)
     assert accuracy and float(accuracy.group(1)) >= 80, out
+    # the batch stage: raymaas predict on the same held-out rows, every one scored
+    scored = re.search(r"(\d+) held-out rows scored into \S+: ([\d.]+) right \(version 1", out)
+    assert scored and int(scored.group(1)) == int(accuracy.group(2)) and float(scored.group(2)) >= 0.8, out
     for policy in MODELS[1:]:
         assert re.search(rf"{policy} \(version 1\): episode return \d+ over \d+ steps", out), out
     assert "mlflow ui --backend-store-uri sqlite:///" in out
@@ -186,13 +189,19 @@ def test_first_demo_shows_every_stage_and_what_the_endpoints_answered(first_demo
     assert re.search(r"raymaas demo: done in \S+", out)
 
 
+def _tag(run: dict, key: str) -> str | None:
+    return next((t["value"] for t in run["data"].get("tags", []) if t["key"] == key), None)
+
+
 def test_running_again_adds_runs_and_versions_and_keeps_the_earlier_ones(mlflow_server, second_demo):
     api = f"{mlflow_server}/api/2.0/mlflow"
     for model in MODELS:
         status, got = http_json(f"{api}/experiments/get-by-name?experiment_name={model}")
         assert status == 200, got
         status, found = http_json(f"{api}/runs/search", {"experiment_ids": [got["experiment"]["experiment_id"]]})
-        runs = found.get("runs", [])
+        kinds = {r["info"]["run_id"]: _tag(r, "raymaas.job_kind") for r in found.get("runs", [])}
+        assert list(kinds.values()).count("predict") == (2 if model.startswith("digits") else 0), kinds
+        runs = [r for r in found.get("runs", []) if kinds[r["info"]["run_id"]] != "predict"]
         assert len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs), found
         gate_metric = "val_accuracy" if model.startswith("digits") else "eval_return_mean"
         for run in runs:

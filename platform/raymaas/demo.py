@@ -158,6 +158,45 @@ def train(stage: Stage, progress: StageLog, log_dir: Path, tracking_uri: str) ->
     return _outcome(client, stage, spec, run_name, time.monotonic() - started)
 
 
+def score_holdout(trained: Trained, progress: StageLog, log_dir: Path, tracking_uri: str) -> str:
+    """`raymaas predict` on the validation rows of the classifier's spec (rows it never trained
+    on), as a user runs it; the line that says how many it got right."""
+    from raymaas.batch.sample import PASSTHROUGH, holdout_accuracy, write_holdout
+
+    root = paths.project_root()
+    state = paths.raymaas_home() / paths.STATE_DIR  # git-ignored, beside the logs
+    source = write_holdout(trained.spec, state / "data" / f"{trained.model_name}-holdout.csv")
+    output = state / "predictions" / f"{trained.model_name}-holdout"
+    model = f"models:/{trained.model_name}/{trained.version}"
+    command = [sys.executable, "-m", "raymaas.cli", "predict", model, str(source), str(output)]
+    command += ["--passthrough", ",".join(PASSTHROUGH), "--overwrite"]
+    log_path = log_dir / f"{trained.model_name}-predict.log"
+    progress.line(f"$ raymaas {' '.join(command[3:])}")
+    progress.line(f"job output: {log_path}")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, PYTHONUNBUFFERED="1")
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        job = subprocess.Popen(
+            command, cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            job.wait()
+        except KeyboardInterrupt:
+            job.send_signal(signal.SIGINT)
+            job.wait(timeout=60)
+            raise
+    if job.returncode != 0:
+        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise DemoError(f"batch scoring failed (exit {job.returncode}); last lines of {log_path}:\n{tail}")
+    accuracy, rows = holdout_accuracy(output)
+    return (
+        f"{rows} held-out rows scored into {output}: {accuracy:.3f} right "
+        f"(version {trained.version}, tracked in {trained.model_name}'s experiment)   "
+        f"[{_duration(time.monotonic() - started)}]"
+    )
+
+
 class _Watcher:
     """Prints a job's progress as its MLflow run records it: epochs, or env steps and returns."""
 
@@ -407,7 +446,7 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = paths.log_dir() / f"demo-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    progress = StageLog(len(stages) + 2)
+    progress = StageLog(len(stages) + 3)
     print(f"raymaas demo ({mode}): MLflow store {tracking_uri}", flush=True)
 
     trained: list[Trained] = []
@@ -416,8 +455,12 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
         trained.append(train(stage, progress, log_dir, tracking_uri))
         progress.line(describe(trained[-1], client))
 
+    classifier = next(t for t in trained if t.stage.kind == "supervised")
+    progress.stage(len(stages) + 1, f"scoring the held-out digits in batch with {classifier.model_name} (Ray Data)")
+    progress.line(score_holdout(classifier, progress, log_dir, tracking_uri))
+
     names = [t.model_name for t in trained]
-    progress.stage(len(stages) + 1, f"publishing the champions of {', '.join(names)} with Ray Serve")
+    progress.stage(len(stages) + 2, f"publishing the champions of {', '.join(names)} with Ray Serve")
     started = time.monotonic()
     cleanup = prepare_local_ingress("haproxy")  # the platform's default ingress, as `raymaas serve`
     try:
@@ -425,7 +468,7 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
         wait_until_serving(base_url, names)
         progress.line(f"{len(names)} applications running at {base_url}   [{_duration(time.monotonic() - started)}]")
 
-        progress.stage(len(stages) + 2, "querying the endpoints over HTTP")
+        progress.stage(len(stages) + 3, "querying the endpoints over HTTP")
         answers = []
         for t in trained:
             answer = query_classifier(t, base_url) if t.stage.kind == "supervised" else play_cartpole(t, base_url)

@@ -85,6 +85,11 @@ def test_explain_lists_fields_with_defaults_and_descriptions():
     assert "Ray Train workers" in rows["scaling_config.num_workers"]["description"]
     assert rows["name"]["default"] == "(required)"
     assert "train_loop_config.epochs" in rows and "mlflow.registered_model_name" in rows
+    assert rows["task"]["default"] == "'classification'" and "mlflow.gate_metric" in rows
+    proc = raymaas("explain", "predict")  # batch scoring's spec too
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["field"]: row for row in parse_table(proc.stdout)}
+    assert "probabilities" in rows and "passthrough_columns" in rows, sorted(rows)
 
 
 def test_job_kind_from_the_spec(tmp_path):

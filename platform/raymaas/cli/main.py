@@ -427,7 +427,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Print every field of a job kind's spec with its default and description."""
+    """Print every field of a job kind's spec (or of a batch-scoring spec: `predict`) with its
+    default and description."""
+    if args.kind == "predict":  # not a training kind: no gate, no row in the kinds table
+        from raymaas.batch.job import PredictSpec
+
+        rows = [[name, default, description] for name, default, description in describe_fields(PredictSpec)]
+        print(
+            "fields of a predict spec (python -m jobs.predict SPEC; raymaas predict takes the same as options)\n"
+            "(YAML keys; override any with --set FIELD=VALUE):\n"
+        )
+        print(format_table(["field", "default", "description"], rows))
+        return 0
     kind = get_kind(args.kind)
     rows = [[name, default, description] for name, default, description in describe_fields(kind.load_spec_model())]
     print(
@@ -612,7 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="list a spec's fields, defaults and meaning", description=cmd_explain.__doc__
     )
     explain.add_argument(
-        "kind", nargs="?", default="supervised", choices=sorted(KINDS), help="job kind (default: supervised)"
+        "kind",
+        nargs="?",
+        default="supervised",
+        choices=[*sorted(KINDS), "predict"],
+        help="job kind, or predict for batch scoring (default: supervised)",
     )
     explain.set_defaults(func=cmd_explain)
 

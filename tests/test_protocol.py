@@ -305,11 +305,18 @@ def test_class_probabilities_when_asked_and_bad_params_are_422(tmp_path):
     from raymaas.modelcode.pyfunc import log_classifier
     from raymaas.serving.following import without_input_check
 
+    # A store of its own and an experiment of its own in it: the fluent API remembers the last
+    # experiment an earlier test in this process set, which this store does not have.
+    saved_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
-    with mlflow.start_run():
-        info = log_classifier(torch.nn.Linear(4, 2), x, classes=["ham", "spam"])
-    model = mlflow.pyfunc.load_model(info.model_uri)
+    try:
+        experiment = mlflow.create_experiment("probabilities", artifact_location=str(tmp_path / "artifacts"))
+        x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_classifier(torch.nn.Linear(4, 2), x, classes=["ham", "spam"])
+        model = mlflow.pyfunc.load_model(info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
     signature = model.metadata.signature
     body = json.dumps({"inputs": x.tolist(), "params": {"probabilities": True}}).encode()
     data, params = parse_scoring_request(body, "application/json", signature)

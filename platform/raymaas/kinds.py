@@ -26,12 +26,18 @@ class JobKind:
     higher_is_better: bool
     title: str  # one line for --help and `raymaas explain`
     entrypoint: str = "jobs.run"  # `python -m ENTRYPOINT SPEC`: what `raymaas train` runs
+    # "module:attribute", a raymaas.sweep.job.Trials for this kind's specs: the parts of a job a
+    # sweep runs once per trial. None: the kind's specs take no tune_config.
+    sweep: str | None = None
 
     def load_spec_model(self) -> type:
         return _import(self.spec_model)
 
     def load_run(self) -> Callable[..., Any]:
         return _import(self.run)
+
+    def load_sweep(self) -> Any:
+        return _import(self.sweep) if self.sweep else None
 
 
 KINDS: dict[str, JobKind] = {
@@ -44,6 +50,7 @@ KINDS: dict[str, JobKind] = {
             gate_metric="val_accuracy",
             higher_is_better=True,
             entrypoint="jobs.supervised",
+            sweep="raymaas.supervised.job:TRIALS",
             title="a PyTorch model trained with Ray Train (DDP over num_workers workers)",
         ),
         JobKind(
@@ -57,6 +64,11 @@ KINDS: dict[str, JobKind] = {
         ),
     )
 }
+
+
+# `python -m jobs.sweep SPEC`: what `raymaas train` runs for a spec with tune_config, of any kind
+# whose row names its Trials.
+SWEEP_ENTRYPOINT = "jobs.sweep"
 
 
 # Metrics for which a lower value is the better model: the gate's direction for a metric a

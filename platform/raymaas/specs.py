@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raymaas.sweep.space import TuneConfigSpec
 
 # A spec that fails validation exits with this code, before anything is started.
 EXIT_INVALID_SPEC = 2
@@ -42,6 +44,14 @@ class JobSpec(SpecModel):
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="MLflow experiment, run and registry names")
 
     @property
+    def is_sweep(self) -> bool:
+        return False
+
+    def tracked_params(self) -> dict[str, Any]:
+        """The spec as MLflow params: its dotted fields."""
+        return flatten(self.model_dump(mode="json"))
+
+    @property
     def experiment_name(self) -> str:
         return self.mlflow.experiment_name or self.name
 
@@ -58,6 +68,50 @@ class JobSpec(SpecModel):
 
     def default_gate_metric(self, kind) -> str:
         return kind.gate_metric
+
+
+class TrainingJobSpec(JobSpec):
+    """A spec of a kind that trains a model: it may also be a sweep of such jobs on Ray Tune."""
+
+    tune_config: TuneConfigSpec | None = Field(
+        None, description="a sweep: ray.tune.TuneConfig for the trials (with param_space)"
+    )
+    param_space: dict[str, Any] | None = Field(
+        None,
+        description="a sweep: dotted spec fields and their search space, e.g. "
+        "train_loop_config.lr: {loguniform: [1.0e-4, 1.0e-2]}; choice, grid_search, uniform, loguniform, randint",
+    )
+
+    @field_validator("param_space")
+    @classmethod
+    def _dotted_fields(cls, space):
+        from raymaas.sweep.space import flatten_space
+
+        return None if space is None else flatten_space(space)
+
+    @model_validator(mode="after")
+    def _space_fits_the_spec(self):
+        if self.tune_config is None and self.param_space is None:
+            return self
+        if self.tune_config is None or not self.param_space:
+            raise ValueError("a sweep has both tune_config and param_space (one field at least)")
+        from raymaas.kinds import get_kind
+        from raymaas.sweep.space import check_space, parse_space
+
+        kind = get_kind(self.kind)
+        if kind.sweep is None:
+            raise ValueError(f"tune_config: sweeps of {kind.name} jobs are not supported yet")
+        base = self.model_dump(mode="json", exclude={"tune_config", "param_space"})
+        check_space(type(self), base, parse_space(self.param_space))
+        return self
+
+    @property
+    def is_sweep(self) -> bool:
+        return self.tune_config is not None
+
+    def tracked_params(self) -> dict[str, Any]:
+        """The spec as MLflow params: dotted fields (a single job's run has no sweep sections)."""
+        return flatten(self.model_dump(mode="json", exclude=None if self.is_sweep else {"tune_config", "param_space"}))
 
 
 @dataclass(frozen=True)
@@ -139,7 +193,7 @@ def validate_spec(model: type[SpecT], data: dict, source: str = "spec") -> SpecT
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid spec {source}:"]
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        field = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; `raymaas explain` lists the fields)"
@@ -149,7 +203,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         msg = msg.removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {field}: {msg}{shown}")
+        # a check across fields names the fields in its message
+        lines.append(f"  {field}: {msg}{shown}" if field else f"  {msg}")
     return "\n".join(lines)
 
 

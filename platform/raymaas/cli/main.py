@@ -26,7 +26,7 @@ from pathlib import Path
 from raymaas import paths
 from raymaas.cli.args import positive_int
 from raymaas.cli.predict import add_parser as add_predict_parser
-from raymaas.kinds import KINDS, JobKind, UnknownKind, get_kind, kind_of
+from raymaas.kinds import KINDS, SWEEP_ENTRYPOINT, JobKind, UnknownKind, get_kind, kind_of
 from raymaas.serving.ingress import INGRESSES
 from raymaas.specs import EXIT_INVALID_SPEC, SpecError, describe_fields, load_spec, read_spec_file
 
@@ -66,14 +66,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     except UnknownKind as err:
         raise CliError(f"{err} in {spec_path}", EXIT_INVALID_SPEC) from None
     try:
-        validate_job_spec(kind, spec_path, args.set)
+        spec = validate_job_spec(kind, spec_path, args.set)
     except SpecError as err:
         raise CliError(str(err), EXIT_INVALID_SPEC) from None
     try:
         root = paths.project_root(spec_path)
     except paths.ProjectNotFound as err:
         raise CliError(str(err)) from None
-    module = kind.entrypoint
+    module = SWEEP_ENTRYPOINT if spec.is_sweep else kind.entrypoint
     if not (root / (module.replace(".", "/") + ".py")).is_file():
         raise CliError(f"no entrypoint {module} in {root} for {kind.name} jobs")
     if args.address:
@@ -90,9 +90,9 @@ def job_kind(spec_path: Path, overrides: Sequence[str] = ()) -> str:
         return "supervised"
 
 
-def validate_job_spec(kind: JobKind, spec_path: Path, overrides: Sequence[str]) -> None:
+def validate_job_spec(kind: JobKind, spec_path: Path, overrides: Sequence[str]):
     """Validate exactly what the job's entrypoint will, so a bad spec never reaches a cluster."""
-    load_spec(kind.load_spec_model(), spec_path, overrides)
+    return load_spec(kind.load_spec_model(), spec_path, overrides)
 
 
 def run_local(root: Path, module: str, spec_path: Path, overrides: Sequence[str]) -> int:

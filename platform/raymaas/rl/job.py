@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from raymaas.modelcode.policy import Evaluation
 from raymaas.rl.export import greedy_actions
-from raymaas.specs import JobSpec, SpecError, SpecModel
+from raymaas.specs import SpecError, SpecModel, TrainingJobSpec
 
 # The RLlib config class of each algorithm, imported only when a spec is validated.
 ALGO_CONFIGS = {"ppo": "ray.rllib.algorithms.ppo:PPOConfig", "dqn": "ray.rllib.algorithms.dqn:DQNConfig"}
@@ -67,7 +67,7 @@ class RLCheckpointSpec(SpecModel):
     )
 
 
-class RLSpec(JobSpec):
+class RLSpec(TrainingJobSpec):
     kind: Literal["rl"] = Field("rl", description="job kind: picks the entrypoint `raymaas train` runs")
     algo: Literal["ppo", "dqn"] = Field(..., description="RLlib algorithm: ppo (PPOConfig) or dqn (DQNConfig)")
     env: str = Field("CartPole-v1", description="gymnasium env id: a flat Box observation and a Discrete action space")

@@ -23,7 +23,7 @@ from typing import Any
 
 from raymaas import paths
 from raymaas.kinds import JobKind
-from raymaas.specs import JobSpec, flatten
+from raymaas.specs import JobSpec
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,11 @@ def run_job(
     # While Ray starts (seconds, mostly waiting on its processes): open the store (a new
     # SQLite store runs MLflow's migrations) and import what the kind will import anyway.
     opening = in_background(tracking.get_client, tracking_uri, name="raymaas-mlflow")
-    # One thread, in order; not waited for: an import here that meets one still running waits.
-    in_background(lambda: [importlib.import_module(m) for m in warm_imports], name="raymaas-imports")
+    # One thread, in order; waited for before train: torch's packages import each other in
+    # circles, and the same package imported by two threads at once can come back half
+    # initialised ("cannot import name 'IndentedBuffer' from partially initialized module
+    # 'torch._inductor.utils'", seen once in an RL job).
+    warming = in_background(lambda: [importlib.import_module(m) for m in warm_imports], name="raymaas-imports")
     # The job prints its own progress; what Ray's processes print stays in Ray's log folder.
     cluster.connect(
         address, num_cpus=num_cpus, py_modules=list(py_modules), prestart_workers=prestart_workers, log_to_driver=False
@@ -153,7 +156,7 @@ def run_job(
         client,
         spec.experiment_name,
         run_name,
-        params=flatten(spec.model_dump(mode="json")),
+        params=spec.tracked_params(),
         tags={"raymaas.job_kind": kind.name, "ray_version": ray.__version__, **tags},
     )
     print(
@@ -164,6 +167,7 @@ def run_job(
     job = Job(spec, kind, client, job_run, tracking_uri, storage_path)
     try:
         with final_status(client, job_run.run_id) as status:
+            warming.result()
             trained = train(job, prepared)
             published = publish_model(client, job_run.run_id, spec, gate, trained)
             status.set("FINISHED")

@@ -16,14 +16,17 @@ from raymaas.specs import EXIT_INVALID_SPEC, SpecError, load_spec, read_spec_fil
 EXIT_NO_RESOURCES = 3
 
 
-def main(argv: list[str] | None = None, kind: str | None = None) -> int:
-    """Validate the spec, run its job (kind, else the spec's own), print the outcome."""
+def main(argv: list[str] | None = None, kind: str | None = None, sweep: bool = False) -> int:
+    """Validate the spec, run its job (kind, else the spec's own), print the outcome. A spec
+    with tune_config runs as a sweep (raymaas.sweep.job); sweep=True refuses any other."""
     from raymaas.kinds import UnknownKind, get_kind, kind_of
 
-    prog = f"python -m jobs.{kind}" if kind else "python -m jobs.run"
+    prog = "python -m jobs.sweep" if sweep else f"python -m jobs.{kind}" if kind else "python -m jobs.run"
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=f"Run a {kind or 'raymaas'} job from its YAML spec.",
+        description="Run a sweep (a spec with tune_config and param_space) on Ray Tune."
+        if sweep
+        else f"Run a {kind or 'raymaas'} job from its YAML spec.",
         epilog=__doc__.split("\n\n")[1].replace("\n", " "),
     )
     parser.add_argument("spec", help="YAML spec, e.g. jobs/specs/digits_debug.yaml")
@@ -33,6 +36,8 @@ def main(argv: list[str] | None = None, kind: str | None = None) -> int:
     try:
         job_kind = get_kind(kind or kind_of(read_spec_file(Path(args.spec), args.set)))
         spec = load_spec(job_kind.load_spec_model(), args.spec, args.set)
+        if sweep and not spec.is_sweep:
+            raise SpecError(f"{args.spec} is not a sweep: it has no tune_config (run it with python -m jobs.run)")
     except (SpecError, UnknownKind) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID_SPEC
@@ -40,7 +45,12 @@ def main(argv: list[str] | None = None, kind: str | None = None) -> int:
     from raymaas.runtime.cluster import ResourceError
 
     try:
-        outcome = job_kind.load_run()(spec, address=args.address)
+        if spec.is_sweep:
+            from raymaas.sweep.job import run_sweep
+
+            outcome = run_sweep(spec, job_kind, address=args.address)
+        else:
+            outcome = job_kind.load_run()(spec, address=args.address)
     except ResourceError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NO_RESOURCES

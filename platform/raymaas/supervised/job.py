@@ -13,11 +13,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from raymaas.specs import JobSpec, SpecModel
+from raymaas.specs import SpecModel, TrainingJobSpec
 from raymaas.supervised.data import BUILTIN_TASKS, DataSpec
 from raymaas.supervised.loop import TrainLoopConfig
 from raymaas.supervised.metrics import task_metric_names
 from raymaas.supervised.models import BUILTIN_MODELS, ModelSpec
+from raymaas.sweep.job import Trials
 
 
 class ScalingSpec(SpecModel):
@@ -46,7 +47,7 @@ class TrainCheckpointSpec(SpecModel):
     num_to_keep: int = Field(2, ge=1, description="newest checkpoints kept in storage")
 
 
-class SupervisedSpec(JobSpec):
+class SupervisedSpec(TrainingJobSpec):
     kind: Literal["supervised"] = Field("supervised", description="job kind: picks the entrypoint `raymaas train` runs")
     task: Literal["classification", "regression"] = Field(
         "classification", description="classification (a label per row) or regression (one or more numbers per row)"
@@ -87,68 +88,100 @@ class SupervisedSpec(JobSpec):
 def run_training(spec: SupervisedSpec, address: str | None = None):
     """Run the job on Ray Train, track it as one MLflow run, register and gate the model;
     a raymaas.runtime.driver.JobOutcome."""
-    import os
-
     from raymaas.kinds import get_kind
-    from raymaas.runtime import cluster
     from raymaas.runtime.driver import run_job
-
-    scaling = spec.scaling_config
-    workers = max(1, scaling.num_workers)
-    needed_cpus = workers * scaling.resources_per_worker.get("CPU", 1)
-    user_code = [] if spec.model.name in BUILTIN_MODELS else [cluster.package_dir_of(spec.model.name.split(":")[0])]
-
-    def prepare(storage_path: str):
-        from raymaas.supervised.data import prepare_data
-
-        use_gpu = cluster.resolve_use_gpu(scaling.use_gpu)
-        per_worker = dict(scaling.resources_per_worker)
-        if use_gpu:
-            per_worker.setdefault("GPU", 1)
-        need = {k: v * workers for k, v in per_worker.items()}
-        cluster.wait_for_resources(need, scaling.placement_timeout_s, bundles=[per_worker] * workers)
-        data = prepare_data(spec.data, spec.train_loop_config.seed, spec.task)
-        tags = {
-            "task": spec.task,
-            **data.notes,
-            "num_workers": str(scaling.num_workers),
-            "device": "cuda" if use_gpu else "cpu",
-            "torch_backend": "nccl" if use_gpu else "gloo",
-        }
-        return (data, use_gpu, per_worker), tags
 
     return run_job(
         spec,
         get_kind("supervised"),
         address,
-        prepare=prepare,
+        prepare=lambda storage_path: _prepare(spec, storage_path),
         train=_fit,
+        **_connect_options(spec),
+    )
+
+
+def _worker_resources(spec: SupervisedSpec) -> tuple[bool, dict[str, float], int]:
+    """Whether the workers use GPUs, what each reserves, and how many there are."""
+    from raymaas.runtime import cluster
+
+    scaling = spec.scaling_config
+    use_gpu = cluster.resolve_use_gpu(scaling.use_gpu)
+    per_worker = dict(scaling.resources_per_worker)
+    if use_gpu:
+        per_worker.setdefault("GPU", 1)
+    return use_gpu, per_worker, max(1, scaling.num_workers)
+
+
+def _trial_resources(spec: SupervisedSpec) -> dict[str, float]:
+    """What one run of spec reserves on the cluster: its workers' resources, all together."""
+    _, per_worker, workers = _worker_resources(spec)
+    return {k: v * workers for k, v in per_worker.items()}
+
+
+def _connect_options(spec: SupervisedSpec, concurrent: int = 1) -> dict:
+    """cluster.connect's options for concurrent runs of spec at once."""
+    import os
+
+    from raymaas.runtime import cluster
+
+    scaling = spec.scaling_config
+    needed_cpus = concurrent * max(1, scaling.num_workers) * scaling.resources_per_worker.get("CPU", 1)
+    user_code = [] if spec.model.name in BUILTIN_MODELS else [cluster.package_dir_of(spec.model.name.split(":")[0])]
+    return {
         # Logical CPUs for a local Ray: the workers' own, plus room for Ray Data's read
         # tasks, which would otherwise wait behind the workers for a free CPU.
-        num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed_cpus)) + 2),
-        py_modules=[d for d in user_code if d],
+        "num_cpus": max(os.cpu_count() or 1, int(np.ceil(needed_cpus)) + 2),
+        "py_modules": [d for d in user_code if d],
         # torch.export (the registered model) and matplotlib (the plots): imported while Ray
         # starts and the workers train, not after.
-        warm_imports=("torch.export", "matplotlib.pyplot"),
-    )
+        "warm_imports": ("torch.export", "matplotlib.pyplot"),
+    }
+
+
+def _prepare(spec: SupervisedSpec, storage_path: str):
+    """Once Ray is up and before the run exists: the resources are there, the data is read."""
+    from raymaas.runtime import cluster
+    from raymaas.supervised.data import prepare_data
+
+    scaling = spec.scaling_config
+    use_gpu, per_worker, workers = _worker_resources(spec)
+    need = {k: v * workers for k, v in per_worker.items()}
+    cluster.wait_for_resources(need, scaling.placement_timeout_s, bundles=[per_worker] * workers)
+    data = prepare_data(spec.data, spec.train_loop_config.seed, spec.task)
+    tags = {
+        "task": spec.task,
+        **data.notes,
+        "num_workers": str(scaling.num_workers),
+        "device": "cuda" if use_gpu else "cpu",
+        "torch_backend": "nccl" if use_gpu else "gloo",
+    }
+    return (data, use_gpu, per_worker), tags
 
 
 def _fit(job, prepared):
     """TorchTrainer.fit, then the model of its last checkpoint, with its plots."""
+    return _model_of(job, prepared, _run_trainer(job, prepared))
+
+
+def _run_trainer(job, prepared, in_tune: bool = False):
+    """TorchTrainer.fit; the checkpoint of its last epoch. in_tune: inside a sweep's trial,
+    each epoch's metrics also go to Tune (its scheduler compares trials on them)."""
     import ray.train
-    import torch
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raymaas.runtime.driver import TrainedModel
     from raymaas.runtime.lifecycle import call_interruptibly
     from raymaas.supervised.logger import make_mlflow_callback
-    from raymaas.supervised.loop import STATE_FILE, WorkerConfig, train_loop_per_worker
-    from raymaas.supervised.models import build_model
-    from raymaas.tracking import plots
+    from raymaas.supervised.loop import WorkerConfig, train_loop_per_worker
 
     spec: SupervisedSpec = job.spec
     data, use_gpu, per_worker = prepared
     config = WorkerConfig(train_loop_config=spec.train_loop_config, model=spec.model, data=data.worker)
+    callbacks = [make_mlflow_callback(job.tracking_uri, job.run_id)]
+    if in_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config.model_dump(mode="json"),
@@ -161,14 +194,28 @@ def _fit(job, prepared):
             storage_path=job.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=spec.failure_config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint_config.num_to_keep),
-            callbacks=[make_mlflow_callback(job.tracking_uri, job.run_id)],
+            callbacks=callbacks,
         ),
         datasets=data.datasets,
     )
+    if in_tune:  # a trial's progress is the sweep driver's to print
+        return trainer.fit().checkpoint
     with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs):
-        result = call_interruptibly(trainer.fit)
+        return call_interruptibly(trainer.fit).checkpoint
 
-    with result.checkpoint.as_directory() as folder:
+
+def _model_of(job, prepared, checkpoint):
+    """The trained model of a checkpoint of job, with its plots and tables."""
+    import torch
+
+    from raymaas.runtime.driver import TrainedModel
+    from raymaas.supervised.loop import STATE_FILE
+    from raymaas.supervised.models import build_model
+    from raymaas.tracking import plots
+
+    spec: SupervisedSpec = job.spec
+    data = prepared[0]
+    with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
     worker = data.worker
     targets = worker.targets
@@ -315,3 +362,22 @@ class _EpochPrinter:
                 flush=True,
             )
             self.printed = epoch
+
+
+def _budget(spec: SupervisedSpec) -> int:
+    return spec.train_loop_config.epochs
+
+
+def _trial_fit(job, prepared):
+    return _run_trainer(job, prepared, in_tune=True)
+
+
+# What a sweep of supervised specs runs per trial (raymaas.sweep.job); named in raymaas.kinds.
+TRIALS = Trials(
+    connect_options=_connect_options,
+    resources=_trial_resources,
+    budget=_budget,
+    prepare=_prepare,
+    fit=_trial_fit,
+    model_of=_model_of,
+)

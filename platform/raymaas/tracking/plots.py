@@ -87,3 +87,25 @@ def residuals_figure(actual: np.ndarray, predicted: np.ndarray, names: Sequence[
         ax.set_title(title if k == 1 else f"{title}: {names[i]}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def param_figure(field: str, points: Sequence[tuple[object, float]], metric: str, log_x: bool = False):
+    """A sweep's trials: one searched field's value against the metric, a point per trial.
+    Numbers on a numeric axis (log for a loguniform field); other values as categories."""
+    fig, ax = _figure()
+    numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x, _ in points)
+    if numeric:
+        ax.scatter([x for x, _ in points], [y for _, y in points])
+        if log_x:
+            ax.set_xscale("log")
+    else:
+        labels = sorted({str(x) for x, _ in points})
+        where = {label: i for i, label in enumerate(labels)}
+        ax.scatter([where[str(x)] for x, _ in points], [y for _, y in points])
+        ax.set_xticks(range(len(labels)), labels=labels)
+    ax.set_xlabel(field)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} by {field}, a point per trial")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -46,13 +46,8 @@ def start_job_run(
 ) -> JobRun:
     """Continue the run of this job if one exists (same run name), otherwise create it."""
     experiment_id = ensure_experiment(client, experiment_name)
-    existing = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{JOB_KEY_TAG}` = '{run_name}'",
-        max_results=1,
-    )
-    if existing:
-        run = existing[0]
+    run = find_job_run(client, experiment_id, run_name)
+    if run is not None:
         if run.info.status == "FINISHED":
             raise RuntimeError(
                 f"run {run_name!r} already finished (MLflow run {run.info.run_id}); "
@@ -64,6 +59,12 @@ def start_job_run(
     run = client.create_run(experiment_id, run_name=run_name, tags={JOB_KEY_TAG: run_name, **tags})
     log_params(client, run.info.run_id, params)
     return JobRun(run.info.run_id, experiment_id, run_name, client.tracking_uri, resumed=False)
+
+
+def find_job_run(client: MlflowClient, experiment_id: str, run_name: str):
+    """The MLflow run of the job called run_name in the experiment, or None."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{JOB_KEY_TAG}` = '{run_name}'", max_results=1)
+    return found[0] if found else None
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:

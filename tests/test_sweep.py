@@ -1,0 +1,241 @@
+"""Sweeps on Ray Tune: spaces checked against the spec before anything starts; a real sweep of
+the debug spec on the test head, stopped half way and resubmitted, as one parent run with one
+child run per trial and one registered version from the best trial."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import REPO, run_job, wait_for
+
+SWEEP_SPEC = REPO / "jobs/specs/digits_sweep_debug.yaml"
+
+
+def _load(*overrides: str):
+    from raymaas.specs import load_spec
+    from raymaas.supervised.job import SupervisedSpec
+
+    return load_spec(SupervisedSpec, SWEEP_SPEC, overrides)
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        # a range that can draw a value the field refuses
+        (
+            "param_space.train_loop_config.lr={uniform: [-0.01, 0.01]}",
+            "param_space.train_loop_config.lr: uniform([-0.01, 0.01]) can draw -0.01, which the spec refuses: "
+            "train_loop_config.lr: Input should be greater than 0",
+        ),
+        (
+            "param_space.scaling_config.num_workers={uniform: [1, 3]}",
+            "scaling_config.num_workers: Input should be a valid integer, got a number with a fractional part",
+        ),
+        ("param_space.train_loop_config.epochs={randint: [0, 4]}", "randint([0, 4]) can draw 0"),
+        ("param_space.model.name={choice: [mlp, resnet]}", "can draw 'resnet', which the spec refuses"),
+        # a choice that breaks a rule across fields
+        ("param_space.data.source={choice: [digits, diabetes]}", "'diabetes' is a data set for regression"),
+        # fields that do not exist, or name the sweep itself
+        ("param_space.train_loop_config.lrr={loguniform: [0.001, 0.01]}", "train_loop_config.lrr is unknown"),
+        ("param_space.mlflow.run_name={choice: [a, b]}", "mlflow names the sweep itself"),
+        # domains Tune cannot take
+        ("param_space.train_loop_config.lr={loguniform: [0, 0.1]}", "loguniform needs low > 0"),
+        ("param_space.train_loop_config.lr={normal: [0.01, 0.001]}", "unknown search space 'normal'"),
+        ("param_space.train_loop_config.lr={uniform: [0.1, 0.01]}", "uniform needs low < high"),
+        ("param_space.train_loop_config.lr=0.01", "one of choice, grid_search, uniform, loguniform, randint"),
+        ("param_space.model.hidden_sizes={choice: []}", "choice takes a list"),
+        ("tune_config.scheduler=hyperband", "tune_config.scheduler: Input should be 'fifo' or 'asha'"),
+        ("tune_config.num_samples=0", "tune_config.num_samples: Input should be greater than or equal to 1"),
+    ],
+)
+def test_a_space_that_can_draw_what_the_spec_refuses_is_named(override, says):
+    from raymaas.specs import SpecError
+
+    with pytest.raises(SpecError) as err:
+        _load(override)
+    assert says in str(err.value), str(err.value)
+
+
+def test_sweep_sections_nested_or_dotted_and_tunes_own_space():
+    """Nested sections (as --set writes them) read as dotted fields; a list of lists is searched
+    by index (Optuna's categories are scalars) and decoded back to the spec's values."""
+    from ray import tune
+
+    from raymaas.sweep.job import decode, tune_space
+    from raymaas.sweep.space import parse_space
+
+    spec = _load("param_space.train_loop_config.batch_size={choice: [32, 64]}")
+    assert spec.is_sweep
+    assert list(spec.param_space) == ["train_loop_config.lr", "model.hidden_sizes", "train_loop_config.batch_size"]
+    domains = parse_space(spec.param_space)
+    space = tune_space(domains)
+    assert space["model.hidden_sizes"] == tune.grid_search([0, 1])
+    assert space["train_loop_config.batch_size"].categories == [32, 64]
+    assert space["train_loop_config.lr"].lower == pytest.approx(1e-3)
+    values = decode(
+        domains, {"train_loop_config.lr": 0.004, "model.hidden_sizes": 1, "train_loop_config.batch_size": 64}
+    )
+    assert values == {"train_loop_config.lr": 0.004, "model.hidden_sizes": [64], "train_loop_config.batch_size": 64}
+
+
+def test_a_bad_sweep_exits_2_before_anything_starts(tmp_path):
+    """Through `raymaas train`: exit 2 naming the field, and no store or Ray made."""
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raymaas.cli",
+            "train",
+            str(SWEEP_SPEC),
+            "--set",
+            "param_space.train_loop_config.lr={uniform: [0, 0.1]}",
+        ],
+        env={**_plain_env(), "RAYMAAS_HOME": str(home)},
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "param_space.train_loop_config.lr: uniform([0, 0.1]) can draw 0.0" in proc.stderr
+    assert list(home.iterdir()) == []
+    rl = subprocess.run(
+        [sys.executable, "-m", "jobs.sweep", str(REPO / "jobs/specs/cartpole_ppo_debug.yaml")],
+        env={**_plain_env(), "RAYMAAS_HOME": str(home)},
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rl.returncode == 2 and "is not a sweep: it has no tune_config" in rl.stderr, rl.stderr
+
+
+def _plain_env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
+
+
+@pytest.mark.slow
+def test_sweep_stopped_and_resubmitted_is_one_parent_one_child_per_trial_one_version(ray_head, mlflow_client):
+    """Four trials of the debug spec (ASHA): SIGTERM (what `ray job stop` sends) once a trial has
+    ended leaves the parent and its running children KILLED; the same command again continues the
+    parent, keeps the ended trial's run as it was, and registers the best trial's model once."""
+    args = [
+        "jobs.sweep",
+        str(SWEEP_SPEC),
+        "--set",
+        "name=test-sweep",
+        "--set",
+        "mlflow.run_name=test-sweep-1",
+        "--set",
+        "tune_config.max_concurrent_trials=2",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        env=ray_head.env,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(first.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any(" ended" in line for line in lines) or first.poll() is not None, 400, "a trial's end", 0.2)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert first.returncode == 128 + signal.SIGTERM, output[-4000:]
+
+    experiment = mlflow_client.get_experiment_by_name("test-sweep").experiment_id
+    (parent,) = mlflow_client.search_runs([experiment], filter_string="tags.`raymaas.sweep` = 'parent'")
+    assert parent.info.status == "KILLED"
+    children = _children(mlflow_client, experiment, parent.info.run_id)
+    assert children and all(c.info.status != "RUNNING" for c in children.values())
+    before = {tid: _steps(mlflow_client, c.info.run_id) for tid, c in children.items() if c.info.status == "FINISHED"}
+
+    second = run_job(args, env=ray_head.env, timeout=600)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    assert "[continuing]" in second.stdout and "continuing the sweep's trials" in second.stdout
+
+    parent = mlflow_client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    children = _children(mlflow_client, experiment, parent.info.run_id)
+    assert len(children) == 4  # one per trial, across both attempts
+    for tid, steps in before.items():  # ended before the stop: not trained again
+        assert _steps(mlflow_client, children[tid].info.run_id) == steps
+    for tid, child in children.items():
+        assert child.info.status == "FINISHED", (tid, child.data.tags.get("raymaas.error"))
+        steps = _steps(mlflow_client, child.info.run_id)
+        assert steps == list(range(len(steps))) and 1 <= len(steps) <= 3, (tid, steps)  # each epoch once
+        early = child.data.tags.get("raymaas.stopped_early")  # "asha after epoch N"
+        if early is None:
+            assert len(steps) == 3, (tid, steps)
+        else:  # the run may log an epoch more while the stop reaches the trial
+            assert early.startswith("asha after epoch ") and int(early.split()[-1]) <= min(len(steps), 2), early
+        assert child.data.params["scaling_config.num_workers"] == "1"
+        assert "tune_config.num_samples" not in child.data.params  # a trial's params are its job's
+
+    best_id = parent.data.tags["raymaas.best_trial"]
+    best = children[best_id]
+    accuracies = {tid: c.data.metrics["val_accuracy"] for tid, c in children.items()}
+    assert accuracies[best_id] == max(accuracies.values())
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(accuracies[best_id])
+    assert parent.data.params["best.train_loop_config.lr"] == best.data.params["train_loop_config.lr"]
+    assert parent.data.params["tune_config.scheduler"] == "asha"
+    assert parent.data.params["param_space.train_loop_config.lr.loguniform"] == "[0.001, 0.02]"
+    trials = json.loads(_artifact_text(mlflow_client, parent.info.run_id, "trials.json"))
+    assert sorted(row[0] for row in trials["data"]) == sorted(children)
+    plots = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/param_train_loop_config.lr.png", "plots/param_model.hidden_sizes.png"}
+
+    (version,) = mlflow_client.search_model_versions("name='test-sweep'")  # only the best trial's
+    assert version.run_id == best.info.run_id
+    mv = mlflow_client.get_model_version("test-sweep", version.version)
+    assert mv.tags["raymaas.trial_id"] == best_id
+    assert mv.tags["raymaas.trial.model.hidden_sizes"] == best.data.params["model.hidden_sizes"]
+    assert float(mv.tags["raymaas.gate_value"]) == pytest.approx(accuracies[best_id])
+    assert "champion" in mv.aliases
+
+
+def _children(client, experiment: str, parent_run_id: str) -> dict:
+    runs = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    ids = [r.data.tags["raymaas.trial_id"] for r in runs]
+    assert len(ids) == len(set(ids)), ids  # never two runs for one trial
+    return dict(zip(ids, runs))
+
+
+def _steps(client, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "val_accuracy"))
+
+
+def _artifact_text(client, run_id: str, path: str) -> str:
+    from pathlib import Path
+
+    return Path(client.download_artifacts(run_id, path)).read_text()
+
+
+def test_rl_sweeps_are_refused_with_a_reason():
+    from raymaas.rl.job import RLSpec
+    from raymaas.specs import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="sweeps of rl jobs are not supported yet"):
+        load_spec(
+            RLSpec,
+            REPO / "jobs/specs/cartpole_ppo_debug.yaml",
+            ["tune_config.num_samples=2", "param_space.training.lr={loguniform: [0.0001, 0.01]}"],
+        )

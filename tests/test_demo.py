@@ -171,8 +171,11 @@ def mlflow_server(demo_home, second_demo):
 
 def test_first_demo_shows_every_stage_and_what_the_endpoints_answered(first_demo):
     out = first_demo.output
-    for number in range(1, 7):
-        assert f"[{number}/6]" in out, out
+    for number in range(1, 8):
+        assert f"[{number}/7]" in out, out
+    # the sweep stage: trials followed, the best trial's model registered
+    assert re.search(r"trials started 4, ended 4", out), out
+    assert re.search(r"digits-sweep-debug version \d+: val_accuracy 0\.\d+ -> (champion|candidate)", out), out
     # progress: epochs of the classifier, env steps of the policies, a time for each stage
     assert re.search(r"epoch 3/3 +val_accuracy 0\.\d+", out), out
     assert re.search(r"env steps [\d,]+/1,500", out), out

@@ -52,6 +52,7 @@ def _load(*overrides: str):
         ("param_space.model.hidden_sizes={choice: []}", "choice takes a list"),
         ("tune_config.scheduler=hyperband", "tune_config.scheduler: Input should be 'fifo' or 'asha'"),
         ("tune_config.num_samples=0", "tune_config.num_samples: Input should be greater than or equal to 1"),
+        ("tune_config.metric=val_rmse", "tune_config.metric 'val_rmse': a classification job logs val_loss, val_accuracy"),
     ],
 )
 def test_a_space_that_can_draw_what_the_spec_refuses_is_named(override, says):

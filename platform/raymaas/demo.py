@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raymaas import paths, tracking
-from raymaas.kinds import get_kind
+from raymaas.kinds import SWEEP_ENTRYPOINT, get_kind
 from raymaas.serving.ingress import prepare_local_ingress
 from raymaas.specs import load_spec
 
@@ -38,15 +38,26 @@ class Stage:
     kind: str  # a row of raymaas.kinds
     spec: str  # relative to the project root
     overrides: tuple[str, ...] = ()  # --set arguments
+    sweep: bool = False  # a spec with tune_config: jobs.sweep, its best trial's model
 
     @property
     def module(self) -> str:
-        return get_kind(self.kind).entrypoint
+        return SWEEP_ENTRYPOINT if self.sweep else get_kind(self.kind).entrypoint
 
+
+# Four trials of a small digits MLP (a learning rate drawn twice for each of two layer sizes),
+# two at a time, ASHA stopping the weak ones: about a minute and a half on 2 cores.
+_SWEEP_STAGE = Stage(
+    "a sweep of the digits classifier on Ray Tune (4 trials, ASHA)",
+    "supervised",
+    "jobs/specs/digits_sweep_debug.yaml",
+    sweep=True,
+)
 
 STAGES = {
     "full": (
         Stage("digits classifier on Ray Train (2 workers)", "supervised", "jobs/specs/digits_mlp.yaml"),
+        _SWEEP_STAGE,
         # Each policy gets at most 3 minutes here, so the demo ends within 10 on 2 cores; both
         # solve CartPole well inside that (see the README's figures), the full specs allow 10.
         Stage("PPO on CartPole-v1 (RLlib)", "rl", "jobs/specs/cartpole_ppo.yaml", ("stop.max_seconds=180",)),
@@ -55,6 +66,7 @@ STAGES = {
     # Small and fast: what the test runs (the RL policies do not solve CartPole here).
     "debug": (
         Stage("digits classifier on Ray Train (2 workers, debug)", "supervised", "jobs/specs/digits_debug.yaml"),
+        _SWEEP_STAGE,
         Stage("PPO on CartPole-v1 (RLlib, debug)", "rl", "jobs/specs/cartpole_ppo_debug.yaml"),
         Stage("DQN on CartPole-v1 (RLlib, debug)", "rl", "jobs/specs/cartpole_dqn_debug.yaml"),
     ),
@@ -213,7 +225,19 @@ class _Watcher:
             return
         m = run.data.metrics
         elapsed = time.monotonic() - self.started
-        if self.kind == "supervised":
+        if self.spec.is_sweep:
+            trials = self.client.search_runs(
+                [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'"
+            )
+            if not trials:
+                return
+            ended = sum(t.info.status != "RUNNING" for t in trials)
+            scores = [t.data.metrics["val_accuracy"] for t in trials if "val_accuracy" in t.data.metrics]
+            epochs = sum(len(self.client.get_metric_history(t.info.run_id, "val_accuracy")) for t in trials)
+            key = (len(trials), ended, epochs)
+            text = f"trials started {len(trials)}, ended {ended}, epochs {epochs}"
+            text += f"  best val_accuracy so far {max(scores):.3f}" if scores else ""
+        elif self.kind == "supervised":
             # The epoch is each metric's step.
             history = self.client.get_metric_history(self.run_id, "val_accuracy")
             if not history:
@@ -264,6 +288,8 @@ def _find_run(client, experiment_name: str, run_name: str):
 
 def _outcome(client, stage: Stage, spec, run_name: str, seconds: float) -> Trained:
     run = _find_run(client, spec.experiment_name, run_name)
+    if stage.sweep:  # the model is the best trial's, registered from its child run
+        run = client.get_run(run.data.tags["raymaas.best_run_id"])
     name = spec.registered_model_name
     version = next(v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run.info.run_id)
     # search_model_versions leaves aliases out; get_model_version has them.
@@ -459,7 +485,8 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     progress.stage(len(stages) + 1, f"scoring the held-out digits in batch with {classifier.model_name} (Ray Data)")
     progress.line(score_holdout(classifier, progress, log_dir, tracking_uri))
 
-    names = [t.model_name for t in trained]
+    served = [t for t in trained if not t.stage.sweep]  # the sweep's best is registered, not served here
+    names = [t.model_name for t in served]
     progress.stage(len(stages) + 2, f"publishing the champions of {', '.join(names)} with Ray Serve")
     started = time.monotonic()
     cleanup = prepare_local_ingress("haproxy")  # the platform's default ingress, as `raymaas serve`
@@ -470,7 +497,7 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
 
         progress.stage(len(stages) + 3, "querying the endpoints over HTTP")
         answers = []
-        for t in trained:
+        for t in served:
             answer = query_classifier(t, base_url) if t.stage.kind == "supervised" else play_cartpole(t, base_url)
             answers.append(answer)
             progress.line(f"{answer.model_name} (version {answer.version}): {answer.summary}")

@@ -224,15 +224,26 @@ def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str,
     """(dotted name, default, description) for every field of a spec, sections expanded."""
     rows = []
     for name, field in model.model_fields.items():
-        ann = field.annotation
+        ann = _section_model(field.annotation)
         dotted = f"{prefix}{name}"
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows.append((dotted, "", field.description or ""))
+        if ann is not None:
+            optional = "" if field.is_required() or field.get_default(call_default_factory=True) is not None else "None"
+            rows.append((dotted, optional, field.description or ""))
             rows.extend(describe_fields(ann, f"{dotted}."))
             continue
         default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
         rows.append((dotted, default, field.description or ""))
     return rows
+
+
+def _section_model(annotation) -> type[BaseModel] | None:
+    """The section model of a field typed as one, or as one or None (tune_config)."""
+    import typing
+
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _deep_copy(data: Any) -> Any:

@@ -76,9 +76,13 @@ class SupervisedSpec(TrainingJobSpec):
             raise ValueError(f"train_loop_config.loss {loss!r} is not a {task} loss")
         if task == "regression" and loop.class_weight != "none":
             raise ValueError("train_loop_config.class_weight is for classification")
-        gate = self.mlflow.gate_metric
-        if gate is not None and gate not in task_metric_names(task):
-            raise ValueError(f"mlflow.gate_metric {gate!r}: a {task} job logs {', '.join(task_metric_names(task))}")
+        logged = task_metric_names(task)
+        for where, metric in (
+            ("mlflow.gate_metric", self.mlflow.gate_metric),
+            ("tune_config.metric", self.tune_config.metric if self.tune_config else None),
+        ):
+            if metric is not None and metric not in logged:
+                raise ValueError(f"{where} {metric!r}: a {task} job logs {', '.join(logged)}")
         return self
 
     def default_gate_metric(self, kind) -> str:
@@ -114,8 +118,17 @@ def _worker_resources(spec: SupervisedSpec) -> tuple[bool, dict[str, float], int
 
 
 def _trial_resources(spec: SupervisedSpec) -> dict[str, float]:
-    """What one run of spec reserves on the cluster: its workers' resources, all together."""
-    _, per_worker, workers = _worker_resources(spec)
+    """What one run of spec reserves on the cluster: its workers' resources, all together.
+    Before Ray is up, use_gpu auto counts as CPUs only."""
+    import ray
+
+    if ray.is_initialized():
+        _, per_worker, workers = _worker_resources(spec)
+    else:
+        scaling = spec.scaling_config
+        per_worker, workers = dict(scaling.resources_per_worker), max(1, scaling.num_workers)
+        if scaling.use_gpu is True:
+            per_worker.setdefault("GPU", 1)
     return {k: v * workers for k, v in per_worker.items()}
 
 

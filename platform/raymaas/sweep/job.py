@@ -147,8 +147,10 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     warming = in_background(lambda: [importlib.import_module(m) for m in warm], name="raymaas-imports")
     cluster.connect(address, log_to_driver=False, **options)
     print(f"raymaas: Ray's logs (trials, Train controllers) in {cluster.ray_logs_dir()}", flush=True)
-    if not local and tc.max_concurrent_trials is None:
-        at_once = _fits(need, ray.cluster_resources())
+    need = trials.resources(spec)  # now with use_gpu auto resolved
+    if tc.max_concurrent_trials is None:
+        have = ray.cluster_resources()
+        at_once = _fits(need, {**have, "CPU": os.cpu_count() or 1} if local else have)
     client = opening.result()
     storage_path = paths.checkpoint_storage()
     cluster.check_multi_node_storage(tracking_uri, storage_path)

@@ -174,71 +174,75 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
         + f"; up to {at_once} trials at once",
         flush=True,
     )
-    with final_status(client, parent.run_id) as status:
-        base = spec.model_dump(mode="json")
-        trainable = tune.with_resources(
-            _make_trainable(kind.name, base, tracking_uri, storage_path, parent.run_id, run_name, spec.experiment_name),
-            # The trial's own process only waits on its Train run, whose workers reserve the
-            # resources; Tune refuses an empty request.
-            {"CPU": TRIAL_CPU},
-        )
-        experiment_path = _join(storage_path, run_name)
-        run_config = tune.RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            verbose=0,
-            callbacks=[_progress(metric, trials.budget(spec))],
-        )
-        tune_config = tune.TuneConfig(
-            metric=metric,
-            mode=mode,
-            num_samples=tc.num_samples,
-            # a BasicVariantGenerator takes it itself (_search_alg); Tune would warn it is ignored
-            max_concurrent_trials=at_once if tc.search_alg == "optuna" else None,
-            search_alg=_search_alg(tc, metric, mode, at_once),
-            scheduler=_scheduler(tc, trials.budget(spec)),
-            time_budget_s=tc.time_budget_s,
-        )
-        try:
-            if tune.Tuner.can_restore(experiment_path):
-                print(f"raymaas: continuing the sweep's trials from {experiment_path}", flush=True)
-                tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)
-            else:
-                tuner = tune.Tuner(
-                    trainable, param_space=tune_space(domains), tune_config=tune_config, run_config=run_config
-                )
-            warming.result()
-            grid = call_interruptibly(tuner.fit)
-        except BaseException:
-            _end_children(client, parent, "KILLED")
-            raise
-        rows = _trial_rows(client, parent, grid, domains, metric, trials.budget(spec), tc.scheduler)
-        scored = [r for r in rows if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
-        if not scored:
-            raise RuntimeError(f"no trial of sweep {run_name} reported {metric}: see the trials' runs for why")
-        best_row = (max if mode == "max" else min)(scored, key=lambda r: r[metric])
-        _log_parent(client, parent.run_id, rows, domains, metric, best_row)
+    try:
+        with final_status(client, parent.run_id) as status:
+            base = spec.model_dump(mode="json")
+            trainable = tune.with_resources(
+                _make_trainable(
+                    kind.name, base, tracking_uri, storage_path, parent.run_id, run_name, spec.experiment_name
+                ),
+                # The trial's own process only waits on its Train run, whose workers reserve the
+                # resources; Tune refuses an empty request.
+                {"CPU": TRIAL_CPU},
+            )
+            experiment_path = _join(storage_path, run_name)
+            run_config = tune.RunConfig(
+                name=run_name,
+                storage_path=storage_path,
+                verbose=0,
+                callbacks=[_progress(metric, trials.budget(spec))],
+            )
+            tune_config = tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                num_samples=tc.num_samples,
+                # a BasicVariantGenerator takes it itself (_search_alg); Tune would warn it is ignored
+                max_concurrent_trials=at_once if tc.search_alg == "optuna" else None,
+                search_alg=_search_alg(tc, metric, mode, at_once),
+                scheduler=_scheduler(tc, trials.budget(spec)),
+                time_budget_s=tc.time_budget_s,
+            )
+            try:
+                if tune.Tuner.can_restore(experiment_path):
+                    print(f"raymaas: continuing the sweep's trials from {experiment_path}", flush=True)
+                    tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)
+                else:
+                    tuner = tune.Tuner(
+                        trainable, param_space=tune_space(domains), tune_config=tune_config, run_config=run_config
+                    )
+                warming.result()
+                grid = call_interruptibly(tuner.fit)
+            except BaseException:
+                _end_children(client, parent, "KILLED")
+                raise
+            rows = _trial_rows(client, parent, grid, domains, metric, trials.budget(spec), tc.scheduler)
+            scored = [r for r in rows if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
+            if not scored:
+                raise RuntimeError(f"no trial of sweep {run_name} reported {metric}: see the trials' runs for why")
+            best_row = (max if mode == "max" else min)(scored, key=lambda r: r[metric])
+            _log_parent(client, parent.run_id, rows, domains, metric, best_row)
 
-        best_spec = validate_spec(
-            kind.load_spec_model(), trial_data(base, best_row["values"]), source=f"trial {best_row['trial_id']}"
-        )
-        best_run = tracking.JobRun(
-            best_row["run_id"], parent.experiment_id, best_row["run_name"], tracking_uri, resumed=True
-        )
-        job = Job(best_spec, kind, client, best_run, tracking_uri, storage_path)
-        prepared, _ = trials.prepare(best_spec, storage_path)
-        trained = trials.model_of(job, prepared, _checkpoint(best_row["checkpoint_path"], storage_path))
-        published = publish_model(client, best_run.run_id, best_spec, gate, trained)
-        for key, value in {
-            "raymaas.sweep_run": run_name,
-            "raymaas.sweep_parent_run_id": parent.run_id,
-            TRIAL_TAG: best_row["trial_id"],
-            **{f"raymaas.trial.{k}": str(v) for k, v in best_row["values"].items()},
-        }.items():
-            client.set_model_version_tag(published.model_name, published.version, key, value)
-        client.set_tag(parent.run_id, "raymaas.registered_version", f"{published.model_name}/{published.version}")
-        status.set("FINISHED")
-    ray.shutdown()
+            best_spec = validate_spec(
+                kind.load_spec_model(), trial_data(base, best_row["values"]), source=f"trial {best_row['trial_id']}"
+            )
+            best_run = tracking.JobRun(
+                best_row["run_id"], parent.experiment_id, best_row["run_name"], tracking_uri, resumed=True
+            )
+            job = Job(best_spec, kind, client, best_run, tracking_uri, storage_path)
+            prepared, _ = trials.prepare(best_spec, storage_path)
+            trained = trials.model_of(job, prepared, _checkpoint(best_row["checkpoint_path"], storage_path))
+            published = publish_model(client, best_run.run_id, best_spec, gate, trained)
+            for key, value in {
+                "raymaas.sweep_run": run_name,
+                "raymaas.sweep_parent_run_id": parent.run_id,
+                TRIAL_TAG: best_row["trial_id"],
+                **{f"raymaas.trial.{k}": str(v) for k, v in best_row["values"].items()},
+            }.items():
+                client.set_model_version_tag(published.model_name, published.version, key, value)
+            client.set_tag(parent.run_id, "raymaas.registered_version", f"{published.model_name}/{published.version}")
+            status.set("FINISHED")
+    finally:
+        ray.shutdown()  # now, not at interpreter exit (runtime.driver.run_job says why)
 
     from raymaas.runtime.driver import JobOutcome
 

@@ -52,7 +52,10 @@ def _load(*overrides: str):
         ("param_space.model.hidden_sizes={choice: []}", "choice takes a list"),
         ("tune_config.scheduler=hyperband", "tune_config.scheduler: Input should be 'fifo' or 'asha'"),
         ("tune_config.num_samples=0", "tune_config.num_samples: Input should be greater than or equal to 1"),
-        ("tune_config.metric=val_rmse", "tune_config.metric 'val_rmse': a classification job logs val_loss, val_accuracy"),
+        (
+            "tune_config.metric=val_rmse",
+            "tune_config.metric 'val_rmse': a classification job logs val_loss, val_accuracy",
+        ),
     ],
 )
 def test_a_space_that_can_draw_what_the_spec_refuses_is_named(override, says):
@@ -230,13 +233,28 @@ def _artifact_text(client, run_id: str, path: str) -> str:
     return Path(client.download_artifacts(run_id, path)).read_text()
 
 
-def test_rl_sweeps_are_refused_with_a_reason():
-    from raymaas.rl.job import RLSpec
-    from raymaas.specs import SpecError, load_spec
-
-    with pytest.raises(SpecError, match="sweeps of rl jobs are not supported yet"):
-        load_spec(
-            RLSpec,
-            REPO / "jobs/specs/cartpole_ppo_debug.yaml",
-            ["tune_config.num_samples=2", "param_space.training.lr={loguniform: [0.0001, 0.01]}"],
-        )
+@pytest.mark.slow
+def test_rl_sweep_one_child_per_trial_and_the_best_policy_registered(ray_head, mlflow_client):
+    """Two PPO trials (a learning rate each): each child run logs its iterations; the version
+    comes from the child with the best greedy return and passed the parity check."""
+    proc = run_job(
+        ["jobs.sweep", str(REPO / "jobs/specs/cartpole_ppo_sweep_debug.yaml"), "--set", "name=test-rl-sweep"],
+        env=ray_head.env,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    experiment = mlflow_client.get_experiment_by_name("test-rl-sweep").experiment_id
+    (parent,) = mlflow_client.search_runs([experiment], filter_string="tags.`raymaas.sweep` = 'parent'")
+    assert parent.info.status == "FINISHED"
+    children = _children(mlflow_client, experiment, parent.info.run_id)
+    assert len(children) == 2
+    assert {c.data.params["training.lr"] for c in children.values()} == {"0.0003", "0.003"}
+    for child in children.values():
+        assert child.info.status == "FINISHED" and child.data.tags["raymaas.stopped_by"] == "max_env_steps"
+        iterations = mlflow_client.get_metric_history(child.info.run_id, "episode_return_mean")
+        assert len(iterations) >= 2 and len({m.step for m in iterations}) == len(iterations)
+    best = children[parent.data.tags["raymaas.best_trial"]]
+    returns = {tid: c.data.metrics["eval_return_mean"] for tid, c in children.items()}
+    assert best.data.metrics["eval_return_mean"] == max(returns.values())
+    (version,) = mlflow_client.search_model_versions("name='test-rl-sweep'")
+    assert version.run_id == best.info.run_id
+    assert best.data.tags["raymaas.parity_observations"] == "2000"

@@ -60,6 +60,7 @@ KINDS: dict[str, JobKind] = {
             gate_metric="eval_return_mean",
             higher_is_better=True,
             entrypoint="jobs.rl",
+            sweep="raymaas.rl.job:TRIALS",
             title="an RLlib policy (PPO or DQN) on a gymnasium environment",
         ),
     )

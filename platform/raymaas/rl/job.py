@@ -15,6 +15,7 @@ import importlib
 import inspect
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from pydantic import Field, field_validator
 from raymaas.modelcode.policy import Evaluation
 from raymaas.rl.export import greedy_actions
 from raymaas.specs import SpecError, SpecModel, TrainingJobSpec
+from raymaas.sweep.job import Trials
 
 # The RLlib config class of each algorithm, imported only when a spec is validated.
 ALGO_CONFIGS = {"ppo": "ray.rllib.algorithms.ppo:PPOConfig", "dqn": "ray.rllib.algorithms.dqn:DQNConfig"}
@@ -283,23 +285,40 @@ def run_rl(spec: RLSpec, address: str | None = None):
 
 
 def _train_and_export(job, config):
+    algo, checkpoints, progress = _start(job, config)
+    job.after_publish(algo.stop)
+    loop = _train(algo, job.spec, job.client, job.run_id, checkpoints, progress)
+    return _trained_model(job.spec, algo, job, checkpoints, loop)
+
+
+def _start(job, config):
+    """The algorithm, its checkpoint store, and where it stands: restored from the newest
+    checkpoint when the job's run is a continued one."""
     from raymaas.runtime.lifecycle import call_interruptibly
 
-    spec: RLSpec = job.spec
     algo = call_interruptibly(config.build_algo)
-    job.after_publish(algo.stop)
     checkpoints = CheckpointStore(job.storage_path, job.run.run_name)
     progress = Progress()
     if job.run.resumed and checkpoints.latest() is not None:
         progress = checkpoints.restore(algo)
         job.client.set_tag(job.run_id, "raymaas.resumed_from_iteration", str(progress.iteration))
         print(f"raymaas: continuing from iteration {progress.iteration} ({progress.env_steps} env steps)", flush=True)
-    loop = _train(algo, spec, job.client, job.run_id, checkpoints, progress)
-    return _trained_model(spec, algo, job, checkpoints, loop)
+    return algo, checkpoints, progress
 
 
-def _train(algo, spec: RLSpec, client, run_id: str, checkpoints: CheckpointStore, progress: Progress) -> _Loop:
-    """algo.train() until a stop condition; metrics each iteration, checkpoints every few."""
+def _train(
+    algo,
+    spec: RLSpec,
+    client,
+    run_id: str,
+    checkpoints: CheckpointStore,
+    progress: Progress,
+    report: Callable[[dict], None] | None = None,
+) -> _Loop:
+    """algo.train() until a stop condition; metrics each iteration, checkpoints every few.
+    report (a sweep's trial: ray.tune.report) gets each iteration's metrics too, the last
+    greedy evaluation's carried between evaluations (Tune's schedulers need the metric in
+    every result)."""
     from raymaas.modelcode.policy import evaluate_greedy
     from raymaas.runtime.lifecycle import call_interruptibly
     from raymaas.tracking.runs import log_metrics
@@ -338,6 +357,11 @@ def _train(algo, spec: RLSpec, client, run_id: str, checkpoints: CheckpointStore
         if loop.stopped_by or progress.iteration % spec.checkpoint_config.checkpoint_frequency == 0:
             checkpoints.save(algo, progress)
         log_metrics(client, run_id, metrics, step=step)
+        if report is not None:
+            carried = loop.last_evaluation.metrics() if loop.last_evaluation is not None else {}
+            reported = {**carried, **metrics, "env_steps_sampled": step}
+            reported.pop("training_iteration")  # Tune counts its own
+            report(reported)
         print(
             f"raymaas: iteration {progress.iteration}: {step} env steps, return {train_return:.1f}"
             + (f", greedy {loop.last_evaluation.mean:.1f}" if loop.evaluated_at == step else "")
@@ -504,3 +528,67 @@ class CheckpointStore:
                 yield tmp
 
         return copy()
+
+
+def _trial_connect_options(spec: RLSpec, concurrent: int = 1) -> dict:
+    """cluster.connect's options for concurrent trials of spec at once: each trial's learner
+    runs in its trial's own process, beside its EnvRunner actors."""
+    import os
+
+    from raymaas.runtime import cluster
+
+    per_trial = 1 + spec.env_runners.num_env_runners
+    env_module = spec.env.rpartition(":")[0]
+    return {
+        "num_cpus": max(os.cpu_count() or 1, concurrent * per_trial),
+        "py_modules": [d for d in [cluster.package_dir_of(env_module) if env_module else None] if d],
+        "warm_imports": ("torch._dynamo",),
+    }
+
+
+def _trial_resources(spec: RLSpec) -> dict[str, float]:
+    """A trial's EnvRunner actors (its learner is its own process: own_resources)."""
+    config = build_algo_config(spec)
+    return {"CPU": spec.env_runners.num_env_runners * config.num_cpus_per_env_runner}
+
+
+def _trial_prepare(spec: RLSpec, storage_path: str):
+    return build_algo_config(spec), {"algo": spec.algo, "env": spec.env}
+
+
+def _trial_fit(job, config) -> str:
+    """A trial: RLlib until its stop condition, each iteration reported to Tune; the folder of
+    its checkpoints."""
+    from ray import tune
+
+    algo, checkpoints, progress = _start(job, config)
+    try:
+        _train(algo, job.spec, job.client, job.run_id, checkpoints, progress, report=tune.report)
+    finally:
+        algo.stop()
+    return checkpoints.root
+
+
+def _trial_model(job, config, path: str):
+    """The best trial's policy, from its last checkpoint, with the same checks as a job's."""
+    algo = config.build_algo()
+    job.after_publish(algo.stop)
+    checkpoints = CheckpointStore(job.storage_path, job.run.run_name)
+    loop = _Loop(checkpoints.restore(algo))
+    loop.stopped_by = job.client.get_run(job.run_id).data.tags.get("raymaas.stopped_by", "the sweep's scheduler")
+    return _trained_model(job.spec, algo, job, checkpoints, loop)
+
+
+# ASHA's max_t for RL trials, in iterations: a trial ends by its own stop conditions first.
+_ITERATION_BUDGET = 100_000
+
+# What a sweep of RL specs runs per trial (raymaas.sweep.job); named in raymaas.kinds.
+TRIALS = Trials(
+    connect_options=_trial_connect_options,
+    resources=_trial_resources,
+    own_resources=lambda spec: {"CPU": 1},  # the learner runs in the trial's own process
+    budget=lambda spec: _ITERATION_BUDGET,
+    prepare=_trial_prepare,
+    fit=_trial_fit,
+    model_of=_trial_model,
+)

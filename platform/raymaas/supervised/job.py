@@ -381,8 +381,20 @@ def _budget(spec: SupervisedSpec) -> int:
     return spec.train_loop_config.epochs
 
 
-def _trial_fit(job, prepared):
-    return _run_trainer(job, prepared, in_tune=True)
+def _trial_fit(job, prepared) -> str | None:
+    checkpoint = _run_trainer(job, prepared, in_tune=True)
+    return checkpoint.path if checkpoint is not None else None
+
+
+def _trial_model(job, prepared, path: str):
+    """The model of a sweep's best trial, from its checkpoint at path in the job's storage."""
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    filesystem = None
+    if "://" in job.storage_path:
+        filesystem, _ = pyarrow.fs.FileSystem.from_uri(job.storage_path)
+    return _model_of(job, prepared, Checkpoint(path, filesystem=filesystem))
 
 
 # What a sweep of supervised specs runs per trial (raymaas.sweep.job); named in raymaas.kinds.
@@ -392,5 +404,5 @@ TRIALS = Trials(
     budget=_budget,
     prepare=_prepare,
     fit=_trial_fit,
-    model_of=_model_of,
+    model_of=_trial_model,
 )

@@ -35,9 +35,9 @@ from raymaas.sweep.space import Domain, parse_space, trial_data
 SWEEP_TAG = "raymaas.sweep"  # "parent" on the parent; the parent's run name on each child
 TRIAL_TAG = "raymaas.trial_id"
 STOPPED_EARLY_TAG = "raymaas.stopped_early"
-# On a trial's run that ended by itself: its last epoch and checkpoint, as reported to Tune.
+# On a trial's run that ended by itself: how many results it logged, and its last checkpoint.
 FINAL_REPORT_TAG = "raymaas.final_report"
-# What a trial's own process reserves (connect_options leaves room for it).
+# What a trial's own process reserves by default (connect_options leaves room for it).
 TRIAL_CPU = 0.01
 
 
@@ -46,11 +46,14 @@ class Trials:
     """The parts of one job of a kind that a sweep runs per trial."""
 
     connect_options: Callable[[Any, int], dict]  # (spec, trials at once) -> cluster.connect's options
-    resources: Callable[[Any], dict[str, float]]  # spec -> what one trial reserves, e.g. {"CPU": 2}
+    resources: Callable[[Any], dict[str, float]]  # spec -> what a trial's actors reserve, e.g. {"CPU": 2}
     budget: Callable[[Any], int]  # spec -> the epochs (iterations) of a trial that runs to its end
     prepare: Callable[[Any, str], tuple[Any, dict[str, str]]]  # (spec, storage_path) -> (prepared, run tags)
-    fit: Callable[[Any, Any], Any]  # (job, prepared) -> the last checkpoint; reports each epoch to Tune
-    model_of: Callable[[Any, Any, Any], Any]  # (job, prepared, checkpoint) -> runtime.driver.TrainedModel
+    fit: Callable[[Any, Any], str | None]  # (job, prepared) -> its last checkpoint's path; reports to Tune
+    model_of: Callable[[Any, Any, str | None], Any]  # (job, prepared, that path) -> driver.TrainedModel
+    # spec -> what the trial's own process reserves: little where it only waits on actors of
+    # its own (a Train run), a CPU where it computes (an RLlib learner)
+    own_resources: Callable[[Any], dict[str, float]] = lambda spec: {"CPU": TRIAL_CPU}
 
 
 @dataclass(frozen=True)
@@ -79,15 +82,23 @@ class SweepOutcome:
         return next(t[self.metric] for t in self.trials if t["trial_id"] == self.best_trial_id)
 
 
-def tune_space(domains: dict[str, Domain]) -> dict[str, Any]:
+def tune_space(domains: dict[str, Domain], shuffle_grid: int | None = None) -> dict[str, Any]:
     """Tune's param_space for domains, keyed by the dotted field. A list of values that are not
-    all scalars (layer sizes) is searched by index: Optuna's categories must be scalars."""
+    all scalars (layer sizes) is searched by index: Optuna's categories must be scalars.
+
+    shuffle_grid (a seed): each grid_search list in an order of its own. ASHA judges a trial
+    against the trials that reached the same rung before it, so a grid written from the weakest
+    value to the strongest (learning rates in ascending order) would never have one stopped."""
+    import random
+
     from ray import tune
 
     space = {}
     for field, d in domains.items():
         if d.categorical:
-            options = d.values if _scalars(d.values) else list(range(len(d.values)))
+            options = list(d.values) if _scalars(d.values) else list(range(len(d.values)))
+            if d.kind == "grid_search" and shuffle_grid is not None:
+                random.Random(f"{shuffle_grid}:{field}").shuffle(options)
             space[field] = tune.grid_search(options) if d.kind == "grid_search" else tune.choice(options)
         elif d.kind == "randint":
             space[field] = tune.randint(*d.values)
@@ -133,7 +144,7 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     gate = spec.gate(kind)
     metric = tc.metric or gate.metric
     mode = tc.mode or ("max" if (gate.higher_is_better if metric == gate.metric else _higher(metric)) else "min")
-    need = trials.resources(spec)
+    need = _total(trials.resources(spec), trials.own_resources(spec))
     local = not (address or os.environ.get("RAY_ADDRESS"))
 
     tracking_uri = paths.tracking_uri()
@@ -147,7 +158,7 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     warming = in_background(lambda: [importlib.import_module(m) for m in warm], name="raymaas-imports")
     cluster.connect(address, log_to_driver=False, **options)
     print(f"raymaas: Ray's logs (trials, Train controllers) in {cluster.ray_logs_dir()}", flush=True)
-    need = trials.resources(spec)  # now with use_gpu auto resolved
+    need = _total(trials.resources(spec), trials.own_resources(spec))  # use_gpu auto resolved now
     if tc.max_concurrent_trials is None:
         have = ray.cluster_resources()
         at_once = _fits(need, {**have, "CPU": os.cpu_count() or 1} if local else have)
@@ -179,11 +190,9 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
             base = spec.model_dump(mode="json")
             trainable = tune.with_resources(
                 _make_trainable(
-                    kind.name, base, tracking_uri, storage_path, parent.run_id, run_name, spec.experiment_name
+                    kind.name, base, tracking_uri, storage_path, parent.run_id, run_name, spec.experiment_name, metric
                 ),
-                # The trial's own process only waits on its Train run, whose workers reserve the
-                # resources; Tune refuses an empty request.
-                {"CPU": TRIAL_CPU},
+                trials.own_resources(spec),
             )
             experiment_path = _join(storage_path, run_name)
             run_config = tune.RunConfig(
@@ -208,14 +217,17 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
                     tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)
                 else:
                     tuner = tune.Tuner(
-                        trainable, param_space=tune_space(domains), tune_config=tune_config, run_config=run_config
+                        trainable,
+                        param_space=tune_space(domains, tc.seed if tc.scheduler == "asha" else None),
+                        tune_config=tune_config,
+                        run_config=run_config,
                     )
                 warming.result()
                 grid = call_interruptibly(tuner.fit)
             except BaseException:
                 _end_children(client, parent, "KILLED")
                 raise
-            rows = _trial_rows(client, parent, grid, domains, metric, trials.budget(spec), tc.scheduler)
+            rows = _trial_rows(client, parent, grid, domains, metric, tc.scheduler)
             scored = [r for r in rows if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
             if not scored:
                 raise RuntimeError(f"no trial of sweep {run_name} reported {metric}: see the trials' runs for why")
@@ -230,8 +242,10 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
             )
             job = Job(best_spec, kind, client, best_run, tracking_uri, storage_path)
             prepared, _ = trials.prepare(best_spec, storage_path)
-            trained = trials.model_of(job, prepared, _checkpoint(best_row["checkpoint_path"], storage_path))
+            trained = trials.model_of(job, prepared, best_row["checkpoint_path"])
             published = publish_model(client, best_run.run_id, best_spec, gate, trained)
+            for fn in job.deferred:  # e.g. stopping the RLlib algorithm the model came from
+                fn()
             for key, value in {
                 "raymaas.sweep_run": run_name,
                 "raymaas.sweep_parent_run_id": parent.run_id,
@@ -269,6 +283,14 @@ def _higher(metric: str) -> bool:
     return higher_is_better(metric)
 
 
+def _total(*parts: dict[str, float]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
 def _fits(need: dict[str, float], have: dict[str, float]) -> int:
     """How many trials that each need `need` fit in `have` at once (at least one)."""
     counts = [math.floor(have.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0]
@@ -277,17 +299,6 @@ def _fits(need: dict[str, float], have: dict[str, float]) -> int:
 
 def _join(storage_path: str, name: str) -> str:
     return f"{storage_path.rstrip('/')}/{name}"
-
-
-def _checkpoint(path: str, storage_path: str):
-    """The Train checkpoint at path, in the storage's filesystem (a URI or a local folder)."""
-    import pyarrow.fs
-    from ray.train import Checkpoint
-
-    if "://" in storage_path:
-        filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage_path)
-        return Checkpoint(path, filesystem=filesystem)
-    return Checkpoint(path)
 
 
 def _search_alg(tc, metric: str, mode: str, at_once: int):
@@ -320,9 +331,13 @@ def _scheduler(tc, budget: int):
     return FIFOScheduler()
 
 
-def _make_trainable(kind_name, base, tracking_uri, storage_path, parent_run_id, parent_run_name, experiment):
+def _make_trainable(kind_name, base, tracking_uri, storage_path, parent_run_id, parent_run_name, experiment, metric):
     """The Tune function of every trial: its spec, its child run (found again by trial id
-    after a retry or a resubmitted sweep), the kind's prepare and fit."""
+    after a retry or a resubmitted sweep), the kind's prepare and fit.
+
+    A trial that reports nothing in this attempt (its run had ended, or its checkpoint was its
+    last epoch, before Tune's saved state said so) reports its run's last values instead:
+    Tune needs the metric in a trial's last result."""
 
     def run_trial(config: dict) -> None:
         import ray
@@ -343,8 +358,7 @@ def _make_trainable(kind_name, base, tracking_uri, storage_path, parent_run_id, 
         name = child_run_name(parent_run_name, trial_id)
         done = find_job_run(client, ensure_experiment(client, experiment), name)
         if done is not None and done.info.status == "FINISHED":
-            # A resubmitted sweep whose saved Tune state predates this trial's end: its last
-            # epoch again, from its run, instead of training it again.
+            # A resubmitted sweep whose saved Tune state predates this trial's end: not trained again.
             tune.report({**done.data.metrics, **json.loads(done.data.tags[FINAL_REPORT_TAG])})
             return
         run = start_job_run(
@@ -360,20 +374,20 @@ def _make_trainable(kind_name, base, tracking_uri, storage_path, parent_run_id, 
                 "ray_version": ray.__version__,
             },
         )
-        try:
-            prepared, tags = trials.prepare(spec, storage_path)
-            for key, value in tags.items():
-                client.set_tag(run.run_id, key, value)
-            checkpoint = trials.fit(Job(spec, kind, client, run, tracking_uri, storage_path), prepared)
-        except Exception as exc:
-            end_job_run(client, run.run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
-            raise
-        last = client.get_run(run.run_id).data.metrics
-        steps = [m.step for m in client.get_metric_history(run.run_id, next(iter(last)))] if last else []
-        epochs = max(steps, default=-1) + 1
-        final = {"epoch": epochs - 1, "checkpoint_path": checkpoint.path if checkpoint is not None else None}
+        logged_before = len(client.get_metric_history(run.run_id, metric))
+        # An exception ends the run in the driver, on Tune's verdict: one raised because Tune
+        # stopped this trial (its Train controller gone: ActorDiedError) is not a failure, and
+        # reaches MLflow, if at all, after the driver has closed the sweep's runs.
+        prepared, tags = trials.prepare(spec, storage_path)
+        for key, value in tags.items():
+            client.set_tag(run.run_id, key, value)
+        checkpoint_path = trials.fit(Job(spec, kind, client, run, tracking_uri, storage_path), prepared)
+        logged = len(client.get_metric_history(run.run_id, metric))
+        final = {"reports": logged, "checkpoint_path": checkpoint_path}
         client.set_tag(run.run_id, FINAL_REPORT_TAG, json.dumps(final))
         end_job_run(client, run.run_id, "FINISHED")
+        if logged == logged_before:
+            tune.report({**client.get_run(run.run_id).data.metrics, **final})
 
     return run_trial
 
@@ -396,7 +410,7 @@ def _end_children(client, parent, status: str) -> None:
         print(f"raymaas: could not end the trials' runs: {exc}", flush=True)
 
 
-def _trial_rows(client, parent, grid, domains, metric, budget, scheduler) -> list[dict]:
+def _trial_rows(client, parent, grid, domains, metric, scheduler) -> list[dict]:
     """One row per trial; each child run ends FINISHED (tagged when stopped early) or FAILED."""
     children = _children(client, parent)
     rows = []
@@ -404,30 +418,42 @@ def _trial_rows(client, parent, grid, domains, metric, budget, scheduler) -> lis
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or _trial_id_of_path(result.path)
         run = children.get(trial_id)
-        epochs = int(metrics.get("epoch", -1)) + 1
+        ended = json.loads(run.data.tags[FINAL_REPORT_TAG]) if run and FINAL_REPORT_TAG in run.data.tags else None
+        if "epoch" in metrics:
+            epochs = int(metrics["epoch"]) + 1
+        else:  # RL, or a trial's last values reported from its run again
+            epochs = int(metrics.get("reports") or metrics.get("training_iteration", 0))
         row = {
             "trial_id": trial_id,
             "run_id": run.info.run_id if run else None,
             "run_name": run.info.run_name if run else None,
             "values": decode(domains, result.config),
             "epochs": epochs,
-            "checkpoint_path": metrics.get("checkpoint_path"),
+            "checkpoint_path": (ended or {}).get("checkpoint_path") or metrics.get("checkpoint_path"),
             metric: float(metrics[metric]) if metric in metrics else None,
         }
         if result.error is not None:
             row["status"] = "FAILED"
+            if run is not None:
+                client.set_tag(
+                    run.info.run_id, "raymaas.error", f"{type(result.error).__name__}: {result.error}"[:5000]
+                )
         else:
             row["status"] = "FINISHED"
-            if epochs < budget:
+            if run is not None and ended is None:  # its function did not end by itself: Tune stopped it
                 row["stopped_early"] = "asha" if scheduler == "asha" else "time_budget_s"
         if run is not None:
             if row.get("stopped_early"):
-                client.set_tag(run.info.run_id, STOPPED_EARLY_TAG, f"{row['stopped_early']} after epoch {epochs}")
-            # RUNNING: its trial was stopped (by the scheduler, or at max_t); KILLED: the sweep
-            # was stopped before, and this trial had ended then or ended since.
-            fresh = client.get_run(run.info.run_id).info.status
-            if fresh in ("RUNNING", "KILLED") and fresh != row["status"]:
+                unit = "epoch" if "epoch" in metrics else "iteration"
+                client.set_tag(run.info.run_id, STOPPED_EARLY_TAG, f"{row['stopped_early']} after {unit} {epochs}")
+            # Tune's verdict is the trial's: RUNNING, its function was stopped (by the scheduler);
+            # FAILED, the stop reached its Train run before its function ("ActorDiedError:
+            # TrainController"); KILLED, the sweep was stopped while it ran, and it ended since.
+            fresh = client.get_run(run.info.run_id)
+            if fresh.info.status != row["status"]:
                 client.set_terminated(run.info.run_id, status=row["status"])
+                if row["status"] == "FINISHED" and "raymaas.error" in fresh.data.tags:
+                    client.delete_tag(run.info.run_id, "raymaas.error")
         rows.append(row)
     return rows
 
@@ -482,8 +508,11 @@ def _progress(metric: str, budget: int):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             value = result.get(metric)
             shown = f"  {metric} {value:.4g}" if isinstance(value, int | float) else ""
-            epoch = int(result.get("epoch", 0)) + 1
-            print(f"raymaas: trial {trial.trial_id} epoch {epoch}/{budget}{shown}", flush=True)
+            if "epoch" in result:
+                where = f"epoch {int(result['epoch']) + 1}/{budget}"
+            else:
+                where = f"iteration {result.get('training_iteration')}"
+            print(f"raymaas: trial {trial.trial_id} {where}{shown}", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             print(f"raymaas: trial {trial.trial_id} ended", flush=True)

@@ -70,6 +70,7 @@ def connect(
     prestart_workers: bool = True,
     log_to_driver: bool = True,
     object_store_memory: int | None = None,
+    include_dashboard: bool = False,
 ) -> None:
     """Join the cluster at address (or RAY_ADDRESS), or start a local Ray in this process.
 
@@ -80,6 +81,8 @@ def connect(
     with the driver for the CPU while Ray starts. log_to_driver=False leaves the output of Ray's
     processes in Ray's log folder (`ray_logs_dir()`) instead of this process's output.
     object_store_memory sizes a local Ray's object store (Ray's default otherwise).
+    include_dashboard starts a local Ray's dashboard (off by default: seconds and ~300 MB);
+    Ray's State API, which some of Ray's own actors rely on, lives in it.
     """
     if ray.is_initialized():
         return
@@ -94,13 +97,13 @@ def connect(
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     else:
         # "local": a fresh Ray in this process even if `ray start` left a cluster address
-        # behind (ray.init() would join that one). No dashboard: seconds and ~300 MB saved.
+        # behind (ray.init() would join that one).
         system = {} if prestart_workers else {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
         ray.init(
             address="local",
             num_cpus=num_cpus,
             object_store_memory=object_store_memory,
-            include_dashboard=False,
+            include_dashboard=include_dashboard,
             runtime_env={"env_vars": env_vars},
             _system_config=system or None,
             log_to_driver=log_to_driver,

@@ -156,7 +156,12 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     warm = options.pop("warm_imports", ())
     # waited for before Tune starts (runtime.driver.run_job says why)
     warming = in_background(lambda: [importlib.import_module(m) for m in warm], name="raymaas-imports")
-    cluster.connect(address, log_to_driver=False, **options)
+    # With the dashboard: Train V2 frees the workers' placement group of a Train run whose
+    # controller died (each trial Tune stops early) from a cleaner actor that asks Ray's State
+    # API, which lives in the dashboard. Without it the cleaner only logs "Failed to query Ray
+    # Train Controller actor state" and the stopped trials' CPUs stay reserved: the sweep
+    # starved once ASHA had stopped two trials on 2 cores (bench/sweep.py, reduction factor 4).
+    cluster.connect(address, log_to_driver=False, include_dashboard=True, **options)
     print(f"raymaas: Ray's logs (trials, Train controllers) in {cluster.ray_logs_dir()}", flush=True)
     need = _total(trials.resources(spec), trials.own_resources(spec))  # use_gpu auto resolved now
     if tc.max_concurrent_trials is None:

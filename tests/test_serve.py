@@ -49,6 +49,7 @@ def ray_head(tmp_path_factory):
         "PATH": f"{python.parent}:{os.environ['PATH']}",
         "RAYMAAS_HOME": str(home),
         "MLFLOW_TRACKING_URI": tracking_uri,
+        "RAY_metrics_report_interval_ms": "1000",  # the monitoring tests scrape the export (default 10 s)
     }
     env.pop("RAY_ADDRESS", None)
     env.pop("PYTHONPATH", None)
@@ -179,9 +180,12 @@ def endpoint(ray_head, registered, tmp_path_factory):
             "poll_interval_s": 1,
         }
     )
+    iris_rows = tmp_path_factory.mktemp("reference") / "iris.csv"
+    registered["iris"].to_csv(iris_rows, index=False)
     shared = ServeSpec.model_validate(
         {
-            "models": [{"name": SKLEARN, "version": 1}, {"name": JOB_MODEL}],
+            # the model registered by hand has no profile: its reference rows come from the config
+            "models": [{"name": SKLEARN, "version": 1, "reference": str(iris_rows)}, {"name": JOB_MODEL}],
             "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
             "ray_actor_options": {"num_cpus": 0.25},
         }
@@ -539,3 +543,226 @@ def test_killed_replica_is_replaced_under_load(endpoint, ray_head, registered):
     assert share < 0.05
     tail = [s for t, s, _ in log if t > recovered_at]
     assert tail and all(s == 200 for s in tail)
+
+
+# --------------------------------------------------------------------------- monitoring
+
+WATCHED = "test-serve-watched"
+
+
+@pytest.fixture(scope="module")
+def watched(endpoint, registered, mlflow_client):
+    """The supervised job's model (its reference profile logged by the job) registered again
+    under its own name, on an app of two replicas of its own whose monitor reports often."""
+    import mlflow
+    from ray import serve
+
+    from raymaas.serving import ServeSpec, build_model_app
+
+    source = mlflow_client.get_model_version_by_alias(JOB_MODEL, "champion")
+    version = mlflow.register_model(source.source, WATCHED).version
+    mlflow_client.set_registered_model_alias(WATCHED, "champion", version)
+    spec = ServeSpec.model_validate(
+        {
+            "models": [{"name": WATCHED}],
+            "autoscaling_config": {"min_replicas": 2, "max_replicas": 2},
+            "ray_actor_options": {"num_cpus": 0.25},
+            "monitoring": {"push_interval_s": 0.5, "log_interval_s": 2},
+        }
+    )
+    serve.run(build_model_app(spec), name="watched", route_prefix=spec.route_prefix)
+    return {"url": f"{endpoint}/models/{WATCHED}", "version": str(version), "sent": {}}
+
+
+def _monitor(url: str, until, timeout: float = 30.0, key: str | None = API_KEY) -> dict:
+    """GET url/monitor until until(report) holds (the replicas report every push interval)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, report = call(f"{url}/monitor", key=key)
+        assert status == 200, report
+        if until(report) or time.monotonic() > deadline:
+            return report
+        time.sleep(0.3)
+
+
+def test_drift_in_distribution_then_one_shifted_feature_across_replicas(watched):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(len(x))[:400]
+    for start in range(0, 400, 20):
+        idx = rows[start : start + 20]
+        status, headers, body = call(f"{watched['url']}/invocations", {"inputs": x[idx].tolist()})
+        assert status == 200, body
+        watched["sent"][headers["x-request-id"]] = y[idx].tolist()
+    assert len(watched["sent"]) == 20  # every prediction has its own request id
+    report = _monitor(watched["url"], lambda r: r["window"]["rows"] == 400)
+    assert report["window"]["rows"] == 400, report["window"]  # both replicas' windows, added up
+    assert report["version"] == watched["version"] and report["replicas"] >= 1
+    assert report["drift"]["status"] == "ok" and report["drift"]["flagged"] == [], report["drift"]["flagged"]
+    assert len(report["drift"]["features"]) == 64
+
+    # one feature 3 standard deviations off (the training profile's own), the others as they were
+    mlflow_profile = _pyfunc(f"models:/{WATCHED}/{watched['version']}").unwrap_python_model().reference_profile
+    k = int(np.argmax([f["std"] for f in mlflow_profile["features"]]))
+    shifted = x[rows].copy()
+    shifted[:, k] += 3 * mlflow_profile["features"][k]["std"]
+    for start in range(0, 400, 40):
+        status, _, body = call(f"{watched['url']}/invocations", {"inputs": shifted[start : start + 40].tolist()})
+        assert status == 200, body
+    report = _monitor(watched["url"], lambda r: r["window"]["rows"] == 800)
+    assert report["window"]["rows"] == 800
+    assert report["drift"]["flagged"] == [str(k)], report["drift"]["flagged"]
+    watched["shifted_feature"] = str(k)
+
+
+def test_feedback_gives_live_accuracy_and_unknown_ids_are_reported(watched, registered):
+    sent = watched["sent"]
+    assert sent, "runs after the drift test, which sends the predictions"
+    ids = list(sent)
+    status, _, answer = call(
+        f"{watched['url']}/feedback", {"labels": {**{i: sent[i] for i in ids[:10]}, "no-such-id": 3}}
+    )
+    assert status == 200, answer
+    assert sorted(answer["matched"]) == sorted(ids[:10]) and answer["unknown"] == ["no-such-id"]
+    assert answer["rows_scored"] == 200
+    # again: duplicates; a wrong number of labels is mismatched, not a 500
+    status, _, answer = call(f"{watched['url']}/feedback", {"labels": {ids[0]: sent[ids[0]], ids[10]: [1, 2]}})
+    assert status == 200 and answer["duplicate"] == [ids[0]] and answer["mismatched"] == [ids[10]], answer
+    # rows with their labels: scored here
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    status, _, answer = call(f"{watched['url']}/feedback", {"inputs": x[:30].tolist(), "labels": y[:30].tolist()})
+    assert status == 200 and answer["rows_scored"] == 30, answer
+    for bad in (
+        {"labels": "x"},
+        {"nothing": 1},
+        {"inputs": x[:3].tolist(), "labels": [1]},
+        {"labels": {"a": {"b": 1}}},
+    ):
+        status, _, answer = call(f"{watched['url']}/feedback", bad)
+        assert status == 422, (bad, answer)
+        assert answer["message"]
+    status, _, answer = call(f"{watched['url']}/feedback", raw=b"not json")
+    assert status == 400
+
+    report = _monitor(watched["url"], lambda r: r["live"]["labelled_rows"] == 230)
+    live = report["live"]
+    assert live["labelled_rows"] == 230 and live["task"] == "classification"
+    assert set(live["metrics"]) == {"accuracy", "precision_macro", "recall_macro", "f1_macro"}
+    assert live["metrics"]["accuracy"] > 0.5  # the debug model's validation accuracy is ~0.9
+    assert live["feedback"] == {"matched": 10, "unknown": 1, "expired": 0, "duplicate": 1, "mismatched": 1, "rows": 30}
+
+    # a model logged without a profile: drift unavailable (not zero); one with reference rows in the config: scored
+    status, _, _ = call(f"{endpoint_of(watched)}/models/{TINY}/invocations", {"inputs": [[0.0] * 64]})
+    assert status == 200
+    report = _monitor(f"{endpoint_of(watched)}/models/{TINY}", lambda r: r["version"] is not None)
+    assert report["drift"]["status"] == "unavailable" and "without a reference profile" in report["drift"]["reason"]
+    frame = registered["iris"].head(20)
+    status, _, body = call(
+        f"{endpoint_of(watched)}/models/{SKLEARN}/invocations",
+        {"dataframe_split": frame.to_dict(orient="split")},
+        key=None,
+    )
+    assert status == 200, body
+    report = _monitor(f"{endpoint_of(watched)}/models/{SKLEARN}", lambda r: r["window"]["rows"] >= 20)
+    # (the scikit-learn test's rows may be in the window too: all of them iris rows, nothing drifts)
+    assert report["drift"]["status"] in ("ok", "too few rows") and report["drift"]["flagged"] == []
+    assert set(report["drift"]["features"]) == set(frame.columns)
+
+
+def endpoint_of(watched) -> str:
+    return watched["url"].rsplit("/models/", 1)[0]
+
+
+def _scrape(ray_head) -> str:
+    import ray
+
+    ports = {n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]}
+    text = []
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text.append(resp.read().decode())
+    return "\n".join(text)
+
+
+def _series(text: str, series: str, **labels) -> float:
+    """The sum of a metric's samples whose labels include labels."""
+    import re
+
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(series + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(series) : line.rindex("}") + 1]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_prometheus_export_counts_the_requests_and_holds_the_gauges(watched, ray_head):
+    assert "shifted_feature" in watched, "runs after the drift test"
+    bad = 3
+    for _ in range(bad):
+        status, _, _ = call(f"{watched['url']}/invocations", {"inputs": [[1.0, 2.0]]})
+        assert status == 422
+    model = {"model": WATCHED, "version": watched["version"]}
+    deadline = time.monotonic() + 40
+    while True:
+        text = _scrape(ray_head)
+        ok = _series(text, "ray_raymaas_requests_total", **model, code="200", action="invocations")
+        if (
+            ok == 30
+            and _series(text, "ray_raymaas_requests_total", **model, code="422", action="invocations") == bad
+            and _series(text, "ray_raymaas_drift_flagged_features", **model) == 1
+        ) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert ok == 30  # the drift test's 20 + 10 requests
+    assert _series(text, "ray_raymaas_requests_total", **model, code="422", action="invocations") == bad
+    assert _series(text, "ray_raymaas_predicted_class_total", **model) == 800  # one per row, by label
+    assert _series(text, "ray_raymaas_request_latency_ms_count", model=WATCHED, action="invocations") == 30 + bad
+    assert _series(text, "ray_raymaas_batch_size_count", application="watched") >= 1
+    assert _series(text, "ray_raymaas_drift_flagged_features", **model) == 1
+    assert _series(text, "ray_raymaas_drift_psi", **model, feature=watched["shifted_feature"]) > 1
+    assert _series(text, "ray_raymaas_live_score", **model, metric="accuracy") > 0.5
+    assert _series(text, "ray_raymaas_feedback_total", model=WATCHED, outcome="matched") == 10
+
+
+def test_monitoring_run_in_mlflow_beside_the_training_run(watched, mlflow_client):
+    assert "shifted_feature" in watched, "runs after the drift test"
+    mv = mlflow_client.get_model_version(WATCHED, watched["version"])
+    training = mlflow_client.get_run(mv.run_id)
+    deadline = time.monotonic() + 30
+    while True:
+        runs = mlflow_client.search_runs(
+            [training.info.experiment_id], filter_string=f"tags.`raymaas.monitoring.model` = '{WATCHED}'"
+        )
+        if (runs and runs[0].data.metrics.get("window_rows") == 800) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["raymaas.monitoring.version"] == watched["version"]
+    assert run.data.tags["raymaas.monitoring.training_run_id"] == mv.run_id
+    assert (
+        mlflow_client.get_model_version(WATCHED, watched["version"]).tags["raymaas.monitoring_run_id"]
+        == run.info.run_id
+    )
+    assert run.data.metrics["window_rows"] == 800 and run.data.metrics["drift_flagged_features"] == 1
+    assert len(mlflow_client.get_metric_history(run.info.run_id, "window_rows")) >= 1
+
+
+def test_raymaas_monitor_prints_the_report(watched, capsys):
+    from raymaas.cli.main import main
+
+    assert "shifted_feature" in watched, "runs after the drift test"
+    assert main(["monitor", WATCHED, "--url", endpoint_of(watched)]) == 0
+    out = capsys.readouterr().out
+    assert f"{WATCHED} version {watched['version']}" in out
+    assert f"FLAGGED {watched['shifted_feature']}" in out and "live (" in out
+    assert main(["monitor", "no-such-model", "--url", endpoint_of(watched)]) == 1
+    assert "404" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import shlex
@@ -403,6 +404,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Print the monitor report of a published model (GET /models/NAME/monitor): its input
+    window and drift against the training data, and its live performance from feedback.
+    The API key, where the endpoint wants one, comes from RAYMAAS_API_KEY."""
+    from raymaas.monitoring.report import API_KEY_ENV, fetch_report, format_report
+
+    try:
+        report = fetch_report(args.url, args.name, os.environ.get(API_KEY_ENV))
+    except LookupError as err:
+        raise CliError(str(err)) from None
+    print(json.dumps(report, indent=2) if args.json else format_report(report, top=args.top))
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -605,6 +620,17 @@ def build_parser() -> argparse.ArgumentParser:
         "straight to a replica (default), or Serve's Python proxy",
     )
     serve_cmd.set_defaults(func=cmd_serve)
+
+    monitor = sub.add_parser(
+        "monitor", help="drift and live performance of a published model", description=cmd_monitor.__doc__
+    )
+    monitor.add_argument("name", help="published model name (as in /models/NAME)")
+    monitor.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="where Serve answers (default: http://127.0.0.1:8000)"
+    )
+    monitor.add_argument("--top", type=positive_int, default=5, help="features shown, highest PSI first (default: 5)")
+    monitor.add_argument("--json", action="store_true", help="the report as the endpoint returns it")
+    monitor.set_defaults(func=cmd_monitor)
 
     demo = sub.add_parser(
         "demo", help="train, track, register, serve and query everything, end to end", description=cmd_demo.__doc__

@@ -22,6 +22,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 _PROGRAM = "program"
+_PROFILE = "reference_profile"
+PROFILE_FILE = "reference_profile.json"  # the model's reference profile (raymaas.monitoring.profile)
 PROBABILITIES = "probabilities"  # the inference param that asks a classifier for class probabilities
 
 
@@ -37,6 +39,7 @@ class TorchClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         self._module = torch.export.load(context.artifacts[_PROGRAM]).module()
+        self.reference_profile = _read_profile(context)
         classes = getattr(self, "classes", None)  # absent from models pickled before it existed
         self._labels = None if classes is None else np.asarray(classes, dtype=_label_dtype(classes))
 
@@ -68,12 +71,25 @@ class TorchRegressor(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         self._module = torch.export.load(context.artifacts[_PROGRAM]).module()
+        self.reference_profile = _read_profile(context)
 
     def predict(self, context, model_input, params=None):
         x = _to_float32(model_input, self.feature_columns)
         with torch.inference_mode():
             out = self._module(torch.from_numpy(x)).numpy().astype(np.float32)
         return out[:, 0] if self.n_outputs == 1 else out
+
+
+def _read_profile(context) -> dict | None:
+    """The reference profile logged with the model (None for a model logged without one):
+    what the serving endpoint measures drift against."""
+    import json
+
+    path = (context.artifacts or {}).get(_PROFILE)
+    if path is None:
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _label_dtype(classes: list):
@@ -129,16 +145,18 @@ def log_classifier(
     name: str = "model",
     classes: list | None = None,
     probabilities: bool = True,
+    profile: dict | None = None,
 ):
     """Export module (class scores out) and log it to the active MLflow run as a
     TorchClassifier answering classes' labels (or class ids); return MLflow's ModelInfo.
     probabilities: declare the `probabilities` param (a softmax of the scores; not for scores
-    that are no logits, such as a DQN policy's Q-values)."""
+    that are no logits, such as a DQN policy's Q-values). profile: the reference profile
+    (raymaas.monitoring.profile) to log with the model."""
     n = example.shape[1]
     named = classes if classes is not None and classes != list(range(len(classes))) else None
     model = TorchClassifier(feature_columns, named)
     signature = classifier_signature(n, feature_columns, named, probabilities)
-    return _log_torch(module, example, feature_columns, name, model, signature)
+    return _log_torch(module, example, feature_columns, name, model, signature, profile)
 
 
 def log_regressor(
@@ -147,20 +165,28 @@ def log_regressor(
     n_outputs: int,
     feature_columns: list[str] | None = None,
     name: str = "model",
+    profile: dict | None = None,
 ):
     """Export module (predictions in the targets' units out) and log it to the active MLflow
-    run as a TorchRegressor; return MLflow's ModelInfo."""
+    run as a TorchRegressor, with its reference profile if given; return MLflow's ModelInfo."""
     signature = regressor_signature(example.shape[1], feature_columns, n_outputs)
-    return _log_torch(module, example, feature_columns, name, TorchRegressor(feature_columns, n_outputs), signature)
+    model = TorchRegressor(feature_columns, n_outputs)
+    return _log_torch(module, example, feature_columns, name, model, signature, profile)
 
 
-def _log_torch(module, example, feature_columns, name, python_model, signature):
+def _log_torch(module, example, feature_columns, name, python_model, signature, profile=None):
+    import json
+
     module = module.eval().cpu()
     example_t = torch.as_tensor(example[: max(2, min(len(example), 8))], dtype=torch.float32)
     program = torch.export.export(module, (example_t,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt2"
         torch.export.save(program, path)
+        artifacts = {_PROGRAM: str(path)}
+        if profile is not None:
+            artifacts[_PROFILE] = str(Path(tmp) / PROFILE_FILE)
+            Path(artifacts[_PROFILE]).write_text(json.dumps(profile, separators=(",", ":")))
         input_example = (
             pd.DataFrame(example[:5], columns=feature_columns) if feature_columns else example[:5].astype(np.float32)
         )
@@ -169,7 +195,7 @@ def _log_torch(module, example, feature_columns, name, python_model, signature):
             return mlflow.pyfunc.log_model(
                 name=name,
                 python_model=python_model,
-                artifacts={_PROGRAM: str(path)},
+                artifacts=artifacts,
                 signature=signature,
                 input_example=input_example,
                 code_paths=[_model_code(Path(tmp))],

@@ -396,8 +396,10 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
     """The final evaluation, the return curves and the checkpoint; the exported policy with its
     parity check, for the publish tail."""
     import mlflow
+    import torch
 
     from raymaas.modelcode.policy import collect_observations, evaluate_greedy
+    from raymaas.monitoring.profile import build_profile
     from raymaas.rl.export import PARITY_OBSERVATIONS, action_scores_network, check_parity
     from raymaas.runtime.driver import TrainedModel
     from raymaas.tracking import plots
@@ -430,8 +432,13 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
     with checkpoints.local_copy() as folder:
         client.log_artifacts(run_id, folder, "checkpoint")
     ev = evaluation
+    # what the policy saw and did on the parity episodes: the served endpoint's reference
+    network = action_scores_network(module)
+    with torch.no_grad():
+        n_actions = int(network(torch.as_tensor(obs[:1], dtype=torch.float32)).shape[1])
+    profile = build_profile(obs, predictions=act(obs).tolist(), task="classification", classes=list(range(n_actions)))
     return TrainedModel(
-        module=action_scores_network(module),
+        module=network,
         example=obs,
         gate_value=ev.mean,
         summary=(
@@ -442,6 +449,7 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
         dicts={"evaluation.json": {**ev.to_dict(), "env_steps": progress.env_steps}},
         figures={"plots/return_curve.png": figure},
         check=check,
+        profile=profile,
         details={
             "evaluation": ev,
             "env_steps": progress.env_steps,

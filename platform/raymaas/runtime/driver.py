@@ -62,6 +62,7 @@ class TrainedModel:
     check: Callable[[str], None] | None = None  # raises to refuse a logged model URI before registration
     targets: Any = None  # raymaas.supervised.data.Targets: the class labels or regression outputs (None: class ids)
     details: dict[str, Any] = field(default_factory=dict)  # kind-specific facts for the outcome
+    profile: dict | None = None  # the reference profile logged with the model (raymaas.monitoring.profile)
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,7 @@ class Batcher:
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.batch_sizes: deque = deque(maxlen=1000)  # the last 1,000, for whoever wants to look
+        self.batch_hooks: list = []  # called with each batch's size (metrics); must be quick
 
     async def submit(self, item):
         loop = asyncio.get_running_loop()
@@ -162,6 +163,11 @@ class Batcher:
             if not batch:
                 continue
             self.batch_sizes.append(len(batch))
+            for hook in self.batch_hooks:
+                try:
+                    hook(len(batch))
+                except Exception:
+                    logger.exception("batch hook %r failed", hook)
             try:
                 results = await asyncio.to_thread(self.fn, [item for item, _ in batch])
             except Exception as err:  # noqa: BLE001 - every waiting request gets the failure

@@ -37,10 +37,13 @@ endpoint builds one of each in its __init__, after its model is loaded:
   raised there is its answer. An action taken twice is an error when the replica starts.
   An unknown action answers 404 (`no published model at ...; GET /models lists them`), a
   known one with another method 405.
-- on_prediction(loaded, data, result): called in the replica's event loop after each
-  successful prediction (a 200), with the LoadedModel that answered, the parsed input and
-  the model's output; it must return quickly; what it raises is logged, not answered.
+- on_prediction(loaded, data, result, request_id): called in the replica's event loop after
+  each successful prediction (a 200), with the LoadedModel that answered, the parsed input,
+  the model's output and the request's id (Serve's, which the response carries as
+  x-request-id); it must return quickly; what it raises is logged, not answered.
   `endpoint.prediction_hooks` is the list it goes to.
+- on_response(name, action, response, seconds): called after every answer of the app
+  (errors too; name and action None where the path named no model), for metrics.
 - stop(): when the endpoint goes away.
 The factories travel to the replicas as deployment args (cloudpickle, by reference): give
 module-level classes or functions of raymaas (its code ships with the driver).
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -74,8 +78,10 @@ INVOCATIONS = "invocations"
 
 # (request, model name) -> response
 Handler = Callable[[Any, str], Awaitable[Any]]
-# (the LoadedModel that answered, the parsed input, the model's output) -> None
-PredictionHook = Callable[[LoadedModel, Any, Any], None]
+# (the LoadedModel that answered, the parsed input, the model's output, the request id) -> None
+PredictionHook = Callable[[LoadedModel, Any, Any, str], None]
+# (model name or None, action or None, the response, seconds it took) -> None
+ResponseHook = Callable[[str | None, str | None, Any, float], None]
 
 
 class EndpointExtension:
@@ -83,6 +89,7 @@ class EndpointExtension:
     every successful prediction. Subclass it and override what you need."""
 
     on_prediction: PredictionHook | None = None  # define it as a method to observe predictions
+    on_response: ResponseHook | None = None  # define it as a method to observe every answer
 
     def __init__(self, endpoint):
         self.endpoint = endpoint  # the replica's ModelEndpoint: spec, get_model(name), ...
@@ -105,10 +112,13 @@ def _endpoint_class(max_models_per_replica: int):
         """Serves the models of one application: one model per replica set, or several
         multiplexed. Parses, validates, batches and answers in the replica the proxy picked."""
 
-        def __init__(self, spec: dict, extensions: Sequence[Callable[[Any], EndpointExtension]] = ()):
+        def __init__(
+            self, spec: dict, extensions: Sequence[Callable[[Any], EndpointExtension]] = (), monitor: Any = None
+        ):
             from raymaas import paths
 
             self.spec = ServeSpec.model_validate(spec)
+            self.monitor_hub = monitor  # the app's MonitorHub deployment handle (monitoring on), else None
             self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
             self.api_keys = load_api_keys()
             self.by_name = {m.name: m for m in self.spec.models}
@@ -122,6 +132,7 @@ def _endpoint_class(max_models_per_replica: int):
                 self.dedicated = FollowedModel(self.spec.models[0], self.tracking_uri, self.spec.poll_interval_s)
             self.routes: dict[tuple[str, str], Handler] = {("POST", INVOCATIONS): self.invocations}
             self.prediction_hooks: list[PredictionHook] = []
+            self.response_hooks: list[ResponseHook] = []
             self.extensions = [factory(self) for factory in extensions]
             for ext in self.extensions:
                 for (method, action), handler in ext.routes().items():
@@ -131,6 +142,8 @@ def _endpoint_class(max_models_per_replica: int):
                     self.routes[key] = handler
                 if ext.on_prediction is not None:
                     self.prediction_hooks.append(ext.on_prediction)
+                if ext.on_response is not None:
+                    self.response_hooks.append(ext.on_response)
             self.actions = {action for _, action in self.routes}
 
         async def get_model(self, name: str) -> FollowedModel:
@@ -159,12 +172,27 @@ def _endpoint_class(max_models_per_replica: int):
             return out
 
         async def __call__(self, request: Request) -> Response:
+            if not self.response_hooks:
+                return await self._answer(request, [None, None])
+            started = time.perf_counter()
+            seen: list[str | None] = [None, None]  # the model and action the path named
+            response = await self._answer(request, seen)
+            seconds = time.perf_counter() - started
+            for hook in self.response_hooks:
+                try:
+                    hook(seen[0], seen[1], response, seconds)
+                except Exception:
+                    logger.exception("response hook %r failed", hook)
+            return response
+
+        async def _answer(self, request: Request, seen: list) -> Response:
             try:
                 parts = relative_path(request)
                 if self.shared and not parts and request.method == "GET":
                     # a shared app owns the /models prefix, so it answers the listing too
                     return JSONResponse({"models": await list_published_models()})
                 name, action = self._route(parts)
+                seen[0] = name
                 if action is None:
                     if request.method == "GET":
                         return JSONResponse(
@@ -173,6 +201,7 @@ def _endpoint_class(max_models_per_replica: int):
                             else self.dedicated.current.describe(f"{MODELS_PREFIX}/{name}/{INVOCATIONS}")
                         )
                     action = INVOCATIONS
+                seen[1] = action
                 handler = self.routes.get((request.method, action))
                 if handler is None:
                     if action == INVOCATIONS:
@@ -202,9 +231,10 @@ def _endpoint_class(max_models_per_replica: int):
                         headers=loaded.headers(),
                     )
                 answer = Response(predictions_json(result), media_type="application/json", headers=loaded.headers())
+                request_id = _request_id() if self.prediction_hooks else ""
                 for hook in self.prediction_hooks:
                     try:
-                        hook(loaded, data, result)
+                        hook(loaded, data, result, request_id)
                     except Exception:  # an observer's failure is not the client's
                         logger.exception("prediction hook %r failed", hook)
                 return answer
@@ -235,6 +265,13 @@ def _endpoint_class(max_models_per_replica: int):
 
     ModelEndpoint.__name__ = ModelEndpoint.__qualname__ = ENDPOINT_DEPLOYMENT
     return ModelEndpoint
+
+
+def _request_id() -> str:
+    """Serve's id of the request being answered: the x-request-id header Serve adds to it."""
+    from ray import serve
+
+    return serve.context._get_serve_request_context().request_id
 
 
 class _Evictable:
@@ -271,6 +308,12 @@ def build_model_app(spec: ServeSpec, extensions: Sequence[Callable[[Any], Endpoi
     from ray import serve
 
     cls = _endpoint_class(spec.max_models_per_replica)
+    monitor = None
+    if spec.monitoring.enabled:
+        from raymaas.serving.monitoring import Monitoring, build_monitor_hub
+
+        monitor = build_monitor_hub(spec)
+        extensions = [Monitoring, *extensions]
     deployment = serve.deployment(
         cls,
         name=ENDPOINT_DEPLOYMENT,
@@ -281,4 +324,4 @@ def build_model_app(spec: ServeSpec, extensions: Sequence[Callable[[Any], Endpoi
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=10,
     )
-    return deployment.bind(spec.model_dump(), list(extensions))
+    return deployment.bind(spec.model_dump(), list(extensions), monitor)

@@ -32,10 +32,46 @@ class BatchingSpec(SpecModel):
     )
 
 
+class DriftSpec(SpecModel):
+    psi_threshold: float = Field(0.2, gt=0, description="population stability index at which a feature may be flagged")
+    ks_pvalue: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="Kolmogorov-Smirnov p-value below which a feature may be flagged (both must agree)",
+    )
+    min_rows: int = Field(100, ge=1, description="rows the window needs before anything is flagged")
+
+
+class PayloadLoggingSpec(SpecModel):
+    enabled: bool = Field(False, description="write a sample of requests and responses to Parquet (off: none kept)")
+    sample_rate: float = Field(0.1, gt=0, le=1, description="share of predictions written")
+    mask_columns: list[str] = Field([], description="input columns replaced by '***' before writing")
+    flush_interval_s: float = Field(30.0, gt=0, description="seconds between Parquet files of a replica")
+
+
+class MonitoringSpec(SpecModel):
+    enabled: bool = Field(True, description="Prometheus metrics, drift and live performance (GET /models/NAME/monitor)")
+    window: int = Field(1000, ge=10, description="recent input rows each replica keeps (as bins, not values) for drift")
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="when a feature counts as drifted")
+    feedback_window: int = Field(1000, ge=1, description="labelled predictions the live metrics are computed over")
+    feedback_ttl_s: float = Field(
+        3600.0, gt=0, description="seconds a prediction waits for its label; later feedback is 'expired'"
+    )
+    max_pending_predictions: int = Field(100_000, ge=1, description="predictions kept waiting for labels at most")
+    push_interval_s: float = Field(1.0, gt=0, description="seconds between a replica's reports to the monitor")
+    log_interval_s: float = Field(60.0, gt=0, description="seconds between logs to the MLflow monitoring run")
+    payload_logging: PayloadLoggingSpec = Field(default_factory=PayloadLoggingSpec, description="sampled payloads")
+
+
 class ModelEndpointSpec(SpecModel):
     name: str = Field(..., description="registered model name in the MLflow Model Registry")
     alias: str | None = Field(None, description="registry alias to follow (default: champion unless version is set)")
     version: str | None = Field(None, description="a fixed model version instead of an alias")
+    reference: str | None = Field(
+        None,
+        description="drift reference for a model logged without a profile: a profile (.json) or reference rows (.parquet, .csv)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -81,6 +117,7 @@ class ServeSpec(SpecModel):
     tracking_uri: str | None = Field(
         None, description="MLflow store (default: MLFLOW_TRACKING_URI, else the embedded store)"
     )
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="metrics, drift, live performance")
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -266,6 +266,11 @@ def _model_of(job, prepared, checkpoint):
         labels = [str(c) for c in targets.classes]
         figures["plots/confusion_matrix.png"] = plots.confusion_matrix_figure(state["confusion"], title, labels)
         tables["per_class_metrics.json"] = per_class_table(state["confusion"], labels)
+    try:
+        profile = reference_profile(module, data, spec)
+    except ValueError as err:  # too wide to profile: the model is served without drift
+        print(f"no reference profile: {err}", flush=True)
+        profile = None
     gate = spec.gate(job.kind)
     if gate.metric not in state["metrics"]:
         raise ValueError(
@@ -283,6 +288,7 @@ def _model_of(job, prepared, checkpoint):
         figures=figures,
         dicts=tables,
         targets=targets,
+        profile=profile,
         details={"epochs": epochs},
     )
 
@@ -305,23 +311,51 @@ def per_class_table(confusion, labels: list[str]) -> dict:
     return {"columns": ["class", "precision", "recall", "f1", "support"], "data": rows}
 
 
-def _validation_predictions(module, data, spec, limit: int = 5000):
-    """Up to limit validation rows' targets and the trained model's predictions, for the plots."""
-    import torch
-
+def _split_rows(data, spec, split: str, limit: int):
+    """Up to limit rows of a split ("train" or "validation"): (features, targets) as float32."""
     from raymaas.supervised.data import load_builtin
 
     worker = data.worker
-    if "validation" in data.datasets:
-        frame = data.datasets["validation"].limit(limit).to_pandas()
+    if split in data.datasets:
+        frame = data.datasets[split].limit(limit).to_pandas()
         x = frame[worker.feature_columns].to_numpy(dtype=np.float32)
         y = frame[worker.label_columns].to_numpy(dtype=np.float32)
-    else:
-        split = load_builtin(spec.data, spec.train_loop_config.seed, spec.task)
-        x, y = split.x_val[:limit], split.y_val[:limit]
+        return x, y
+    rows = load_builtin(spec.data, spec.train_loop_config.seed, spec.task)
+    if split == "train":
+        return rows.x_train[:limit], rows.y_train[:limit]
+    return rows.x_val[:limit], rows.y_val[:limit]
+
+
+def _forward(module, x):
+    import torch
+
     with torch.inference_mode():
-        predicted = module.eval()(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        return module.eval()(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+
+def _validation_predictions(module, data, spec, limit: int = 5000):
+    """Up to limit validation rows' targets and the trained model's predictions, for the plots."""
+    x, y = _split_rows(data, spec, "validation", limit)
+    predicted = _forward(module, x)
     return y.reshape(len(y), -1), predicted.reshape(len(predicted), -1)
+
+
+def reference_profile(module, data, spec, limit: int = 20_000) -> dict:
+    """The reference profile logged with the model (raymaas.monitoring.profile): the training
+    split's inputs (up to limit rows) and the model's predictions on the validation split,
+    as the served model answers them (class labels, or values in the targets' units)."""
+    from raymaas.monitoring.profile import build_profile
+
+    targets = data.worker.targets
+    x_train, _ = _split_rows(data, spec, "train", limit)
+    x_val, _ = _split_rows(data, spec, "validation", limit)
+    out = _forward(module, x_val)
+    if targets.task == "regression":
+        return build_profile(x_train, data.feature_columns, out, "regression", output_names=targets.names or None)
+    classes = targets.classes
+    labels = [classes[i] for i in out.argmax(axis=1)]
+    return build_profile(x_train, data.feature_columns, labels, "classification", classes=classes)
 
 
 class _EpochPrinter:

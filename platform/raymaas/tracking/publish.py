@@ -36,7 +36,9 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
     targets = trained.targets
     with mlflow.start_run(run_id=run_id):
         if targets is not None and targets.task == "regression":
-            info = log_regressor(trained.module, trained.example, targets.n_outputs, trained.feature_columns)
+            info = log_regressor(
+                trained.module, trained.example, targets.n_outputs, trained.feature_columns, profile=trained.profile
+            )
         else:
             classes = targets.classes if targets is not None else None
             # probabilities for a supervised classifier's logits, not for an RL policy's action scores
@@ -46,6 +48,7 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
                 trained.feature_columns,
                 classes=classes,
                 probabilities=targets is not None,
+                profile=trained.profile,
             )
     if trained.check is not None:
         trained.check(info.model_uri)  # e.g. the RL policy's parity with the RLlib module

@@ -1,0 +1,70 @@
+"""The monitor report of an endpoint (GET /models/NAME/monitor) as text, for the terminal:
+`raymaas monitor NAME` and the demo print it."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+API_KEY_ENV = "RAYMAAS_API_KEY"  # the key `raymaas monitor` sends, if the endpoint wants one
+
+
+def fetch_report(base_url: str, name: str, api_key: str | None = None, timeout: float = 30) -> dict:
+    """GET BASE/models/NAME/monitor; LookupError (with the endpoint's reason) if it refuses."""
+    req = urllib.request.Request(f"{base_url.rstrip('/')}/models/{name}/monitor")
+    if api_key:
+        req.add_header("x-api-key", api_key)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            reason = json.loads(body).get("message", body.decode(errors="replace"))
+        except ValueError:
+            reason = body.decode(errors="replace")
+        raise LookupError(f"{err.code} from {req.full_url}: {reason}") from None
+    except urllib.error.URLError as err:
+        raise LookupError(f"no endpoint answers at {req.full_url}: {err.reason}") from None
+
+
+def format_report(report: dict, top: int = 5) -> str:
+    """A few lines: the window, drift (flagged features and the highest scores), live metrics."""
+    lines = [f"{report['model']} version {report['version']} ({report['replicas']} replica(s) reporting)"]
+    w = report["window"]
+    if w["rows"]:
+        lines.append(
+            f"  window: {w['rows']} rows ({w['rows_per_replica']} per replica at most), "
+            f"oldest {w['oldest_age_s']:.0f}s ago, newest {w['newest_age_s']:.0f}s ago"
+        )
+    else:
+        lines.append("  window: no rows yet")
+    drift = report["drift"]
+    if drift["status"] == "unavailable":
+        lines.append(f"  drift: unavailable: {drift['reason']}")
+    else:
+        flagged = drift["flagged"]
+        state = f"FLAGGED {', '.join(flagged)}" if flagged else "nothing flagged"
+        if drift["status"] != "ok":
+            state += f" ({drift['status']}: flags need {drift['min_rows']} rows)"
+        lines.append(f"  drift: {state} (PSI >= {drift['psi_threshold']} and KS p < {drift['ks_pvalue_threshold']})")
+        worst = sorted(drift["features"].items(), key=lambda kv: -kv[1]["psi"])[:top]
+        for feature, f in worst:
+            mark = " *" if f["flagged"] else ""
+            lines.append(
+                f"    {feature:>16}  PSI {f['psi']:8.3f}  KS D {f['ks_statistic']:.3f}  p {f['ks_pvalue']:.3g}{mark}"
+            )
+    live = report["live"]
+    fb = live["feedback"]
+    if live["metrics"]:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in live["metrics"].items())
+        lines.append(f"  live ({live['labelled_rows']} labelled rows): {scores}")
+    else:
+        lines.append("  live: no labels yet (POST /models/NAME/feedback)")
+    lines.append(
+        f"  feedback: {fb['matched']} matched, {fb['rows']} labelled rows sent, {fb['unknown']} unknown, "
+        f"{fb['expired']} expired, {fb['duplicate']} duplicate, {fb['mismatched']} mismatched; "
+        f"{live['awaiting_labels']} predictions await labels"
+    )
+    return "\n".join(lines)

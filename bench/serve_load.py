@@ -18,6 +18,9 @@ against those peers; exits 1 if a target is missed on the default ingress (heavy
 
     --models tiny,column     only these contestants (default: tiny,heavy,column)
     --ingress haproxy        only this ingress (default: proxy,haproxy)
+    --monitoring-rounds 3    rounds of monitoring off then on (the tiny and column models, last
+                             ingress): the cost of monitoring, target p50 <= +0.3 ms and
+                             throughput at 32 >= 0.95x of off (0: skip)
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def register_models(tracking_uri: str, names: list[str]) -> None:
     import torch
 
     from raymaas.modelcode.pyfunc import log_classifier
+    from raymaas.monitoring.profile import build_profile
     from raymaas.tracking import ensure_experiment, get_client
 
     client = get_client(tracking_uri)
@@ -122,8 +126,11 @@ def register_models(tracking_uri: str, names: list[str]) -> None:
     if HEAVY in names:
         modules[HEAVY] = (heavy_module(), HEAVY_IN)
     for name, (module, n_in) in modules.items():
+        rows = np.random.default_rng(0).random((2000, n_in), dtype=np.float32)
+        # a reference profile, as every trained model has: monitoring bins every input row
+        profile = build_profile(rows) if n_in <= 64 else None
         with mlflow.start_run(run_name=name):
-            info = log_classifier(module, np.random.default_rng(0).random((8, n_in), dtype=np.float32))
+            info = log_classifier(module, rows[:8], profile=profile)
         version = mlflow.register_model(info.model_uri, name).version
         client.set_registered_model_alias(name, "champion", version)
     if COLUMN in names:
@@ -278,7 +285,7 @@ def _wait_http(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout_s}s")
 
 
-def run_ray_serve(tracking_uri: str, quick: bool, ingress: str, names: list[str]) -> dict:
+def run_ray_serve(tracking_uri: str, quick: bool, ingress: str, names: list[str], monitoring_rounds: int = 0) -> dict:
     import ray
     from ray import serve
     from starlette.responses import Response
@@ -329,6 +336,18 @@ def run_ray_serve(tracking_uri: str, quick: bool, ingress: str, names: list[str]
             serve.run(build_model_app(spec), name=name, route_prefix=spec.route_prefix)
             results[name] = measure(f"http://127.0.0.1:{port}/models/{name}/invocations", body_for(name), quick)
             serve.delete(name)
+            # monitoring's cost: off and on alternately, each round on a fresh application
+            for _ in range(monitoring_rounds if name != HEAVY else 0):
+                for enabled in (False, True):
+                    watched = spec.model_copy(
+                        update={"monitoring": spec.monitoring.model_copy(update={"enabled": enabled})}
+                    )
+                    serve.run(build_model_app(watched), name=name, route_prefix=spec.route_prefix)
+                    url = f"http://127.0.0.1:{port}/models/{name}/invocations"
+                    results.setdefault(f"{name}:monitoring-{'on' if enabled else 'off'}", []).append(
+                        measure(url, body_for(name), quick)
+                    )
+                    serve.delete(name)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -349,6 +368,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run, not figures)")
     parser.add_argument("--models", default="tiny,heavy,column", help="contestants, of tiny, heavy, column")
     parser.add_argument("--ingress", default="proxy,haproxy", help="Serve ingresses, of proxy, haproxy")
+    parser.add_argument(
+        "--monitoring-rounds",
+        type=int,
+        default=3,
+        help="rounds of monitoring off / on for the tiny and column models on the last ingress (0: none)",
+    )
     args = parser.parse_args()
     names = [CONTESTANTS[c] for c in _names(args.models, CONTESTANTS, "models")]
     ingresses = _names(args.ingress, ("proxy", "haproxy"), "ingress")
@@ -362,7 +387,12 @@ def main() -> int:
         mlflow_results = {name: run_mlflow_serve(name, env, args.quick) for name in names}
         # Serve's Python proxy first, then the platform's default ingress, Ray's HAProxy; each
         # on a Ray of its own (Serve reads the ingress setting when it starts)
-        by_ingress = {ingress: run_ray_serve(tracking_uri, args.quick, ingress, names) for ingress in ingresses}
+        by_ingress = {
+            ingress: run_ray_serve(
+                tracking_uri, args.quick, ingress, names, args.monitoring_rounds if ingress == ingresses[-1] else 0
+            )
+            for ingress in ingresses
+        }
 
     labels = {"proxy": "Serve proxy", "haproxy": "HAProxy"}
 
@@ -425,6 +455,18 @@ def main() -> int:
                 print(f"  column p50 - tensor p50 = {gap:.2f} ms (target <= 1)")
             print(
                 f"  column c=32: raymaas {rps:.0f}/s vs mlflow {mlflow_rps:.0f}/s = {rps / mlflow_rps:.1f}x (target >= 3x)"
+            )
+        for name in (TINY, COLUMN):
+            off, on = r.get(f"{name}:monitoring-off"), r.get(f"{name}:monitoring-on")
+            if not off or not on:
+                continue
+            p50 = float(np.median([b["c1"]["p50"] for b in on]) - np.median([a["c1"]["p50"] for a in off]))
+            rps = float(np.median([b["c32"]["rps"] for b in on]) / np.median([a["c32"]["rps"] for a in off]))
+            ok &= p50 <= 0.3 and rps >= 0.95
+            print(
+                f"  monitoring on vs off, {name} (median of {len(on)} alternating rounds): p50 {p50:+.2f} ms "
+                f"(target <= +0.3), throughput at 32 {rps:.2f}x (target >= 0.95); per round p50 off/on "
+                + ", ".join(f"{a['c1']['p50']:.2f}/{b['c1']['p50']:.2f}" for a, b in zip(off, on, strict=True))
             )
         met[ingress] = ok
     print(f"\nbenchmark took {time.monotonic() - began:.0f} s")

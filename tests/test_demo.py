@@ -171,8 +171,13 @@ def mlflow_server(demo_home, second_demo):
 
 def test_first_demo_shows_every_stage_and_what_the_endpoints_answered(first_demo):
     out = first_demo.output
-    for number in range(1, 8):
-        assert f"[{number}/7]" in out, out
+    for number in range(1, 9):
+        assert f"[{number}/8]" in out, out
+    # the monitoring stage: feedback gives a live accuracy, the brightened pixel is flagged
+    assert re.search(r"digits-debug: true labels of \d+ answered rows sent to /feedback", out), out
+    pixel = re.search(r"digits-debug: \d+ more digits with pixel (\d+) 3 std brighter", out)
+    assert pixel and f"FLAGGED {pixel.group(1)} " in out, out
+    assert re.search(r"live \(\d+ labelled rows\): accuracy 0\.\d+", out), out
     # the sweep stage: trials followed, the best trial's model registered
     assert re.search(r"trials started 4, ended 4", out), out
     assert re.search(r"digits-sweep-debug version \d+: val_accuracy 0\.\d+ -> (champion|candidate)", out), out
@@ -204,7 +209,8 @@ def test_running_again_adds_runs_and_versions_and_keeps_the_earlier_ones(mlflow_
         status, found = http_json(f"{api}/runs/search", {"experiment_ids": [got["experiment"]["experiment_id"]]})
         kinds = {r["info"]["run_id"]: _tag(r, "raymaas.job_kind") for r in found.get("runs", [])}
         assert list(kinds.values()).count("predict") == (2 if model.startswith("digits") else 0), kinds
-        runs = [r for r in found.get("runs", []) if kinds[r["info"]["run_id"]] != "predict"]
+        # the served versions' monitoring runs are beside them (linked by tags), not training runs
+        runs = [r for r in found.get("runs", []) if kinds[r["info"]["run_id"]] not in ("predict", "monitor")]
         assert len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs), found
         gate_metric = "val_accuracy" if model.startswith("digits") else "eval_return_mean"
         for run in runs:

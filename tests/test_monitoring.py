@@ -146,3 +146,21 @@ def test_psi_and_live_scores():
     assert scores["accuracy"] == 0.75  # a JSON 3 and a served "3" are one class
     assert 0 < scores["f1_macro"] < 1
     assert regression_scores([1.0, 2.0, 4.0], [1.0, 2.0, 2.0]) == pytest.approx({"rmse": (4 / 3) ** 0.5, "mae": 2 / 3})
+
+
+def test_the_grafana_dashboard_charts_the_series_the_endpoints_export():
+    import re
+
+    from conftest import REPO
+
+    source = (REPO / "platform" / "raymaas" / "serving" / "monitoring.py").read_text()
+    exported = set(re.findall(r'(?:Counter|Gauge|Histogram)\(\s*"(raymaas_\w+)"', source))
+    assert len(exported) == 11, exported
+    dashboard = json.loads((REPO / "docs" / "grafana" / "raymaas-endpoints.json").read_text())
+    charted = {
+        re.sub(r"_(total|bucket|sum|count)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"ray_(raymaas_\w+)", target["expr"])
+    }
+    assert charted == exported

@@ -386,7 +386,7 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
     from ray import serve
 
     from raymaas.modelcode.pyfunc import log_classifier
-    from raymaas.serving import ServeSpec, build_model_app
+    from raymaas.serving import ENDPOINT_DEPLOYMENT, ServeSpec, build_model_app
     from raymaas.tracking import ensure_experiment
 
     name = "mn-serve-tiny"
@@ -422,7 +422,9 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
         app = serve.status().applications.get("mn-serve")
         if app is None:
             return 0
-        return sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+        # the model's replicas (not its MonitorHub's, one replica of no CPU beside them)
+        endpoint = app.deployments.get(ENDPOINT_DEPLOYMENT)
+        return endpoint.replica_states.get("RUNNING", 0) if endpoint else 0
 
     # From a settled cluster: an earlier test's idle node may not be removed yet (seen once in
     # CI: two worker nodes right after serve.run, one of them left from the test before).

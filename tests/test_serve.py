@@ -186,6 +186,15 @@ def endpoint(ray_head, registered, tmp_path_factory):
         {
             # the model registered by hand has no profile: its reference rows come from the config
             "models": [{"name": SKLEARN, "version": 1, "reference": str(iris_rows)}, {"name": JOB_MODEL}],
+            # payload logging switched on here (only here): every request, one column masked
+            "monitoring": {
+                "payload_logging": {
+                    "enabled": True,
+                    "sample_rate": 1.0,
+                    "mask_columns": ["sepal_length"],
+                    "flush_interval_s": 1,
+                }
+            },
             "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
             "ray_actor_options": {"num_cpus": 0.25},
         }
@@ -766,3 +775,36 @@ def test_raymaas_monitor_prints_the_report(watched, capsys):
     assert f"FLAGGED {watched['shifted_feature']}" in out and "live (" in out
     assert main(["monitor", "no-such-model", "--url", endpoint_of(watched)]) == 1
     assert "404" in capsys.readouterr().err
+
+
+def test_payload_logging_writes_masked_samples_only_where_switched_on(watched, registered, mlflow_client):
+    import pandas as pd
+
+    from raymaas.serving.monitoring import monitoring_run
+
+    frame = registered["iris"].tail(5).reset_index(drop=True)
+    status, headers, body = call(
+        f"{endpoint_of(watched)}/models/{SKLEARN}/invocations", {"dataframe_split": frame.to_dict(orient="split")}
+    )
+    assert status == 200, body
+    request_id = headers["x-request-id"]
+    run_id = monitoring_run(mlflow_client, SKLEARN, "1")
+    deadline = time.monotonic() + 30
+    written = pd.DataFrame()
+    while time.monotonic() < deadline:
+        files = [f.path for f in mlflow_client.list_artifacts(run_id, "payloads")]
+        if files:
+            written = pd.concat(
+                [pd.read_parquet(mlflow_client.download_artifacts(run_id, f)) for f in files], ignore_index=True
+            )
+            if request_id in set(written["request_id"]):
+                break
+        time.sleep(1)
+    mine = written[written["request_id"] == request_id].reset_index(drop=True)
+    assert len(mine) == 5, written
+    assert (mine["sepal_length"] == "***").all()  # masked before it was written
+    assert np.allclose(mine["petal_width"].astype(float), frame["petal_width"])
+    assert mine["prediction"].tolist() == body["predictions"]
+    # off by default: the watched model's monitoring run holds no payloads
+    watched_run = monitoring_run(mlflow_client, WATCHED, watched["version"])
+    assert not mlflow_client.list_artifacts(watched_run, "payloads")

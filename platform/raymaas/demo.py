@@ -102,6 +102,7 @@ class Answer:
     version: str
     summary: str
     details: list[str] = field(default_factory=list)
+    labels: dict = field(default_factory=dict)  # request id -> the true labels of its rows (feedback)
 
 
 class StageLog:
@@ -411,10 +412,12 @@ def query_classifier(trained: Trained, base_url: str) -> Answer:
     split = load_builtin(spec.data, spec.train_loop_config.seed)
     url = f"{base_url}/models/{trained.model_name}/invocations"
     predicted, versions = [], set()
+    labels = {}
     for start in range(0, len(split.x_val), 64):
         body, headers = post_json(url, {"inputs": split.x_val[start : start + 64].tolist()})
         predicted.extend(body["predictions"])
         versions.add(headers.get("x-model-version"))
+        labels[headers["x-request-id"]] = split.y_val[start : start + 64].tolist()
     predicted = np.asarray(predicted).reshape(-1)
     accuracy = float((predicted == split.y_val).mean())
     shown = 12
@@ -427,7 +430,36 @@ def query_classifier(trained: Trained, base_url: str) -> Answer:
             f"predicted {' '.join(str(int(p)) for p in predicted[:shown])}",
             f"true      {' '.join(str(int(t)) for t in split.y_val[:shown])}",
         ],
+        labels=labels,
     )
+
+
+def watch_endpoints(trained: list[Trained], answers: list[Answer], base_url: str) -> list[str]:
+    """The true labels of the classifier's answers sent back as feedback, then a batch of the
+    same digits with one pixel 3 standard deviations brighter; every endpoint's monitor report."""
+    import numpy as np
+
+    from raymaas.monitoring.report import fetch_report, format_report
+    from raymaas.supervised.data import load_builtin
+
+    lines = []
+    key = _auth_header().get("authorization", "").removeprefix("Bearer ") or None
+    for t, answer in zip(trained, answers, strict=True):
+        if not answer.labels:
+            continue
+        body, _ = post_json(f"{base_url}/models/{t.model_name}/feedback", {"labels": answer.labels})
+        lines.append(f"{t.model_name}: true labels of {body['rows_scored']} answered rows sent to /feedback")
+        split = load_builtin(t.spec.data, t.spec.train_loop_config.seed)
+        shifted = np.asarray(split.x_val, dtype=np.float64).copy()
+        column = int(np.argmax(split.x_val.std(axis=0)))
+        shifted[:, column] += 3 * split.x_val[:, column].std()
+        for start in range(0, len(shifted), 64):
+            post_json(f"{base_url}/models/{t.model_name}/invocations", {"inputs": shifted[start : start + 64].tolist()})
+        lines.append(f"{t.model_name}: {len(shifted)} more digits with pixel {column} 3 std brighter (drift)")
+    time.sleep(1.5)  # a push interval: every replica's window reaches the monitor
+    for t in trained:
+        lines.extend(format_report(fetch_report(base_url, t.model_name, key), top=3).splitlines())
+    return lines
 
 
 def play_cartpole(trained: Trained, base_url: str, seed: int = 2026) -> Answer:
@@ -472,7 +504,7 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = paths.log_dir() / f"demo-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    progress = StageLog(len(stages) + 3)
+    progress = StageLog(len(stages) + 4)
     print(f"raymaas demo ({mode}): MLflow store {tracking_uri}", flush=True)
 
     trained: list[Trained] = []
@@ -503,6 +535,10 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
             progress.line(f"{answer.model_name} (version {answer.version}): {answer.summary}")
             for detail in answer.details:
                 progress.line(f"  {detail}")
+
+        progress.stage(len(stages) + 4, "watching the endpoints: feedback, a drifted batch, the monitor reports")
+        for line in watch_endpoints(served, answers, base_url):
+            progress.line(line)
 
         _summary(trained, answers, base_url, tracking_uri, progress)
         if keep_serving:

@@ -380,9 +380,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for app in deployed:
             print(f"raymaas: application {app.name!r} at {app.url or app.base_url}/", flush=True)
         if deployed:
+            import ray
+
+            exports = sorted({n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]})
             print(
                 f"raymaas: GET {deployed[0].base_url}/models lists the published models, "
-                f"{deployed[0].base_url}/docs the routes; Ctrl-C stops serving",
+                f"{deployed[0].base_url}/docs the routes, /models/NAME/monitor a model's drift and live "
+                f"metrics; Prometheus scrapes each node's metrics port ({', '.join(map(str, exports))} here); "
+                "Ctrl-C stops serving",
                 flush=True,
             )
         try:
@@ -488,6 +493,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"raymaas: Ray head            {cluster.gcs_address}\n"
         f"raymaas: dashboard, job API  {cluster.dashboard_url}\n"
         f"raymaas: MLflow server       {cluster.mlflow_url}   (store and artifacts in {cluster.home})\n"
+        f"raymaas: Prometheus metrics  {cluster.metrics_url}   (Ray's and every endpoint's)\n"
         f"raymaas: for this shell:\n"
         + "".join(f"  {line}\n" for line in cluster.exports())
         + "raymaas: then: ray job submit --working-dir . -- python -m jobs.supervised jobs/specs/digits_mlp.yaml\n"

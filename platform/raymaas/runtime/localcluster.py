@@ -36,6 +36,7 @@ class LocalCluster:
     temp_dir: str  # Ray's temp dir of this head: it names every process of the head
     mlflow_pid: int
     started_at: float
+    metrics_url: str = ""  # the head's Prometheus export (Ray's and the endpoints' metrics)
 
     def exports(self) -> list[str]:
         """The shell lines that point Ray's and MLflow's clients at this cluster."""
@@ -130,6 +131,7 @@ def start(
     )
     # Short: Ray's socket paths under it must fit in 107 characters.
     temp_dir = Path(tempfile.mkdtemp(prefix="rmu", dir="/tmp"))
+    metrics_port = free_port(8080)
     cluster = LocalCluster(
         home=str(home),
         gcs_address=f"{HOST}:{port}",
@@ -138,6 +140,7 @@ def start(
         temp_dir=str(temp_dir),
         mlflow_pid=mlflow_proc.pid,
         started_at=time.time(),
+        metrics_url=f"http://{HOST}:{metrics_port}/metrics",
     )
     state_path(home).write_text(json.dumps(asdict(cluster), indent=1) + "\n")
     try:
@@ -167,7 +170,7 @@ def start(
             f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}",
             f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
+            f"--metrics-export-port={metrics_port}",
             f"--ray-client-server-port={free_port()}",
             "--disable-usage-stats",
         ]

@@ -15,7 +15,7 @@ code. `build_model_app(spec, extensions=[...])` takes factories (a callable that
 endpoint and returns an `EndpointExtension`; a subclass of it is one); every replica's
 endpoint builds one of each in its __init__, after its model is loaded:
 
-    class Monitoring(EndpointExtension):
+    class MyExtension(EndpointExtension):
         def routes(self):
             return {("GET", "monitor"): self.monitor, ("POST", "feedback"): self.feedback}
 
@@ -27,10 +27,13 @@ endpoint builds one of each in its __init__, after its model is loaded:
             body = await read_body(request, self.endpoint.spec.max_request_bytes)
             ...                                    # raise ClientError(4xx, ...) for a bad one
 
-        def on_prediction(self, loaded, data, result):
+        def on_prediction(self, loaded, data, result, request_id):
             ...                                    # quick: queue, count, sample
 
-    build_model_app(spec, extensions=[Monitoring])
+    build_model_app(spec, extensions=[MyExtension])
+
+(The platform's own monitoring, raymaas.serving.monitoring, is such an extension; it is
+added when spec.monitoring.enabled, with its MonitorHub deployment handed to the endpoint.)
 
 - routes(): the endpoint answers METHOD /models/NAME/ACTION with `await handler(request, name)`
   once the API key checks out (an action needs a key as invocations does). A ClientError

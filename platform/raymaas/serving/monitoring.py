@@ -18,7 +18,9 @@ and the reports run once per push interval, off the request's way.
 
 What leaves a replica: bin counts of its window, and its predictions (the model's outputs,
 kept in the hub's memory until labelled or feedback_ttl_s old) with their request ids. Request
-contents do not, unless payload logging is switched on.
+contents do not, unless payload logging is switched on (monitoring.payload_logging): then a
+sampled share of requests and responses goes, every flush_interval_s, to Parquet files in the
+artifacts (payloads/) of the version's monitoring run, mask_columns replaced by '***'.
 
 Prometheus series (Ray adds the ray_ prefix and the deployment, replica and application tags):
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import time
 from collections import Counter, OrderedDict, deque
@@ -220,7 +223,10 @@ class Monitoring(EndpointExtension):
         self.windows: dict[str, _Window] = {}
         self.waiting: dict[str, list] = {}  # model -> predictions to send with the next push
         self._task: asyncio.Task | None = None
+        self._payload_task: asyncio.Task | None = None
         self._push_lock = asyncio.Lock()
+        self.payloads: list = []  # sampled (model, version, input, output, request id, time): payload logging only
+        self.payload_runs: dict[tuple[str, str], str] = {}  # (model, version) -> monitoring run id
         self.requests = PromCounter(
             "raymaas_requests",
             description="answers of the model endpoints",
@@ -267,8 +273,14 @@ class Monitoring(EndpointExtension):
         if window is None or window.version != loaded.version:
             window = self.windows[loaded.name] = _Window(loaded, self.spec.window, self.references.get(loaded.name))
         window.add(data, result, request_id, _rows(data))
+        payloads = self.spec.payload_logging
+        if payloads.enabled and random.random() < payloads.sample_rate:
+            self.payloads.append((loaded.name, loaded.version, data, result, request_id, time.time()))
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._push_forever())
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._push_forever())
+            if payloads.enabled:
+                self._payload_task = loop.create_task(self._write_payloads_forever())
 
     def _on_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -363,9 +375,79 @@ class Monitoring(EndpointExtension):
             raise ClientError(422, f"the model could not score the rows: {result}")
         return await self.hub.score_rows.remote(name, loaded.version, prediction_values(result), labels)
 
+    # ------------------------------------------------------------------ payload logging
+
+    async def _write_payloads_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.payload_logging.flush_interval_s)
+            try:
+                await self.write_payloads()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("writing sampled payloads failed")
+
+    async def write_payloads(self) -> None:
+        """The sampled requests and responses so far, one Parquet file per model version, to
+        the version's monitoring run (artifacts payloads/), masked columns replaced."""
+        batch, self.payloads = self.payloads, []
+        for key in {(name, version) for name, version, *_ in batch}:
+            if key not in self.payload_runs:
+                self.payload_runs[key] = await self.hub.monitoring_run.remote(*key)
+        await asyncio.to_thread(self._write_payloads, batch)
+
+    def _write_payloads(self, batch: list) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from raymaas.tracking import get_client
+
+        if not batch:
+            return
+        client = get_client(self.endpoint.tracking_uri)
+        mask = self.spec.payload_logging.mask_columns
+        for (name, version), run_id in self.payload_runs.items():
+            rows = [b for b in batch if b[0] == name and b[1] == version]
+            if not rows:
+                continue
+            frame = payload_frame(rows, mask)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"payloads-{self.replica}-{int(time.time() * 1000)}.parquet"
+                frame.to_parquet(path, index=False)
+                client.log_artifact(run_id, str(path), "payloads")
+
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._payload_task is not None:
+            self._payload_task.cancel()
+            try:  # what was sampled since the last file, where its run is known
+                self._write_payloads([b for b in self.payloads if (b[0], b[1]) in self.payload_runs])
+            except Exception:
+                logger.exception("writing the last sampled payloads failed")
+
+
+def payload_frame(rows: list, mask: list[str]):
+    """One row per input row of the sampled requests: its columns (masked ones '***') or the
+    tensor row as JSON, the prediction, the request id and time."""
+    import pandas as pd
+
+    parts = []
+    for _, _, data, result, request_id, at in rows:
+        values = prediction_values(result)
+        if isinstance(data, pd.DataFrame):
+            part = data.reset_index(drop=True).copy()
+            for column in mask:
+                if column in part.columns:
+                    part[column] = "***"
+        else:
+            arr = np.asarray(data)
+            part = pd.DataFrame({"input": [json.dumps(r) for r in arr.reshape(len(arr), -1).tolist()]})
+        part["prediction"] = [json.dumps(v) if isinstance(v, list) else v for v in values]
+        part["request_id"] = request_id
+        part["time"] = pd.to_datetime(at, unit="s")
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def _is_label(value) -> bool:
@@ -586,6 +668,15 @@ def _hub_class():
                 },
             }
 
+        async def monitoring_run(self, model: str, version: str) -> str:
+            """The id of the version's monitoring run (made on first use)."""
+            from raymaas.tracking import get_client
+
+            if (model, version) not in self.runs:
+                client = get_client(self.tracking_uri)
+                self.runs[(model, version)] = await asyncio.to_thread(monitoring_run, client, model, version)
+            return self.runs[(model, version)]
+
         # -------------------------------------------------------------- gauges and MLflow
 
         async def _gauges_forever(self) -> None:
@@ -702,6 +793,7 @@ def monitoring_run(client, model: str, version: str) -> str:
         experiment_id,
         run_name=f"monitor-{model}-v{version}",
         tags={
+            "raymaas.job_kind": "monitor",  # not a training run: `raymaas runs` shows it as such
             "raymaas.monitoring.model": model,
             "raymaas.monitoring.version": str(version),
             "raymaas.monitoring.training_run_id": mv.run_id or "",

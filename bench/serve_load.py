@@ -285,14 +285,15 @@ def _wait_http(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout_s}s")
 
 
-def run_ray_serve(tracking_uri: str, quick: bool, ingress: str, names: list[str], monitoring_rounds: int = 0) -> dict:
+def start_serve(tracking_uri: str, ingress: str):
+    """A fresh local Ray with Serve on a free port, as `raymaas serve --ingress INGRESS` would
+    start it: (the HTTP port, what undoes the ingress's preparation after ray.shutdown())."""
     import ray
     from ray import serve
-    from starlette.responses import Response
 
-    from raymaas.serving import ServeSpec, build_model_app, prepare_local_ingress
+    from raymaas.serving import prepare_local_ingress
 
-    cleanup = prepare_local_ingress(ingress)  # as `raymaas serve --ingress INGRESS` would
+    cleanup = prepare_local_ingress(ingress)
     ray.init(
         address="local",
         num_cpus=4,
@@ -301,6 +302,17 @@ def run_ray_serve(tracking_uri: str, quick: bool, ingress: str, names: list[str]
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port, cleanup
+
+
+def run_ray_serve(tracking_uri: str, quick: bool, ingress: str, names: list[str], monitoring_rounds: int = 0) -> dict:
+    import ray
+    from ray import serve
+    from starlette.responses import Response
+
+    from raymaas.serving import ServeSpec, build_model_app
+
+    port, cleanup = start_serve(tracking_uri, ingress)
 
     @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
     class Trivial:

@@ -171,8 +171,12 @@ def mlflow_server(demo_home, second_demo):
 
 def test_first_demo_shows_every_stage_and_what_the_endpoints_answered(first_demo):
     out = first_demo.output
-    for number in range(1, 9):
-        assert f"[{number}/8]" in out, out
+    for number in range(1, 10):
+        assert f"[{number}/9]" in out, out
+    # the explanation stage: one digit's pixels, one CartPole move
+    assert re.search(r"digits-debug: a held-out \d predicted \d \(integrated gradients against the training", out), out
+    assert re.search(r"pixels \(row,col\) pushing most: \(\d,\d\) [+-]\d", out), out
+    assert re.search(r"cartpole-\w+-debug: action [01] \(push (left|right)\) because of", out), out
     # the monitoring stage: feedback gives a live accuracy, the brightened pixel is flagged
     assert re.search(r"digits-debug: true labels of \d+ answered rows sent to /feedback", out), out
     pixel = re.search(r"digits-debug: \d+ more digits with pixel (\d+) 3 std brighter", out)

@@ -327,6 +327,10 @@ def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_i
 
 def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, client, tmp_path):
     run_name = "mn-kill-node-run"
+    # from a settled cluster, as the test before starts: CI once saw this job's first nodes
+    # removed as idle while the autoscaler was still removing that test's, and none added again
+    wait_for(lambda: not worker_nodes(), 120, "no worker nodes before the job")
+    time.sleep(IDLE_TIMEOUT_MINUTES * 60)  # the autoscaler's last idle-node decisions are made
     log = tmp_path / "driver.log"
     driver = start_driver(
         fake_cluster,

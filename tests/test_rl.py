@@ -78,8 +78,9 @@ def test_solves_cartpole_in_one_tracked_run(solved, mlflow_client):
     assert steps == sorted(set(steps)) and len(steps) == int(metrics["training_iteration"])
     assert steps[-1] == int(metrics["env_steps_sampled"])
     artifacts = {a.path for a in mlflow_client.list_artifacts(run_id)}
-    assert {"spec.yaml", "evaluation.json", "checkpoint", "plots"} <= artifacts
-    assert {a.path for a in mlflow_client.list_artifacts(run_id, "plots")} == {"plots/return_curve.png"}
+    assert {"spec.yaml", "evaluation.json", "checkpoint", "plots", "feature_importance.json"} <= artifacts
+    plots = {a.path for a in mlflow_client.list_artifacts(run_id, "plots")}
+    assert plots == {"plots/return_curve.png", "plots/feature_importance.png"}
     checkpoint = {a.path for a in mlflow_client.list_artifacts(run_id, "checkpoint")}
     assert "checkpoint/rllib_checkpoint.json" in checkpoint and "checkpoint/learner_group" in checkpoint
 

@@ -26,6 +26,7 @@ SKLEARN = "test-serve-sklearn"
 JOB_MODEL = "test-serve-digits"
 API_KEY = "test-key-1"
 TINY_BODY_LIMIT = 100_000
+EXPLAIN_MAX_ROWS = 16
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +179,8 @@ def endpoint(ray_head, registered, tmp_path_factory):
             "ray_actor_options": {"num_cpus": 0.25, **key_env},
             "max_request_bytes": TINY_BODY_LIMIT,
             "poll_interval_s": 1,
+            # a small explain budget, so that a test can overflow it
+            "explain": {"max_ongoing_requests": 2, "max_queued_requests": 2, "max_rows": EXPLAIN_MAX_ROWS},
         }
     )
     iris_rows = tmp_path_factory.mktemp("reference") / "iris.csv"
@@ -364,7 +367,7 @@ def test_listing_health_and_docs(endpoint, registered):
     assert models[JOB_MODEL]["route"] == f"/models/{JOB_MODEL}/invocations"
     assert call(f"{endpoint}/health", key=None)[:3:2] == (200, {"status": "ok"})
     status, _, doc = call(f"{endpoint}/openapi.json", key=None)
-    assert status == 200 and f"/models/{TINY}/invocations" in doc["paths"]
+    assert status == 200 and {f"/models/{TINY}/invocations", f"/models/{TINY}/explain"} <= set(doc["paths"])
     with urllib.request.urlopen(f"{endpoint}/docs", timeout=30) as resp:
         assert resp.status == 200 and b"swagger" in resp.read().lower()
 
@@ -435,6 +438,110 @@ def test_api_keys(endpoint, registered):
     # checked before the body is read or parsed: no key says nothing about the model
     assert call(url, raw=b"{not json", key=None)[0] == 401
     assert call(f"{endpoint}/health", key=None)[0] == 200
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+def _complete(row: dict) -> bool:
+    """Integrated Gradients' completeness: attributions sum to f(x) - f(baseline), within delta."""
+    values = row["attributions"].values() if isinstance(row["attributions"], dict) else row["attributions"]
+    gap = sum(values) - (row["score"] - row["baseline_score"])
+    return abs(gap - row["convergence_delta"]) < 1e-3 and abs(row["convergence_delta"]) < 0.05 * max(
+        1.0, abs(row["score"] - row["baseline_score"])
+    )
+
+
+@pytest.mark.slow
+def test_explain_beside_invocations_for_trained_and_hand_registered_models(endpoint, registered):
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data[:5].astype(np.float32)
+    # the job's digits model: Integrated Gradients against the training mean stored with it
+    status, headers, out = call(f"{endpoint}/models/{JOB_MODEL}/explain", {"inputs": x.tolist()})
+    assert status == 200, out
+    _, _, predicted = call(f"{endpoint}/models/{JOB_MODEL}/invocations", {"inputs": x.tolist()})
+    assert out["method"] == "integrated_gradients" and out["baseline"] == "the training split's mean"
+    assert [r["prediction"] for r in out["explanations"]] == predicted["predictions"]
+    assert [r["target"] for r in out["explanations"]] == predicted["predictions"]  # the predicted class
+    assert all(len(r["attributions"]) == 64 and _complete(r) for r in out["explanations"]), out
+    assert headers["x-model-version"] == out["version"] and out["model"] == JOB_MODEL
+    status, _, out = call(
+        f"{endpoint}/models/{JOB_MODEL}/explain", {"instances": x[:2].tolist(), "params": {"target": 3}}
+    )
+    assert status == 200 and [r["target"] for r in out["explanations"]] == [3, 3], out
+
+    # scikit-learn by hand: Kernel SHAP over a sample of the profile of its reference file
+    frame = registered["iris"].iloc[[0, 75, 140]]
+    body = {"dataframe_records": frame.to_dict(orient="records")}
+    status, _, out = call(f"{endpoint}/models/{SKLEARN}/explain", body, key=None)
+    assert status == 200, out
+    assert out["method"] == "kernel_shap" and "reference profile" in out["baseline"]
+    expected = _pyfunc(f"models:/{SKLEARN}/1").predict(frame).tolist()
+    assert [r["prediction"] for r in out["explanations"]] == expected
+    for row in out["explanations"]:
+        assert list(row["attributions"]) == list(frame.columns)  # named by the signature's columns
+        assert abs(sum(row["attributions"].values()) + row["baseline_score"] - row["score"]) < 1e-6
+
+    # bad bodies get the answers /invocations gives them; the explanation's own limits their own
+    for bad in (
+        {"dataframe_records": frame.drop(columns=["petal_width"]).to_dict(orient="records")},
+        {"inputs": [[1, 2]], "instances": [[1, 2]]},
+    ):
+        e = call(f"{endpoint}/models/{SKLEARN}/explain", bad, key=None)
+        i = call(f"{endpoint}/models/{SKLEARN}/invocations", bad, key=None)
+        assert e[0] == i[0] == 422 and e[2]["message"] == i[2]["message"], (e, i)
+    code, _, out = call(f"{endpoint}/models/{SKLEARN}/explain", {**body, "params": {"target": "tulip"}}, key=None)
+    assert code == 422 and "tulip" in out["message"]
+    url = f"{endpoint}/models/{TINY}/explain"
+    assert call(url, raw=b"{not json")[0] == 400
+    assert call(url, {"inputs": [[1.0] * 64]}, key=None)[0] == 401
+    code, _, out = call(url, {"inputs": [[1.0] * 64] * (EXPLAIN_MAX_ROWS + 1)})
+    assert code == 413 and "explain.max_rows" in out["message"]
+
+
+@pytest.mark.slow
+def test_invocations_keep_answering_while_explain_is_over_its_budget(endpoint, registered):
+    """Explanations have their own deployment and request budget: a flood of them gets 503s
+    beyond the budget, and predictions keep answering at their usual speed meanwhile."""
+    import threading
+
+    body = {"inputs": np.random.default_rng(0).random((1, 64)).tolist()}
+    invocations, explain = f"{endpoint}/models/{TINY}/invocations", f"{endpoint}/models/{TINY}/explain"
+    assert call(explain, {"inputs": body["inputs"] * EXPLAIN_MAX_ROWS})[0] == 200  # the explainer is up
+
+    def latencies(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            started = time.perf_counter()
+            status, _, answer = call(invocations, body)
+            assert status == 200, answer
+            out.append(time.perf_counter() - started)
+        return out
+
+    alone = float(np.median(latencies(40)))
+    stop, statuses = threading.Event(), []
+
+    def flood():  # eight clients, each backing off a little on a 503 (which says retry-after)
+        while not stop.is_set() and len(statuses) < 2000:
+            status, headers, _ = call(explain, {"inputs": body["inputs"] * EXPLAIN_MAX_ROWS})
+            statuses.append(status if status != 503 or headers.get("retry-after") == "1" else "503 without retry-after")
+            if status == 503:
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=flood) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        loaded = float(np.median(latencies(40)))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert set(statuses) <= {200, 503} and statuses.count(503) > 0 and statuses.count(200) > 0, set(statuses)
+    # usual speed: within a few times the unloaded median on this 2-core machine, never queued behind explanations
+    assert loaded < max(4 * alone, alone + 0.05), (alone, loaded)
 
 
 # --------------------------------------------------------------------------- promotion and failures under load

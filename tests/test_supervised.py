@@ -54,9 +54,16 @@ def test_two_workers_reach_95_percent(trained_digits, mlflow_client):
         steps = [m.step for m in mlflow_client.get_metric_history(run_id, key)]
         assert sorted(steps) == list(range(12)), key
     artifacts = {a.path for a in mlflow_client.list_artifacts(run_id)}
-    assert "spec.yaml" in artifacts
+    assert {"spec.yaml", "feature_importance.json"} <= artifacts
     plots = {a.path for a in mlflow_client.list_artifacts(run_id, "plots")}
-    assert plots == {"plots/confusion_matrix.png", "plots/loss_curve.png"}
+    assert plots == {"plots/confusion_matrix.png", "plots/loss_curve.png", "plots/feature_importance.png"}
+    # integrated gradients over validation digits: the border pixels (always blank) matter least
+    import mlflow
+
+    table = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/feature_importance.json")
+    importance = dict(table["data"])
+    assert len(importance) == 64 and table["data"][0][1] > 0
+    assert importance["input[0]"] < table["data"][10][1]  # pixel (0,0) is blank in every digit
 
 
 def test_registered_model_has_signature_aliases_and_decision(trained_digits, mlflow_client):
@@ -247,7 +254,14 @@ def test_regression_job_answers_in_the_targets_units(ray_head, mlflow_client):
     assert "val_accuracy" not in run.data.metrics
     assert run.data.metrics["val_r2"] > 0.3  # linear regression on this table: about 0.5
     plots = {a.path for a in mlflow_client.list_artifacts(run_id, "plots")}
-    assert plots == {"plots/loss_curve.png", "plots/predicted_vs_actual.png", "plots/residuals.png"}
+    assert plots == {
+        "plots/loss_curve.png",
+        "plots/predicted_vs_actual.png",
+        "plots/residuals.png",
+        "plots/feature_importance.png",
+    }
+    table = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/feature_importance.json")
+    assert len(table["data"]) == 10 and all(v >= 0 for _, v in table["data"])
 
     (found,) = mlflow_client.search_model_versions(f"name='test-diabetes' and run_id='{run_id}'")
     assert found.tags["raymaas.gate_metric"] == "val_rmse"
@@ -312,6 +326,8 @@ def test_named_classes_from_a_csv(tmp_path, ray_head, mlflow_client):
     (found,) = mlflow_client.search_model_versions(f"name='test-spam' and run_id='{run_id}'")
     assert found.tags["raymaas.gate_metric"] == "val_f1_macro"
     model = mlflow.pyfunc.load_model("models:/test-spam@champion")
+    # its reference profile (drift, and the explanations' fallback baseline) knows the named classes
+    assert model.unwrap_python_model().reference_profile["predictions"]["labels"] == ["ham", "spam"]
     pred = model.predict(frame.drop(columns="kind").head(200))
     assert set(pred) <= {"spam", "ham"}
     assert (pred == frame["kind"].head(200).to_numpy()).mean() > 0.8

@@ -462,6 +462,53 @@ def watch_endpoints(trained: list[Trained], answers: list[Answer], base_url: str
     return lines
 
 
+CARTPOLE_FEATURES = ("cart position", "cart velocity", "pole angle", "pole angular velocity")
+
+
+def explain_answers(served: list[Trained], base_url: str) -> list[str]:
+    """POST /explain of one held-out digit (the pixels that pushed its prediction most, and a
+    map of the 8x8 image: # pushed for it, - against) and of one CartPole decision."""
+    import gymnasium as gym
+    import numpy as np
+
+    from raymaas.supervised.data import load_builtin
+
+    lines, policy_explained = [], False
+    for t in served:
+        if t.stage.kind == "supervised":
+            split = load_builtin(t.spec.data, t.spec.train_loop_config.seed)
+            body, _ = post_json(f"{base_url}/models/{t.model_name}/explain", {"inputs": split.x_val[:1].tolist()}, 120)
+            row = body["explanations"][0]
+            attr = np.asarray(row["attributions"], dtype=np.float64)
+            top = np.argsort(-attr)[:5]
+            pixels = ", ".join(f"({i // 8},{i % 8}) {attr[i]:+.2f}" for i in top)
+            lines.append(
+                f"{t.model_name}: a held-out {int(split.y_val[0])} predicted {row['prediction']} "
+                f"({body['method'].replace('_', ' ')} against {body['baseline']}); "
+                f"pixels (row,col) pushing most: {pixels}"
+            )
+            scale = np.abs(attr).max() or 1.0
+            marks = np.where(attr > 0.25 * scale, "#", np.where(attr < -0.25 * scale, "-", "."))
+            lines.extend("  " + " ".join(marks[r * 8 : r * 8 + 8]) for r in range(8))
+        elif not policy_explained:  # one policy's decision is enough
+            policy_explained = True
+            env = gym.make(t.spec.env)
+            obs, _ = env.reset(seed=7)
+            env.close()
+            body, _ = post_json(f"{base_url}/models/{t.model_name}/explain", {"inputs": [obs.tolist()]}, 120)
+            row = body["explanations"][0]
+            names = CARTPOLE_FEATURES if len(row["attributions"]) == 4 else range(len(row["attributions"]))
+            parts = ", ".join(
+                f"{n} {o:+.3f} -> {a:+.3f}"
+                for n, o, a in sorted(zip(names, obs, row["attributions"]), key=lambda p: -abs(p[2]))
+            )
+            move = {0: "push left", 1: "push right"}.get(row["prediction"], row["prediction"])
+            lines.append(
+                f"{t.model_name}: action {row['prediction']} ({move}) because of (observation -> attribution) {parts}"
+            )
+    return lines
+
+
 def play_cartpole(trained: Trained, base_url: str, seed: int = 2026) -> Answer:
     """One CartPole episode whose every action comes from the policy's endpoint."""
     import gymnasium as gym
@@ -504,7 +551,7 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = paths.log_dir() / f"demo-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    progress = StageLog(len(stages) + 4)
+    progress = StageLog(len(stages) + 5)
     print(f"raymaas demo ({mode}): MLflow store {tracking_uri}", flush=True)
 
     trained: list[Trained] = []
@@ -538,6 +585,12 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
 
         progress.stage(len(stages) + 4, "watching the endpoints: feedback, a drifted batch, the monitor reports")
         for line in watch_endpoints(served, answers, base_url):
+            progress.line(line)
+
+        progress.stage(
+            len(stages) + 5, "explaining answers: the pixels behind a digit, the state behind a CartPole move"
+        )
+        for line in explain_answers(served, base_url):
             progress.line(line)
 
         _summary(trained, answers, base_url, tracking_uri, progress)

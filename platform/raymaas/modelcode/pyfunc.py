@@ -23,6 +23,8 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 _PROGRAM = "program"
 _PROFILE = "reference_profile"
+_BASELINE = "explain_baseline"  # the input explanations measure against (the training split's mean)
+BASELINE_FILE = "explain_baseline.npy"
 PROFILE_FILE = "reference_profile.json"  # the model's reference profile (raymaas.monitoring.profile)
 PROBABILITIES = "probabilities"  # the inference param that asks a classifier for class probabilities
 
@@ -40,6 +42,7 @@ class TorchClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self._module = torch.export.load(context.artifacts[_PROGRAM]).module()
         self.reference_profile = _read_profile(context)
+        self.explain_baseline = _read_baseline(context)
         classes = getattr(self, "classes", None)  # absent from models pickled before it existed
         self._labels = None if classes is None else np.asarray(classes, dtype=_label_dtype(classes))
 
@@ -72,6 +75,7 @@ class TorchRegressor(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self._module = torch.export.load(context.artifacts[_PROGRAM]).module()
         self.reference_profile = _read_profile(context)
+        self.explain_baseline = _read_baseline(context)
 
     def predict(self, context, model_input, params=None):
         x = _to_float32(model_input, self.feature_columns)
@@ -90,6 +94,12 @@ def _read_profile(context) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def _read_baseline(context) -> np.ndarray | None:
+    """The baseline input logged with the model (one row's shape), for explanations."""
+    path = (context.artifacts or {}).get(_BASELINE)
+    return None if path is None else np.load(path)
 
 
 def _label_dtype(classes: list):
@@ -146,17 +156,19 @@ def log_classifier(
     classes: list | None = None,
     probabilities: bool = True,
     profile: dict | None = None,
+    baseline: np.ndarray | None = None,
 ):
     """Export module (class scores out) and log it to the active MLflow run as a
     TorchClassifier answering classes' labels (or class ids); return MLflow's ModelInfo.
     probabilities: declare the `probabilities` param (a softmax of the scores; not for scores
     that are no logits, such as a DQN policy's Q-values). profile: the reference profile
-    (raymaas.monitoring.profile) to log with the model."""
+    (raymaas.monitoring.profile) to log with the model; baseline: the input (one row) that
+    explanations measure against, the training split's mean."""
     n = example.shape[1]
     named = classes if classes is not None and classes != list(range(len(classes))) else None
     model = TorchClassifier(feature_columns, named)
     signature = classifier_signature(n, feature_columns, named, probabilities)
-    return _log_torch(module, example, feature_columns, name, model, signature, profile)
+    return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline)
 
 
 def log_regressor(
@@ -166,15 +178,17 @@ def log_regressor(
     feature_columns: list[str] | None = None,
     name: str = "model",
     profile: dict | None = None,
+    baseline: np.ndarray | None = None,
 ):
     """Export module (predictions in the targets' units out) and log it to the active MLflow
-    run as a TorchRegressor, with its reference profile if given; return MLflow's ModelInfo."""
+    run as a TorchRegressor, with its reference profile and explanation baseline if given;
+    return MLflow's ModelInfo."""
     signature = regressor_signature(example.shape[1], feature_columns, n_outputs)
     model = TorchRegressor(feature_columns, n_outputs)
-    return _log_torch(module, example, feature_columns, name, model, signature, profile)
+    return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline)
 
 
-def _log_torch(module, example, feature_columns, name, python_model, signature, profile=None):
+def _log_torch(module, example, feature_columns, name, python_model, signature, profile=None, baseline=None):
     import json
 
     module = module.eval().cpu()
@@ -187,6 +201,9 @@ def _log_torch(module, example, feature_columns, name, python_model, signature, 
         if profile is not None:
             artifacts[_PROFILE] = str(Path(tmp) / PROFILE_FILE)
             Path(artifacts[_PROFILE]).write_text(json.dumps(profile, separators=(",", ":")))
+        if baseline is not None:
+            artifacts[_BASELINE] = str(Path(tmp) / BASELINE_FILE)
+            np.save(artifacts[_BASELINE], np.asarray(baseline, dtype=np.float32).reshape(example.shape[1:]))
         input_example = (
             pd.DataFrame(example[:5], columns=feature_columns) if feature_columns else example[:5].astype(np.float32)
         )

@@ -31,6 +31,13 @@ def action_scores_network(module):
     import torch
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.apis import QNetAPI
+    from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+
+    # RLlib's default inference is `_forward` under torch.no_grad(), which the exported program
+    # would keep: no gradients, so no Integrated Gradients explanations of the policy. Where the
+    # module keeps that default, its `_forward` is called directly (the same numbers; the
+    # parity check holds them to it); a module with inference logic of its own keeps it.
+    default_inference = type(module)._forward_inference is TorchRLModule._forward_inference
 
     class ActionScores(torch.nn.Module):
         def __init__(self, rl_module):
@@ -41,6 +48,8 @@ def action_scores_network(module):
             batch = {Columns.OBS: obs}
             if isinstance(self.rl_module, QNetAPI):
                 return self.rl_module.compute_q_values(batch)["qf_preds"]
+            if default_inference:
+                return self.rl_module._forward(batch)[Columns.ACTION_DIST_INPUTS]
             return self.rl_module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
 
     if getattr(module, "num_atoms", 1) > 1 or module.model_config.get("use_lstm"):

@@ -450,6 +450,8 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
         figures={"plots/return_curve.png": figure},
         check=check,
         profile=profile,
+        baseline=obs.mean(axis=0),  # the mean observation of the parity episodes
+        explain_rows=obs[:256],
         details={
             "evaluation": ev,
             "env_steps": progress.env_steps,

@@ -63,6 +63,8 @@ class TrainedModel:
     targets: Any = None  # raymaas.supervised.data.Targets: the class labels or regression outputs (None: class ids)
     details: dict[str, Any] = field(default_factory=dict)  # kind-specific facts for the outcome
     profile: dict | None = None  # the reference profile logged with the model (raymaas.monitoring.profile)
+    baseline: Any = None  # np.ndarray, one input row: what explanations measure against (the training mean)
+    explain_rows: Any = None  # np.ndarray of validation rows: the logged feature importance is averaged over them
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,26 @@ class JobOutcome:
     promotion_reason: str
     summary: str
     details: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls, run_id: str, run_name: str, experiment_id: str, tracking_uri: str, published, gate, trained
+    ) -> JobOutcome:
+        """The outcome of trained (a TrainedModel) published (tracking.publish.Publication) under gate."""
+        return cls(
+            run_id=run_id,
+            run_name=run_name,
+            experiment_id=experiment_id,
+            tracking_uri=tracking_uri,
+            model_name=published.model_name,
+            version=published.version,
+            gate_metric=gate.metric,
+            gate_value=trained.gate_value,
+            promoted=published.promoted,
+            promotion_reason=published.reason,
+            summary=trained.summary,
+            details=trained.details,
+        )
 
     @property
     def run_url(self) -> str | None:
@@ -177,17 +199,4 @@ def run_job(
     finally:
         # Now, not at interpreter exit: there Ray's teardown took 10 s after a Train job (1.5 s here).
         ray.shutdown()
-    return JobOutcome(
-        run_id=job_run.run_id,
-        run_name=run_name,
-        experiment_id=job_run.experiment_id,
-        tracking_uri=tracking_uri,
-        model_name=published.model_name,
-        version=published.version,
-        gate_metric=gate.metric,
-        gate_value=trained.gate_value,
-        promoted=published.promoted,
-        promotion_reason=published.reason,
-        summary=trained.summary,
-        details=trained.details,
-    )
+    return JobOutcome.of(job_run.run_id, run_name, job_run.experiment_id, tracking_uri, published, gate, trained)

@@ -33,7 +33,8 @@ endpoint builds one of each in its __init__, after its model is loaded:
     build_model_app(spec, extensions=[MyExtension])
 
 (The platform's own monitoring, raymaas.serving.monitoring, is such an extension; it is
-added when spec.monitoring.enabled, with its MonitorHub deployment handed to the endpoint.)
+added when spec.monitoring.enabled, with its MonitorHub deployment handed to the endpoint.
+So is POST /models/NAME/explain, raymaas.serving.explaining, with its Explainer deployment.)
 
 - routes(): the endpoint answers METHOD /models/NAME/ACTION with `await handler(request, name)`
   once the API key checks out (an action needs a key as invocations does). A ClientError
@@ -116,12 +117,17 @@ def _endpoint_class(max_models_per_replica: int):
         multiplexed. Parses, validates, batches and answers in the replica the proxy picked."""
 
         def __init__(
-            self, spec: dict, extensions: Sequence[Callable[[Any], EndpointExtension]] = (), monitor: Any = None
+            self,
+            spec: dict,
+            extensions: Sequence[Callable[[Any], EndpointExtension]] = (),
+            monitor: Any = None,
+            explainer: Any = None,
         ):
             from raymaas import paths
 
             self.spec = ServeSpec.model_validate(spec)
             self.monitor_hub = monitor  # the app's MonitorHub deployment handle (monitoring on), else None
+            self.explainer = explainer  # the app's Explainer deployment handle (explain on), else None
             self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
             self.api_keys = load_api_keys()
             self.by_name = {m.name: m for m in self.spec.models}
@@ -317,6 +323,12 @@ def build_model_app(spec: ServeSpec, extensions: Sequence[Callable[[Any], Endpoi
 
         monitor = build_monitor_hub(spec)
         extensions = [Monitoring, *extensions]
+    explainer = None
+    if spec.explain.enabled:
+        from raymaas.serving.explaining import Explanations, build_explainer
+
+        explainer = build_explainer(spec)
+        extensions = [Explanations, *extensions]
     deployment = serve.deployment(
         cls,
         name=ENDPOINT_DEPLOYMENT,
@@ -327,4 +339,4 @@ def build_model_app(spec: ServeSpec, extensions: Sequence[Callable[[Any], Endpoi
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=10,
     )
-    return deployment.bind(spec.model_dump(), list(extensions), monitor)
+    return deployment.bind(spec.model_dump(), list(extensions), monitor, explainer)

@@ -153,6 +153,24 @@ def openapi_document(title: str, models: list[dict]) -> dict:
                 },
             }
         }
+        if m["route"].endswith("/invocations"):
+            paths[m["route"].removesuffix("invocations") + "explain"] = {
+                "post": {
+                    "summary": f"explain {m['name']}'s answers: one attribution per input feature of each row",
+                    "description": "the bodies invocations takes; params.target: the class or output to explain "
+                    "(default: the predicted class, output 0)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": scoring}}},
+                    "responses": {
+                        "200": {
+                            "description": "method, baseline, and per row: prediction, target, score, "
+                            "baseline_score, attributions"
+                        },
+                        "413": {"description": "more rows than explain.max_rows", **error},
+                        "422": {"description": "input does not match the signature, or no background data", **error},
+                        "503": {"description": "the explainer is at capacity; retry", **error},
+                    },
+                }
+            }
     return {
         "openapi": "3.0.3",
         "info": {"title": title, "version": "1"},

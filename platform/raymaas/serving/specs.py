@@ -64,6 +64,32 @@ class MonitoringSpec(SpecModel):
     payload_logging: PayloadLoggingSpec = Field(default_factory=PayloadLoggingSpec, description="sampled payloads")
 
 
+class ExplainSpec(SpecModel):
+    """POST /models/NAME/explain: attributions of each row's answer, computed by an Explainer
+    deployment of the application's own, so that explanations never take a prediction's CPU
+    or queue (raymaas.serving.explaining)."""
+
+    enabled: bool = Field(True, description="answer POST /models/NAME/explain")
+    max_ongoing_requests: int = Field(
+        8, ge=1, description="explain requests an explainer replica holds at once (computed a batch at a time)"
+    )
+    max_queued_requests: int = Field(
+        16, ge=1, description="explain requests an endpoint replica lets wait beyond those; more get 503 at once"
+    )
+    max_rows: int = Field(64, ge=1, description="rows one explain request may ask for; more get 413")
+    n_steps: int = Field(50, ge=2, le=1000, description="Integrated Gradients steps (the platform's torch models)")
+    nsamples: int = Field(200, ge=10, le=10_000, description="Kernel SHAP model evaluations per row (other models)")
+    background_rows: int = Field(32, ge=1, le=1000, description="Kernel SHAP background rows")
+    max_batch_size: int = Field(8, ge=1, description="explain requests of one model version computed together")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="seconds a batch waits to fill")
+    min_replicas: int = Field(
+        0, ge=0, description="explainer replicas kept when idle (0: started by the first request)"
+    )
+    max_replicas: int = Field(1, ge=1, description="explainer replicas at most")
+    num_cpus: float = Field(0.25, ge=0, description="Ray CPUs of an explainer replica")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads of an explainer replica")
+
+
 class ModelEndpointSpec(SpecModel):
     name: str = Field(..., description="registered model name in the MLflow Model Registry")
     alias: str | None = Field(None, description="registry alias to follow (default: champion unless version is set)")
@@ -71,6 +97,11 @@ class ModelEndpointSpec(SpecModel):
     reference: str | None = Field(
         None,
         description="drift reference for a model logged without a profile: a profile (.json) or reference rows (.parquet, .csv)",
+    )
+    background: str | None = Field(
+        None,
+        description="Kernel SHAP background for a model that is not the platform's: rows (.parquet, .csv) or a profile "
+        "(.json); default: the model's reference profile, else the reference file",
     )
 
     @model_validator(mode="before")
@@ -118,6 +149,7 @@ class ServeSpec(SpecModel):
         None, description="MLflow store (default: MLFLOW_TRACKING_URI, else the embedded store)"
     )
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="metrics, drift, live performance")
+    explain: ExplainSpec = Field(default_factory=ExplainSpec, description="attributions (POST /models/NAME/explain)")
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -266,8 +266,10 @@ def _model_of(job, prepared, checkpoint):
         labels = [str(c) for c in targets.classes]
         figures["plots/confusion_matrix.png"] = plots.confusion_matrix_figure(state["confusion"], title, labels)
         tables["per_class_metrics.json"] = per_class_table(state["confusion"], labels)
+    x_train, _ = _split_rows(data, spec, "train", PROFILE_ROWS)
+    x_val, _ = _split_rows(data, spec, "validation", PROFILE_ROWS)
     try:
-        profile = reference_profile(module, data, spec)
+        profile = reference_profile(module, data, x_train, x_val)
     except ValueError as err:  # too wide to profile: the model is served without drift
         print(f"no reference profile: {err}", flush=True)
         profile = None
@@ -289,8 +291,14 @@ def _model_of(job, prepared, checkpoint):
         dicts=tables,
         targets=targets,
         profile=profile,
+        baseline=x_train.mean(axis=0),  # what explanations measure against
+        explain_rows=x_val[:IMPORTANCE_ROWS],
         details={"epochs": epochs},
     )
+
+
+PROFILE_ROWS = 20_000  # training and validation rows the reference profile is built from, at most
+IMPORTANCE_ROWS = 256  # validation rows the logged feature importance is averaged over
 
 
 def per_class_table(confusion, labels: list[str]) -> dict:
@@ -312,14 +320,15 @@ def per_class_table(confusion, labels: list[str]) -> dict:
 
 
 def _split_rows(data, spec, split: str, limit: int):
-    """Up to limit rows of a split ("train" or "validation"): (features, targets) as float32."""
+    """Up to limit rows of a split ("train" or "validation"): (features as float32, targets as
+    they are: class labels of any type, or values)."""
     from raymaas.supervised.data import load_builtin
 
     worker = data.worker
     if split in data.datasets:
         frame = data.datasets[split].limit(limit).to_pandas()
         x = frame[worker.feature_columns].to_numpy(dtype=np.float32)
-        y = frame[worker.label_columns].to_numpy(dtype=np.float32)
+        y = frame[worker.label_columns].to_numpy()
         return x, y
     rows = load_builtin(spec.data, spec.train_loop_config.seed, spec.task)
     if split == "train":
@@ -338,18 +347,16 @@ def _validation_predictions(module, data, spec, limit: int = 5000):
     """Up to limit validation rows' targets and the trained model's predictions, for the plots."""
     x, y = _split_rows(data, spec, "validation", limit)
     predicted = _forward(module, x)
-    return y.reshape(len(y), -1), predicted.reshape(len(predicted), -1)
+    return y.astype(np.float32).reshape(len(y), -1), predicted.reshape(len(predicted), -1)
 
 
-def reference_profile(module, data, spec, limit: int = 20_000) -> dict:
+def reference_profile(module, data, x_train, x_val) -> dict:
     """The reference profile logged with the model (raymaas.monitoring.profile): the training
-    split's inputs (up to limit rows) and the model's predictions on the validation split,
-    as the served model answers them (class labels, or values in the targets' units)."""
+    split's inputs and the model's predictions on the validation split's, as the served model
+    answers them (class labels, or values in the targets' units)."""
     from raymaas.monitoring.profile import build_profile
 
     targets = data.worker.targets
-    x_train, _ = _split_rows(data, spec, "train", limit)
-    x_val, _ = _split_rows(data, spec, "validation", limit)
     out = _forward(module, x_val)
     if targets.task == "regression":
         return build_profile(x_train, data.feature_columns, out, "regression", output_names=targets.names or None)

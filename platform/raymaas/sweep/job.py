@@ -265,19 +265,8 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
 
     from raymaas.runtime.driver import JobOutcome
 
-    best = JobOutcome(
-        run_id=best_run.run_id,
-        run_name=best_run.run_name,
-        experiment_id=parent.experiment_id,
-        tracking_uri=tracking_uri,
-        model_name=published.model_name,
-        version=published.version,
-        gate_metric=gate.metric,
-        gate_value=trained.gate_value,
-        promoted=published.promoted,
-        promotion_reason=published.reason,
-        summary=trained.summary,
-        details=trained.details,
+    best = JobOutcome.of(
+        best_run.run_id, best_run.run_name, parent.experiment_id, tracking_uri, published, gate, trained
     )
     return SweepOutcome(parent.run_id, run_name, metric, mode, rows, best_row["trial_id"], best)
 

@@ -109,3 +109,18 @@ def param_figure(field: str, points: Sequence[tuple[object, float]], metric: str
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def importance_figure(table: dict, title: str, top: int = 20):
+    """Horizontal bars of a feature importance table (raymaas.explain.attribution.global_importance),
+    its top features, the largest at the top."""
+    rows = table["data"][:top]
+    fig, ax = _figure(6.0, max(2.5, 0.28 * len(rows) + 1.2))
+    names = [str(r[0]) for r in rows][::-1]
+    ax.barh(range(len(rows)), [r[1] for r in rows][::-1], color="tab:blue")
+    ax.set_yticks(range(len(rows)), labels=names)
+    ax.set_xlabel("mean |attribution| over validation rows")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig

@@ -37,7 +37,12 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
     with mlflow.start_run(run_id=run_id):
         if targets is not None and targets.task == "regression":
             info = log_regressor(
-                trained.module, trained.example, targets.n_outputs, trained.feature_columns, profile=trained.profile
+                trained.module,
+                trained.example,
+                targets.n_outputs,
+                trained.feature_columns,
+                profile=trained.profile,
+                baseline=trained.baseline,
             )
         else:
             classes = targets.classes if targets is not None else None
@@ -49,10 +54,46 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
                 classes=classes,
                 probabilities=targets is not None,
                 profile=trained.profile,
+                baseline=trained.baseline,
             )
+    if trained.explain_rows is not None:
+        try:
+            log_feature_importance(client, run_id, spec.name, trained)
+        except Exception as err:  # an explanation that failed costs the chart, not the model
+            print(f"no feature importance: {type(err).__name__}: {err}", flush=True)
     if trained.check is not None:
         trained.check(info.model_uri)  # e.g. the RL policy's parity with the RLlib module
     name = spec.registered_model_name
     version = registry.register_model(client, info.model_uri, name, gate.metric, trained.gate_value)
     decision = registry.promote_if_better(client, name, version, higher_is_better=gate.higher_is_better)
     return Publication(name, version, info.model_uri, decision.promoted, decision.reason)
+
+
+def log_feature_importance(client, run_id: str, title: str, trained, n_steps: int = 32) -> dict:
+    """The model's global feature importance, the mean absolute Integrated Gradients
+    attribution of its answer over trained.explain_rows, to the run: feature_importance.json
+    (a table) and plots/feature_importance.png (its top 20 as bars)."""
+    import numpy as np
+
+    from raymaas.explain.attribution import IntegratedGradients, global_importance
+    from raymaas.tracking import plots
+
+    targets = trained.targets
+    regression = targets is not None and targets.task == "regression"
+    explainer = IntegratedGradients(trained.module, not regression, trained.feature_columns, baseline=trained.baseline)
+    rows = np.asarray(trained.explain_rows, dtype=np.float32)
+    if trained.feature_columns:
+        import pandas as pd
+
+        rows = pd.DataFrame(rows, columns=trained.feature_columns)
+    explanation = explainer.explain(rows, n_steps=n_steps)
+    names = trained.feature_columns or [f"input[{i}]" for i in range(int(np.prod(explanation.attributions.shape[1:])))]
+    table = global_importance(explanation, names)
+    client.log_dict(run_id, table, "feature_importance.json")
+    what = "the predicted class's score" if not regression else "output 0"
+    client.log_figure(
+        run_id,
+        plots.importance_figure(table, f"{title}: integrated gradients of {what}"),
+        "plots/feature_importance.png",
+    )
+    return table

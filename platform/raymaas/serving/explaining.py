@@ -1,0 +1,272 @@
+"""POST /models/NAME/explain: the attributions of each row's answer, beside every endpoint.
+
+Two parts, as KServe and Seldon put an explainer beside the predictor:
+
+- `Explanations`, an extension of the model endpoint (raymaas.serving.endpoint): it reads and
+  checks the body exactly as /invocations does (same formats, same 4xx), takes the
+  explanation's own param `target` (a class label, or a regression output's index), and hands
+  the parsed rows with the model version that would answer them to the explainer.
+- `Explainer`, a deployment of the application's own: it loads that version, explains with
+  raymaas.explain.attribution (Integrated Gradients for the platform's torch models, Kernel
+  SHAP over background data for any other) and computes the requests of one version a batch
+  at a time (raymaas.serving.Batcher). It has its own replicas (none while nobody asks: the
+  first request starts one), its own budget of requests (explain.max_ongoing_requests, then
+  explain.max_queued_requests waiting; beyond, 503 at once) and its own bounds on the work
+  per request (max_rows, n_steps, nsamples): predictions never wait behind an explanation,
+  and an explanation never takes a prediction replica's CPU.
+
+The answer: {"model", "version", "method", "baseline", "baseline_prediction" (IG),
+"explanations": [{"prediction", "target", "score", "baseline_score", "attributions" (by
+column for column models, the input's shape for tensors), "convergence_delta" (IG)}]}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from types import SimpleNamespace
+from typing import Any
+
+from raymaas.serving.endpoint import EndpointExtension
+from raymaas.serving.protocol import JSON_MEDIA_TYPE, ClientError, error_response, parse_scoring_request, read_body
+
+logger = logging.getLogger("ray.serve")
+
+EXPLAINER_DEPLOYMENT = "Explainer"
+EXPLAIN = "explain"
+TARGET_PARAM = "target"
+MAX_CACHED_EXPLAINERS = 4  # model versions an explainer replica keeps loaded (LRU)
+
+
+class Explanations(EndpointExtension):
+    """POST /models/NAME/explain on every replica of a model endpoint."""
+
+    def __init__(self, endpoint):
+        super().__init__(endpoint)
+        self.spec = endpoint.spec.explain
+        self.explainer = endpoint.explainer
+
+    def routes(self):
+        return {("POST", EXPLAIN): self.explain}
+
+    async def explain(self, request, name: str):
+        from ray.serve.exceptions import BackPressureError
+        from starlette.responses import JSONResponse
+
+        loaded = None
+        try:
+            body = await read_body(request, self.endpoint.spec.max_request_bytes)
+            loaded = (await self.endpoint.get_model(name)).current
+            content_type = request.headers.get("content-type", "")
+            body, target = split_target(body, content_type)
+            data, _ = parse_scoring_request(body, content_type, loaded.signature)
+            rows = _rows(data)
+            if rows > self.spec.max_rows:
+                raise ClientError(
+                    413, f"explain takes at most {self.spec.max_rows} rows a request (explain.max_rows); got {rows}"
+                )
+            try:
+                answer = await self.explainer.explain.remote(name, loaded.version, data, target)
+            except BackPressureError:
+                raise ClientError(
+                    503,
+                    "the explainer is at capacity (explain.max_ongoing_requests and max_queued_requests); retry later",
+                ) from None
+            if "error" in answer:
+                raise ClientError(answer["status"], answer["error"])
+            return JSONResponse({"model": name, "version": loaded.version, **answer}, headers=loaded.headers())
+        except ClientError as err:
+            headers = loaded.headers() if loaded else {}
+            if err.status == 503:
+                headers["retry-after"] = "1"
+            return error_response(err, headers)
+
+
+def split_target(body: bytes, content_type: str) -> tuple[bytes, Any]:
+    """(the body without params.target, the target or None): target is explain's own param,
+    not the model's; the rest is checked as /invocations checks it."""
+    mime = (content_type or JSON_MEDIA_TYPE).split(";")[0].strip().lower()
+    if mime not in (JSON_MEDIA_TYPE, ""):
+        return body, None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body, None  # parse_scoring_request says what is wrong with it
+    params = payload.get("params") if isinstance(payload, dict) else None
+    if not isinstance(params, dict) or TARGET_PARAM not in params:
+        return body, None
+    target = params.pop(TARGET_PARAM)
+    if not params:
+        del payload["params"]
+    if target is not None and not isinstance(target, (str, int, float, bool)):
+        raise ClientError(422, f"params.target must be a class label or an output index, got {json.dumps(target)}")
+    return json.dumps(payload).encode(), target
+
+
+def _rows(data) -> int:
+    try:
+        return len(data)
+    except TypeError:
+        return 1
+
+
+def background_of(path: str):
+    """The rows (a DataFrame) or the profile (a dict) a background file holds."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from raymaas.monitoring.profile import load_profile
+
+    suffix = Path(path).suffix
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    if suffix == ".json":
+        return load_profile(path)
+    raise ValueError(f"background file {path}: give rows (.parquet, .csv) or a profile (.json)")
+
+
+def make_explainer(model, profile: dict | None, background_file: str | None, background_rows: int):
+    """The raymaas.explain explainer of a loaded pyfunc model: its own torch attributions, or
+    Kernel SHAP over the background file's rows, else over the profile's bins."""
+    from raymaas.explain.attribution import ExplainError, explainer_for
+
+    background, source = None, ""
+    if background_file:
+        try:
+            found = background_of(background_file)
+        except (OSError, ValueError) as err:
+            raise ExplainError(f"the background file could not be read: {err}") from None
+        if isinstance(found, dict):
+            profile = found
+        else:
+            background, source = found, f"rows of {background_file}"
+    return explainer_for(model, profile, background, source, background_rows)
+
+
+def _explainer_class():
+    from ray import serve
+
+    from raymaas.serving.batching import Batcher
+    from raymaas.serving.specs import ServeSpec
+
+    class Explainer:
+        """Explains the application's models, a batch of one version's requests at a time."""
+
+        def __init__(self, spec: dict):
+            import torch
+
+            from raymaas import paths
+
+            self.spec = ServeSpec.model_validate(spec)
+            self.config = self.spec.explain
+            self.by_name = {m.name: m for m in self.spec.models}
+            self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
+            torch.set_num_threads(self.config.torch_threads)
+            self.explainers: OrderedDict[tuple[str, str], Any] = OrderedDict()
+            self.batcher = Batcher(self._explain_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s)
+
+        async def explain(self, name: str, version: str, data, target) -> dict:
+            return await self.batcher.submit((name, version, data, target))
+
+        # ------------------------------------------------------------ in the batch thread
+
+        def _explainer(self, name: str, version: str):
+            import mlflow
+
+            from raymaas.serving.monitoring import profile_of
+
+            key = (name, version)
+            if key in self.explainers:
+                self.explainers.move_to_end(key)
+                return self.explainers[key]
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
+            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+            spec = self.by_name[name]
+
+            profile, _ = profile_of(SimpleNamespace(model=model, name=name, version=version), spec.reference)
+            explainer = make_explainer(model, profile, spec.background, self.config.background_rows)
+            self.explainers[key] = explainer
+            while len(self.explainers) > MAX_CACHED_EXPLAINERS:
+                self.explainers.popitem(last=False)
+            return explainer
+
+        def _explain_batch(self, items: list) -> list:
+            from raymaas.serving.batching import _concat
+
+            results: list = [None] * len(items)
+            groups: dict[tuple, list[int]] = {}
+            for i, (name, version, _, target) in enumerate(items):
+                groups.setdefault((name, version, json.dumps(target)), []).append(i)
+            for (name, version, _), idx in groups.items():
+                datas = [items[i][2] for i in idx]
+                merged = _concat(datas) if len(idx) > 1 else datas[0]
+                if merged is None:  # inputs that do not concatenate: one by one
+                    for i in idx:
+                        results[i] = self._explain_one(name, version, [items[i][2]], items[i][3])[0]
+                    continue
+                for i, answer in zip(idx, self._explain_one(name, version, datas, items[idx[0]][3], merged)):
+                    results[i] = answer
+            return results
+
+        def _explain_one(self, name: str, version: str, datas: list, target, merged=None) -> list[dict]:
+            """The answers of requests datas (of one version and target), computed together."""
+            from raymaas.explain.attribution import KERNEL_SHAP, ExplainError
+
+            try:
+                explainer = self._explainer(name, version)
+                work = {"nsamples": self.config.nsamples} if explainer.method == KERNEL_SHAP else {}
+                if not work:
+                    work = {"n_steps": self.config.n_steps}
+                explanation = explainer.explain(datas[0] if merged is None else merged, target, **work)
+            except ExplainError as err:
+                return [{"error": str(err), "status": 422}] * len(datas)
+            except Exception as err:
+                logger.exception("explaining %s version %s failed", name, version)
+                return [{"error": f"the explanation failed: {err}", "status": 500}] * len(datas)
+            whole = explanation.to_json()
+            answers, start = [], 0
+            for data in datas:
+                n = _rows(data)
+                answers.append({**whole, "explanations": whole["explanations"][start : start + n]})
+                start += n
+            return answers
+
+        def __del__(self):
+            if hasattr(self, "batcher"):
+                self.batcher.stop()
+
+    Explainer.__name__ = Explainer.__qualname__ = EXPLAINER_DEPLOYMENT
+    return serve.deployment(Explainer, name=EXPLAINER_DEPLOYMENT)
+
+
+def build_explainer(spec):
+    """The Explainer deployment of an application, bound to its spec: from no replica at rest
+    to explain.max_replicas under load, its own request budget."""
+    config = spec.explain
+    options: dict[str, Any] = {"num_cpus": config.num_cpus}
+    if "runtime_env" in spec.ray_actor_options:
+        options["runtime_env"] = spec.ray_actor_options["runtime_env"]
+    return (
+        _explainer_class()
+        .options(
+            autoscaling_config={
+                "min_replicas": config.min_replicas,
+                "initial_replicas": config.min_replicas,
+                "max_replicas": max(config.max_replicas, config.min_replicas),
+                "target_ongoing_requests": max(1, config.max_ongoing_requests // 2),
+                "upscale_delay_s": 1,
+                "downscale_delay_s": 600,
+            },
+            max_ongoing_requests=config.max_ongoing_requests,
+            max_queued_requests=config.max_queued_requests,
+            ray_actor_options=options,
+            health_check_timeout_s=60,
+            graceful_shutdown_timeout_s=10,
+        )
+        .bind(spec.model_dump())
+    )

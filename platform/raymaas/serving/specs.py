@@ -81,7 +81,9 @@ class ExplainSpec(SpecModel):
     nsamples: int = Field(200, ge=10, le=10_000, description="Kernel SHAP model evaluations per row (other models)")
     background_rows: int = Field(32, ge=1, le=1000, description="Kernel SHAP background rows")
     max_batch_size: int = Field(8, ge=1, description="explain requests of one model version computed together")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="seconds a batch waits to fill")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="seconds a batch waits to fill (0: the next batch is what queued meanwhile)"
+    )
     min_replicas: int = Field(
         0, ge=0, description="explainer replicas kept when idle (0: started by the first request)"
     )

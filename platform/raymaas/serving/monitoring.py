@@ -135,8 +135,10 @@ class _Window:
         """Bin what came since the last push; (predictions awaiting labels, class counts,
         regression bin counts)."""
         from raymaas.monitoring.profile import bin_index, drift_features
+        from raymaas.serving.batching import _concat
 
         waiting, classes, value_bins = [], Counter(), Counter()
+        taken = []
         while self.pending:
             data, result, request_id, at = self.pending.popleft()
             self.pending_rows -= _rows(data)
@@ -149,24 +151,40 @@ class _Window:
                         value_bins[(str(k), _bin_label(edges, b))] += n
             elif self.task != "regression":
                 classes.update(str(v) for v in values)
-            if self.profile is None or self.unavailable:
-                continue
+            taken.append((data, at))
+        if self.profile is None or self.unavailable or not taken:
+            return waiting, classes, value_bins
+        # the requests' rows together: one binning per feature for the whole interval
+        datas = [d for d, _ in taken]
+        merged = _concat(datas) if len(datas) > 1 else datas[0]
+        groups = [(merged, [at for _, at in taken], [_rows(d) for d in datas])] if merged is not None else []
+        if merged is None:  # inputs of different shapes or types: each on its own
+            groups = [(d, [at], [_rows(d)]) for d, at in taken]
+        for data, times, counts in groups:
             try:
                 matrix, names, _ = drift_features(data, self.columns)
             except (KeyError, ValueError, TypeError) as err:
                 self.unavailable = f"the inputs do not match the reference profile: {err}"
-                continue
+                break
             if len(names) != len(self.names):
                 self.unavailable = (
                     f"the inputs have {len(names)} drift features, the reference profile {len(self.names)}"
                 )
-                continue
-            for row in np.stack([bin_index(matrix[:, i], e) for i, e in enumerate(self.edges)], axis=1):
-                self.bins[self.next] = row
-                self.times[self.next] = at
-                self.next = (self.next + 1) % self.size
-                self.filled = min(self.size, self.filled + 1)
+                break
+            bins = np.stack([bin_index(matrix[:, i], e) for i, e in enumerate(self.edges)], axis=1)
+            self._store(bins, np.repeat(times, counts))
         return waiting, classes, value_bins
+
+    def _store(self, bins: np.ndarray, times: np.ndarray) -> None:
+        """Rows of bins into the ring, the oldest overwritten."""
+        if len(bins) > self.size:
+            bins, times = bins[-self.size :], times[-self.size :]
+        n = len(bins)
+        idx = (self.next + np.arange(n)) % self.size
+        self.bins[idx] = bins
+        self.times[idx] = times
+        self.next = int((self.next + n) % self.size)
+        self.filled = min(self.size, self.filled + n)
 
     def snapshot(self) -> dict:
         from raymaas.monitoring.drift import window_counts

@@ -33,6 +33,7 @@ ERROR_CODES = {
     413: "REQUEST_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     422: "INVALID_PARAMETER_VALUE",
+    500: "INTERNAL_ERROR",  # the model (or its explainer) failed: not the client's to fix
     503: "TEMPORARILY_UNAVAILABLE",
 }
 

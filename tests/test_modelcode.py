@@ -283,3 +283,73 @@ def test_new_model_loads_without_raymaas(store, bare_python, tmp_path, mlflow_ur
     assert carried.parent.parent.name == "code"
     assert REPO not in carried.resolve().parents
     assert loaded["ray_modules"] == []
+
+
+def test_models_of_named_columns_take_the_frame_pandas_reads(store, tmp_path, mlflow_uris_restored):
+    """A table written to CSV and read back with pandas (float64, int64 and bool columns) is
+    what a registered classifier and regressor predict on, in-process and as a served CSV body,
+    answering what their module answers on the same rows as float32."""
+    from raymaas.modelcode.pyfunc import feature_types, log_classifier, log_regressor
+    from raymaas.serving.protocol import parse_scoring_request
+    from raymaas.tracking import get_client
+
+    client = get_client(store.uri)
+    experiment = mlflow.create_experiment("modelcode-tables", artifact_location=(store.base / "tables").as_uri())
+    rng = np.random.default_rng(3)
+    n = 40
+    table = pd.DataFrame(
+        {
+            "score": rng.normal(0.0, 2.0, n),
+            "visits": rng.integers(0, 7, n),  # integer-valued: pandas reads it back as int64
+            "ratio": rng.normal(0.5, 1.5, n),
+            "member": rng.random(n) < 0.5,
+        }
+    )
+    columns = list(table.columns)
+    path = tmp_path / "table.csv"
+    table.to_csv(path, index=False)
+    frame = pd.read_csv(path)
+    assert [str(t) for t in frame.dtypes] == ["float64", "int64", "float64", "bool"]
+    types = feature_types(frame)
+    assert types == {"score": "double", "visits": "long", "ratio": "double", "member": "boolean"}
+    x = torch.from_numpy(frame.to_numpy(dtype=np.float32))
+    example = x[:8].numpy()
+
+    torch.manual_seed(2)
+    classifier = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).eval()
+    regressor = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).eval()
+    with torch.no_grad():
+        classes = classifier(x).argmax(dim=1).numpy()
+        values = regressor(x)[:, 0].numpy()
+    assert len(set(classes.tolist())) > 1, "rows that all get one class would prove little"
+    with mlflow.start_run(experiment_id=experiment):
+        logged = {
+            "tables-classifier": log_classifier(classifier, example, columns, column_types=types),
+            "tables-regressor": log_regressor(regressor, example, 1, columns, column_types=types),
+        }
+    body = path.read_bytes()
+    for name, info in logged.items():
+        version = mlflow.register_model(info.model_uri, name).version
+        client.set_registered_model_alias(name, "champion", version)
+        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+        inputs = model.metadata.signature.inputs
+        assert [(c.name, c.type.name) for c in inputs.inputs] == list(types.items())
+        served, _ = parse_scoring_request(body, "text/csv", model.metadata.signature)
+        for predictions in (model.predict(frame), model.predict(served)):
+            if name == "tables-classifier":
+                np.testing.assert_array_equal(predictions, classes)
+            else:
+                assert predictions.dtype == np.float32
+                # the exported program's kernels may round a last bit otherwise than the module's
+                np.testing.assert_allclose(predictions, values, rtol=1e-6, atol=1e-7)
+
+    # Without the table's types every named column is double: float64 and float32 frames (what
+    # a column model took before) both predict; MLflow takes no int64 into double (so `visits` is
+    # float here), which is why the table's integer columns are declared long.
+    floats = frame.astype({"visits": "float64", "member": "float64"})
+    with mlflow.start_run(experiment_id=experiment):
+        info = log_regressor(regressor, example, 1, columns)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    assert {c.type.name for c in model.metadata.signature.inputs.inputs} == {"double"}
+    np.testing.assert_allclose(model.predict(floats), values, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(model.predict(floats.astype(np.float32)), values, rtol=1e-6, atol=1e-7)

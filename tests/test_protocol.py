@@ -195,6 +195,39 @@ def test_optional_columns_and_tensors_go_through_mlflow():
         parse({"inputs": [[1, 2]]}, tensor)
 
 
+def test_the_platforms_column_signatures_take_json_ints_and_floats():
+    """A model logged by the platform declares double columns (long and boolean ones where the
+    training table held them); one logged before declared float. Both take JSON integers and
+    numbers in a double or float column, as MLflow does: float64 for the new, float32 as before."""
+    from raymaas.modelcode.pyfunc import classifier_signature, regressor_signature
+
+    columns = ["score", "visits", "member"]
+    rows = [[1.5, 3, True], [2, 0, False], [-0.25, 12, True]]
+    legacy = ModelSignature(inputs=Schema([ColSpec("float", c) for c in columns]))
+    typed = {"visits": "long", "member": "boolean"}
+    numbers = [[r[0], r[1], float(r[2])] for r in rows]  # every column a number, as in a table of floats
+    cases = [
+        (classifier_signature(3, columns), numbers, ["float64"] * 3),
+        (regressor_signature(3, columns, 1), numbers, ["float64"] * 3),
+        (classifier_signature(3, columns, column_types=typed), rows, ["float64", "int64", "bool"]),
+        (legacy, numbers, ["float32"] * 3),
+    ]
+    for signature, data, dtypes in cases:
+        payload = {"dataframe_split": {"columns": columns, "data": data}}
+        fast = parse(payload, signature)
+        pd.testing.assert_frame_equal(fast, mlflow_reads(payload, signature))
+        assert [str(t) for t in fast.dtypes] == dtypes
+        text = pd.DataFrame(data, columns=columns).to_csv(index=False)
+        from_csv = parse(text.encode(), signature, "text/csv")
+        pd.testing.assert_frame_equal(from_csv, mlflow_reads_csv(text, signature))
+        pd.testing.assert_frame_equal(from_csv, fast)
+    # ints and floats mixed in one double column of a CSV body
+    signature = classifier_signature(3, columns)
+    text = "score,visits,member\n1,2,0\n2.5,3,1\n"
+    pd.testing.assert_frame_equal(parse(text.encode(), signature, "text/csv"), mlflow_reads_csv(text, signature))
+    assert parse(text.encode(), signature, "text/csv")["score"].tolist() == [1.0, 2.5]
+
+
 # --------------------------------------------------------------------------- text/csv
 
 

@@ -5,6 +5,11 @@ module class need not be importable where the model is loaded, and the batch dim
 dynamic. The model's code folder holds this package (see `_model_code`), so the model loads
 where raymaas is not installed; `raymaas/pyfunc.py` keeps the name that models registered
 before this package existed pickled.
+
+A model of named columns declares the column types MLflow's schema enforcement takes from the
+frame pandas reads of a table (float64, int64, bool; see `_input_schema`) and casts to float32
+itself: `load_model(...).predict(pd.read_csv(...))` works. Models registered before declared
+`float` (float32) columns, which such a frame fails; they load and predict as they did.
 """
 
 from __future__ import annotations
@@ -123,7 +128,11 @@ def _to_float32(model_input, columns: list[str] | None) -> np.ndarray:
 
 
 def classifier_signature(
-    n_features: int, feature_columns: list[str] | None, classes: list | None = None, probabilities: bool = True
+    n_features: int,
+    feature_columns: list[str] | None,
+    classes: list | None = None,
+    probabilities: bool = True,
+    column_types: dict[str, str] | None = None,
 ) -> ModelSignature:
     if classes is None or _label_dtype(classes) is np.int64:
         outputs = Schema([TensorSpec(np.dtype(np.int64), (-1,))])
@@ -132,20 +141,59 @@ def classifier_signature(
     else:
         outputs = Schema([TensorSpec(np.dtype(_label_dtype(classes)), (-1,))])
     params = ParamSchema([ParamSpec(PROBABILITIES, "boolean", False)]) if probabilities else None
-    return ModelSignature(inputs=_input_schema(n_features, feature_columns), outputs=outputs, params=params)
+    inputs = _input_schema(n_features, feature_columns, column_types)
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-def regressor_signature(n_features: int, feature_columns: list[str] | None, n_outputs: int) -> ModelSignature:
+def regressor_signature(
+    n_features: int, feature_columns: list[str] | None, n_outputs: int, column_types: dict[str, str] | None = None
+) -> ModelSignature:
     shape = (-1,) if n_outputs == 1 else (-1, n_outputs)
     return ModelSignature(
-        inputs=_input_schema(n_features, feature_columns), outputs=Schema([TensorSpec(np.dtype(np.float32), shape)])
+        inputs=_input_schema(n_features, feature_columns, column_types),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
     )
 
 
-def _input_schema(n_features: int, feature_columns: list[str] | None) -> Schema:
-    if feature_columns:
-        return Schema([ColSpec("float", c) for c in feature_columns])
-    return Schema([TensorSpec(np.dtype(np.float32), (-1, n_features))])
+# The column types a model of named columns may declare, and the dtype of each in its input
+# example. MLflow's enforcement widens but never narrows: `double` takes float64 and float32
+# (and integers up to int32), not int64, except all-0/1 columns; `long` takes any integer
+# column, no floats; `boolean` takes bool only. `float` (what models declared before) takes
+# float32 alone, not even the float64 every table read by pandas holds.
+COLUMN_TYPES = {"double": "float64", "long": "int64", "boolean": "bool"}
+
+
+def feature_types(frame: pd.DataFrame) -> dict[str, str]:
+    """The column types to declare for rows of a training table (`column_types` of
+    log_classifier and log_regressor): `long` for an integer column, `boolean` for a boolean
+    one, `double` for anything else, so that the frame pandas reads of such a table (int64,
+    bool, float64) is one the signature takes, as MLflow's infer_signature would type it."""
+    types = {}
+    for name, dtype in frame.dtypes.items():
+        if pd.api.types.is_bool_dtype(dtype):
+            types[str(name)] = "boolean"
+        elif pd.api.types.is_integer_dtype(dtype):
+            types[str(name)] = "long"
+        else:
+            types[str(name)] = "double"
+    return types
+
+
+def _input_schema(
+    n_features: int, feature_columns: list[str] | None, column_types: dict[str, str] | None = None
+) -> Schema:
+    if not feature_columns:
+        return Schema([TensorSpec(np.dtype(np.float32), (-1, n_features))])
+    types = dict(column_types or {})
+    unknown = sorted(set(types) - set(feature_columns))
+    if unknown:
+        raise ValueError(f"column_types names {unknown}, which are not feature columns")
+    wrong = {c: t for c, t in types.items() if t not in COLUMN_TYPES}
+    if wrong:
+        raise ValueError(f"column_types {wrong}: a feature column's type is one of {list(COLUMN_TYPES)}")
+    # double where the training table's type is unknown: the frame pandas reads of a float
+    # column is float64, which a float32 (`float`) column refuses; the model casts to float32.
+    return Schema([ColSpec(types.get(c, "double"), c) for c in feature_columns])
 
 
 def log_classifier(
@@ -157,17 +205,20 @@ def log_classifier(
     probabilities: bool = True,
     profile: dict | None = None,
     baseline: np.ndarray | None = None,
+    column_types: dict[str, str] | None = None,
 ):
     """Export module (class scores out) and log it to the active MLflow run as a
     TorchClassifier answering classes' labels (or class ids); return MLflow's ModelInfo.
     probabilities: declare the `probabilities` param (a softmax of the scores; not for scores
     that are no logits, such as a DQN policy's Q-values). profile: the reference profile
     (raymaas.monitoring.profile) to log with the model; baseline: the input (one row) that
-    explanations measure against, the training split's mean."""
+    explanations measure against, the training split's mean. column_types: the signature's
+    type of feature columns (`feature_types` of the training rows); a column not named is
+    `double`."""
     n = example.shape[1]
     named = classes if classes is not None and classes != list(range(len(classes))) else None
     model = TorchClassifier(feature_columns, named)
-    signature = classifier_signature(n, feature_columns, named, probabilities)
+    signature = classifier_signature(n, feature_columns, named, probabilities, column_types)
     return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline)
 
 
@@ -179,11 +230,12 @@ def log_regressor(
     name: str = "model",
     profile: dict | None = None,
     baseline: np.ndarray | None = None,
+    column_types: dict[str, str] | None = None,
 ):
     """Export module (predictions in the targets' units out) and log it to the active MLflow
     run as a TorchRegressor, with its reference profile and explanation baseline if given;
-    return MLflow's ModelInfo."""
-    signature = regressor_signature(example.shape[1], feature_columns, n_outputs)
+    return MLflow's ModelInfo. column_types: as for log_classifier."""
+    signature = regressor_signature(example.shape[1], feature_columns, n_outputs, column_types)
     model = TorchRegressor(feature_columns, n_outputs)
     return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline)
 
@@ -204,9 +256,7 @@ def _log_torch(module, example, feature_columns, name, python_model, signature, 
         if baseline is not None:
             artifacts[_BASELINE] = str(Path(tmp) / BASELINE_FILE)
             np.save(artifacts[_BASELINE], np.asarray(baseline, dtype=np.float32).reshape(example.shape[1:]))
-        input_example = (
-            pd.DataFrame(example[:5], columns=feature_columns) if feature_columns else example[:5].astype(np.float32)
-        )
+        input_example = _input_example(example, feature_columns, signature)
         # MLflow's notes on cloudpickle and on checking the input example are not for the job's output.
         with _quiet("mlflow.pyfunc"):
             return mlflow.pyfunc.log_model(
@@ -224,6 +274,20 @@ def _log_torch(module, example, feature_columns, name, python_model, signature, 
                     "pandas",
                 ],
             )
+
+
+def _input_example(example: np.ndarray, feature_columns: list[str] | None, signature: ModelSignature):
+    """Up to five rows of example as the signature types them (the row MLflow checks the
+    model with when it is logged, and shows as its example)."""
+    rows = np.asarray(example[:5])
+    if not feature_columns:
+        return rows.astype(np.float32)
+    frame = pd.DataFrame(rows, columns=feature_columns)
+    for spec in signature.inputs.inputs:
+        dtype = COLUMN_TYPES[spec.type.name]
+        values = frame[spec.name].to_numpy()
+        frame[spec.name] = np.rint(values).astype(dtype) if dtype == "int64" else values.astype(dtype)
+    return frame
 
 
 @contextlib.contextmanager

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
 
+import numpy as np
 import pytest
 
-from conftest import DEBUG_SPEC, REPO
+from conftest import DEBUG_SPEC, REPO, free_port, wait_for
 from raymaas.cli.main import format_table, job_kind
 from raymaas.paths import project_root
 
@@ -277,3 +284,159 @@ def test_job_api_job_keeps_the_shells_storage_settings(trained_via_job_api, mlfl
     run_id, _, storage = trained_via_job_api
     run_name = mlflow_client.get_run(run_id).info.run_name
     assert list((storage / run_name).glob("checkpoint_*")), sorted(p.name for p in storage.iterdir())
+
+
+# --------------------------------------------------------------------------- serve (last: see its docstring)
+
+
+class Streamed:
+    """A subprocess whose output (stdout and stderr together) is collected line by line as it comes."""
+
+    def __init__(self, args: list[str], env: dict):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            args,
+            cwd=str(REPO),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own group: killed as one if the test fails
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in list(self.lines)):
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=10)
+                if any(text in line for line in self.lines):
+                    return
+                pytest.fail(
+                    f"exited ({self.proc.returncode}) before printing {text!r}; its output:\n{self.output[-6000:]}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} after {timeout_s}s; its output so far:\n{self.output[-6000:]}")
+            time.sleep(0.5)
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"did not exit within {timeout_s}s; its output:\n{self.output[-6000:]}")
+        self._reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def http(url: str, payload: dict | None = None, timeout: float = 30) -> tuple[int, dict, dict]:
+    """(status, JSON body, headers) of a GET, or of a JSON POST when payload is given."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {"text": raw[:2000].decode(errors="replace")}
+        return err.code, body, dict(err.headers)
+    except OSError as err:  # not listening (yet), reset
+        return 0, {"error": repr(err)}, {}
+
+
+def serve_apps_then_shutdown(ray_head) -> list[str]:
+    """The applications left on the head's Serve; then Serve itself is shut down, so the
+    session's head is as it was before `raymaas serve` joined it (asked from a separate process)."""
+    script = textwrap.dedent(
+        f"""
+        import json, logging
+        import ray
+        from ray import serve
+        ray.init(address={ray_head.address!r}, logging_level=logging.ERROR, log_to_driver=False)
+        apps = sorted(serve.status().applications)
+        serve.shutdown()
+        print(json.dumps(apps))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=ray_head.env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_serve_publishes_the_registered_model_over_http_until_ctrl_c(trained_via_job_api, ray_head, mlflow_client):
+    """`raymaas serve NAME --address HEAD` publishes the champion the job registered on the
+    head's Serve: it answers predictions (those of the registered version, named in the
+    headers), GET /models lists it, and Ctrl-C deletes its applications from the head and
+    exits 0. Last in the module: the served version's monitoring run lands in cli-debug's
+    experiment, and test_runs_and_models_show_the_trained_job wants the job's run newest there."""
+    import mlflow
+    from sklearn.datasets import load_digits
+
+    name = "cli-debug"
+    version = str(mlflow_client.get_model_version_by_alias(name, "champion").version)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    serving = Streamed(
+        [sys.executable, "-m", "raymaas.cli", "serve", name, "--address", ray_head.address, "--port", str(port)],
+        env={**user_env(ray_head), "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        serving.wait_for_line("Ctrl-C stops serving", timeout_s=300)
+        assert f"raymaas: application {name!r} at {base}/models/{name}/" in serving.lines, serving.output
+        assert f"raymaas: application 'index' at {base}/" in serving.lines, serving.output
+
+        rows = load_digits().data[:6].astype(np.float32)
+        url = f"{base}/models/{name}/invocations"
+        answers = []
+
+        def answered():  # the applications are RUNNING; the proxy may take a moment to route
+            answers.append(http(url, {"inputs": rows.tolist()}))
+            return answers[-1][0] == 200
+
+        try:
+            wait_for(answered, timeout_s=60, what=f"a 200 from {url}", interval=1)
+        except TimeoutError as err:
+            pytest.fail(f"{err}; last answer: {answers[-1]}\nits output:\n{serving.output[-6000:]}")
+        _, body, headers = answers[-1]
+        headers = {k.lower(): v for k, v in headers.items()}
+        assert (headers["x-model-name"], headers["x-model-version"], headers["x-model-alias"]) == (
+            name,
+            version,
+            "champion",
+        ), headers
+        expected = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(rows)
+        assert body["predictions"] == expected.tolist(), (body, expected)  # [6] class ids, as in-process
+
+        status, listing, _ = http(f"{base}/models")
+        assert status == 200, listing
+        (published,) = [m for m in listing["models"] if m["name"] == name]
+        assert (published["version"], published["alias"], published["route"]) == (
+            version,
+            "champion",
+            f"/models/{name}/invocations",
+        ), published
+
+        serving.proc.send_signal(signal.SIGINT)
+        assert serving.wait(timeout_s=120) == 0, serving.output[-6000:]
+        assert "raymaas: stopping the applications" in serving.lines, serving.output[-6000:]
+    finally:
+        serving.kill()
+        left = serve_apps_then_shutdown(ray_head)  # also when the test failed: the head's Serve goes
+    assert left == [], f"applications left on the head after Ctrl-C: {left}"

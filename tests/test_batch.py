@@ -258,8 +258,8 @@ def _predict_here(*args: str) -> int:
     "case, message",
     [
         ("missing column", "lacks the model's input column 'c'"),
-        ("wrong type", "string, the model expects float (a Parquet column's type is its own)"),
-        ("text column", "column 'd' holds text ('red', 'green', 'blue', ...) where the model expects float"),
+        ("wrong type", "string, the model expects double (a Parquet column's type is its own)"),
+        ("text column", "column 'd' holds text ('red', 'green', 'blue', ...) where the model expects double"),
         ("tensor width", "gives 15 feature columns"),
         ("unknown alias", "has no alias 'nope'"),
         ("probabilities", "cannot return class probabilities"),

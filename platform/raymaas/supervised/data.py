@@ -246,6 +246,8 @@ class PreparedData:
     example: np.ndarray  # a few validation rows: the model's input example
     feature_columns: list[str] | None  # files: the signature's columns; built-in: a tensor signature
     notes: dict[str, str] = field(default_factory=dict)  # facts found in the data, as run tags
+    # files: each feature column's type in the signature (example_rows); built-in: None
+    column_types: dict[str, str] | None = None
 
 
 def prepare_data(spec: DataSpec, seed: int, task: str = "classification") -> PreparedData:
@@ -302,14 +304,14 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
             **{f"mean:{c}": frame[c].mean() for c in moments},
             **{f"std:{c}": frame[c].std() for c in moments},
         }
-        example = frame[features].head(8).to_numpy(dtype=np.float32)
+        example, column_types = example_rows(frame, features)
         train_labels = frame[labels[0]].unique().tolist() if task == "classification" else []
     else:
         stats = train.aggregate(
             *(Mean(c, alias_name=f"mean:{c}") for c in moments),
             *(Std(c, alias_name=f"std:{c}") for c in moments),
         )
-        example = train.limit(8).to_pandas()[features].to_numpy(dtype=np.float32)
+        example, column_types = example_rows(train.limit(EXAMPLE_ROWS).to_pandas(), features)
         train_labels = train.unique(labels[0]) if task == "classification" else []
     if task == "classification":
         classes = sort_classes(train_labels)
@@ -339,7 +341,23 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
         mean=[float(stats[f"mean:{c}"]) for c in features],
         std=[float(stats[f"std:{c}"] or 1.0) for c in features],
     )
-    return PreparedData(worker, {"train": train, "validation": validation}, example, features, notes)
+    return PreparedData(worker, {"train": train, "validation": validation}, example, features, notes, column_types)
+
+
+EXAMPLE_ROWS = 8  # training rows logged as the model's input example
+
+
+def example_rows(frame, features: list[str]) -> tuple[np.ndarray, dict[str, str]]:
+    """The model's input example from frame (training rows as Ray Data reads the files), as
+    float32, and the type the model's signature declares for each feature column, typed from
+    those rows before they become float32 (raymaas.modelcode.pyfunc.feature_types): `long` for
+    an integer column, `boolean` for a boolean one, `double` otherwise. The frame pandas reads
+    of the same table (int64, bool, float64 columns) is then one the registered model takes:
+    MLflow's enforcement refuses int64 for a `double` column."""
+    from raymaas.modelcode.pyfunc import feature_types
+
+    rows = frame[features].head(EXAMPLE_ROWS)
+    return rows.to_numpy(dtype=np.float32), feature_types(rows)
 
 
 def sort_classes(values) -> list:

@@ -7,12 +7,14 @@ driver draws the plots and hands the model to the shared publish tail.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from raymaas.runtime.driver import TrainedModel
 from raymaas.specs import SpecModel, TrainingJobSpec
 from raymaas.supervised.data import BUILTIN_TASKS, DataSpec
 from raymaas.supervised.loop import TrainLoopConfig
@@ -221,7 +223,6 @@ def _model_of(job, prepared, checkpoint):
     """The trained model of a checkpoint of job, with its plots and tables."""
     import torch
 
-    from raymaas.runtime.driver import TrainedModel
     from raymaas.supervised.loop import STATE_FILE
     from raymaas.supervised.models import build_model
     from raymaas.tracking import plots
@@ -281,7 +282,7 @@ def _model_of(job, prepared, checkpoint):
         )
     value = float(state["metrics"][gate.metric])
     epochs = int(state["epoch"]) + 1
-    return TrainedModel(
+    return SupervisedModel(
         module=module,
         example=np.asarray(data.example, dtype=np.float32),
         gate_value=value,
@@ -294,7 +295,17 @@ def _model_of(job, prepared, checkpoint):
         baseline=x_train.mean(axis=0),  # what explanations measure against
         explain_rows=x_val[:IMPORTANCE_ROWS],
         details={"epochs": epochs},
+        column_types=data.column_types,
     )
+
+
+@dataclass
+class SupervisedModel(TrainedModel):
+    """A supervised job's trained model: also the signature's type of each feature column, as
+    the training table holds it (raymaas.supervised.data.example_rows; None for a built-in set's
+    tensor input). The publish tail logs the model with them."""
+
+    column_types: dict[str, str] | None = None
 
 
 PROFILE_ROWS = 20_000  # training and validation rows the reference profile is built from, at most

@@ -34,6 +34,9 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
         client.log_artifacts(run_id, folder, path)
 
     targets = trained.targets
+    # the feature columns' types in the training table (a supervised job's SupervisedModel):
+    # a model of named columns then takes the frame pandas reads of such a table
+    column_types = getattr(trained, "column_types", None)
     with mlflow.start_run(run_id=run_id):
         if targets is not None and targets.task == "regression":
             info = log_regressor(
@@ -43,6 +46,7 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
                 trained.feature_columns,
                 profile=trained.profile,
                 baseline=trained.baseline,
+                column_types=column_types,
             )
         else:
             classes = targets.classes if targets is not None else None
@@ -55,6 +59,7 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
                 probabilities=targets is not None,
                 profile=trained.profile,
                 baseline=trained.baseline,
+                column_types=column_types,
             )
     if trained.explain_rows is not None:
         try:

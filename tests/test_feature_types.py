@@ -1,14 +1,11 @@
 """A supervised job trained on a table declares each feature column as the table holds it: the
 types read_files takes from the training rows (data.example_rows) are `double`, `long` and
 `boolean` for float, integer and boolean columns, so the frame pandas reads of the same table
-is one the logged signature takes, and the publish tail logs the model with them. No Ray: the
+is one the logged signature takes (the job end to end: test_supervised). No Ray: the
 rows are read with pyarrow, whose readers Ray Data's read_csv and read_parquet use, and turned
 into pandas as Ray Data's to_pandas does."""
 
 from __future__ import annotations
-
-from contextlib import nullcontext
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -83,43 +80,3 @@ def test_a_parquet_files_own_types(tmp_path):
 def test_a_builtin_set_has_no_column_types():
     prepared = prepare_data(DataSpec(source="digits"), seed=0)
     assert prepared.feature_columns is None and prepared.column_types is None
-
-
-@pytest.mark.parametrize("task", ["classification", "regression"])
-def test_the_publish_tail_logs_the_model_with_them(task, monkeypatch):
-    """publish_model hands a supervised model's column types to log_classifier/log_regressor
-    (the store and the registry stubbed out); a kind's TrainedModel without them logs none."""
-    import mlflow
-
-    import raymaas.modelcode.pyfunc as pyfunc
-    from raymaas.runtime.driver import TrainedModel
-    from raymaas.supervised.data import Targets
-    from raymaas.supervised.job import SupervisedModel
-    from raymaas.tracking import publish, registry
-
-    logged = []
-
-    def log(*args, **kwargs):
-        logged.append(kwargs.get("column_types"))
-        return SimpleNamespace(model_uri="runs:/r/model")
-
-    monkeypatch.setattr(pyfunc, "log_classifier", log)
-    monkeypatch.setattr(pyfunc, "log_regressor", log)
-    monkeypatch.setattr(mlflow, "start_run", lambda **_: nullcontext())
-    monkeypatch.setattr(registry, "register_model", lambda *a: "1")
-    monkeypatch.setattr(registry, "promote_if_better", lambda *a, **k: SimpleNamespace(promoted=True, reason="first"))
-    client = SimpleNamespace(log_text=lambda *a: None)
-    spec = SimpleNamespace(model_dump=lambda mode: {}, registered_model_name="m")
-    gate = SimpleNamespace(metric="val_loss", higher_is_better=False)
-    if task == "classification":
-        targets = Targets(task=task, classes=["ham", "spam"])
-    else:
-        targets = Targets(task=task, names=["y"], mean=[0.0], std=[1.0])
-    types = {"score": "double", "visits": "long", "member": "boolean"}
-    common = dict(module=None, example=np.zeros((8, 3), np.float32), gate_value=0.5, summary="")
-    columns = list(types)
-    publish.publish_model(
-        client, "r", spec, gate, SupervisedModel(**common, feature_columns=columns, targets=targets, column_types=types)
-    )
-    publish.publish_model(client, "r", spec, gate, TrainedModel(**common, feature_columns=columns, targets=targets))
-    assert logged == [types, None]

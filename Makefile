@@ -21,8 +21,9 @@ demo: $(STAMP)
 	$(VENV)/bin/raymaas demo
 
 # Lint first: a minute of pytest is not worth spending on a tree ruff already refuses.
+# --durations=15: every run's log says where its time went.
 test: lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -32,8 +33,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# What needs no training run and no Serve application (specs, protocol parsing, plans,
+# metrics, drift math, CLI refusals, space checks): a few minutes, for iterating.
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow" --durations=15
 
 # docs/mlflow-run.png and docs/mlflow-model.png from the project's store (after `make demo`); needs Debian's chromium.
 screenshot: $(STAMP)

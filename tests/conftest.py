@@ -212,15 +212,41 @@ def mlflow_client(ray_head):
     return get_client(ray_head.tracking_uri)
 
 
-def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.5):
-    """predicate()'s first truthy value, polled every interval; TimeoutError after timeout_s."""
+def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.5, seen=None):
+    """predicate()'s first truthy value, polled every interval; after timeout_s a TimeoutError
+    that says what the wait saw: predicate's last value and seen() (a callable giving the
+    driver's output, `ray status`, the last HTTP answer...), so a wait that fails under load
+    tells why."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    value = None
+    while True:
         value = predicate()
         if value:
             return value
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+    saw = f"; last value: {value!r}"
+    if seen is not None:
+        try:
+            saw += f"\nwhat it saw:\n{seen()}"
+        except Exception as exc:  # the report must not hide the timeout
+            saw += f"\n(describing what it saw failed: {exc!r})"
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}{saw}")
+
+
+def ray_status(address: str) -> str:
+    """`ray status` of the cluster at address (nodes, resources, pending demands), for a wait's
+    timeout message."""
+    ray_cli = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    try:
+        proc = subprocess.run(
+            [str(ray_cli), "status", "--address", address], env=env, capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return "`ray status` did not answer in 60 s"
+    return (proc.stdout + proc.stderr)[-4000:]
 
 
 def run_job(args: list[str], env: dict, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:

@@ -98,6 +98,7 @@ def tensor_frame(n: int, width: int, first_id: int, seed: int) -> pd.DataFrame:
 # --------------------------------------------------------------------------- on Ray
 
 
+@pytest.mark.slow  # a batch job on Ray
 def test_csv_with_named_columns_bad_rows_to_errors(models, ray_head, mlflow_client, tmp_path):
     """Columns matched by name (reordered, one extra), an id passed through, one output row per
     good row with its class probabilities, a null and a word rejected with their reasons,
@@ -152,6 +153,7 @@ def test_csv_with_named_columns_bad_rows_to_errors(models, ray_head, mlflow_clie
     assert "2 rejected" in proc.stdout
 
 
+@pytest.mark.slow  # a batch job on Ray
 def test_parquet_folder_stopped_half_way_resumes_without_rescoring(models, ray_head, mlflow_client, tmp_path):
     """`ray job stop` half way (SIGTERM): the run is KILLED with some files committed; run again
     with the same run name, it skips those (their files untouched) and scores the rest, in the
@@ -216,6 +218,7 @@ def test_parquet_folder_stopped_half_way_resumes_without_rescoring(models, ray_h
     assert run.data.metrics["rows_rejected"] == 0
 
 
+@pytest.mark.slow  # a batch job on Ray
 def test_input_three_times_the_object_store_streams_through(models, ray_head, mlflow_client, tmp_path):
     """A fresh local Ray with Ray's smallest object store (75 MiB) scores a 240 MB file: it
     streams through without spilling, and every row comes out exactly once."""

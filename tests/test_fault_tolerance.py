@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from conftest import DEBUG_SPEC, REPO, head_processes, wait_for
+from conftest import DEBUG_SPEC, REPO, head_processes, ray_status, wait_for
 from raymaas.tracking import JOB_KEY_TAG
 
 pytestmark = pytest.mark.slow
@@ -57,8 +57,9 @@ def train_workers(ray_head) -> list[psutil.Process]:
     return found
 
 
-def test_killed_worker_resumes_from_checkpoint_in_one_run(ray_head, mlflow_client):
+def test_killed_worker_resumes_from_checkpoint_in_one_run(ray_head, mlflow_client, tmp_path):
     run_name = "ft-kill-worker"
+    log = tmp_path / "driver.log"  # a file, not a pipe: a wait that times out reads it
     driver = subprocess.Popen(
         [
             sys.executable,
@@ -77,20 +78,28 @@ def test_killed_worker_resumes_from_checkpoint_in_one_run(ray_head, mlflow_clien
         ],
         cwd=REPO,
         env=ray_head.env,
-        stdout=subprocess.PIPE,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         text=True,
     )
+    seen = lambda: f"driver output:\n{log.read_text()[-3000:]}\n`ray status`:\n{ray_status(ray_head.address)}"
     try:
-        wait_for(lambda: len(epochs_logged(mlflow_client, run_name)) >= 2, 300, "two epochs")
-        workers = wait_for(lambda: train_workers(ray_head), 30, "a Ray Train worker process")
+        wait_for(
+            lambda: len(epochs_logged(mlflow_client, run_name)) >= 2 or driver.poll() is not None,
+            300,
+            "two epochs",
+            seen=seen,
+        )
+        assert driver.poll() is None, f"the driver ended early (exit {driver.returncode}):\n{log.read_text()[-4000:]}"
+        workers = wait_for(lambda: train_workers(ray_head), 30, "a Ray Train worker process", seen=seen)
         victim = workers[-1]
         killed_after = epochs_logged(mlflow_client, run_name)[-1]
         victim.send_signal(signal.SIGKILL)
-        output, _ = driver.communicate(timeout=600)
+        driver.wait(timeout=600)
     finally:
         if driver.poll() is None:
             driver.kill()
+    output = log.read_text()
     assert driver.returncode == 0, output[-4000:]
     (run,) = runs_named(mlflow_client, run_name)
     assert run.info.status == "FINISHED"
@@ -141,11 +150,22 @@ def test_ray_job_submit_stop_and_resubmit(ray_head, mlflow_client):
         timeout=120,
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
-    wait_for(lambda: len(epochs_logged(mlflow_client, run_name)) >= 1, 300, "the first epoch of the submitted job")
+    job_seen = lambda: _ray_cli("job", "logs", "--address", ray_head.dashboard_url, job_id, env=env, timeout=60).stdout[
+        -3000:
+    ]
+    wait_for(
+        lambda: len(epochs_logged(mlflow_client, run_name)) >= 1,
+        300,
+        "the first epoch of the submitted job",
+        seen=job_seen,
+    )
     stopped = _ray_cli("job", "stop", "--address", ray_head.dashboard_url, job_id, env=env, timeout=120)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     (run,) = wait_for(
-        lambda: [r for r in runs_named(mlflow_client, run_name) if r.info.status != "RUNNING"], 60, "a final status"
+        lambda: [r for r in runs_named(mlflow_client, run_name) if r.info.status != "RUNNING"],
+        60,
+        "a final status",
+        seen=job_seen,
     )
     assert run.info.status == "KILLED"
     done_before = epochs_logged(mlflow_client, run_name)

@@ -28,7 +28,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import DEBUG_SPEC, REPO, free_port, wait_for
+from conftest import DEBUG_SPEC, REPO, free_port, ray_status, wait_for
 from raymaas.runtime import localcluster
 from raymaas.tracking import JOB_KEY_TAG
 
@@ -182,6 +182,23 @@ def worker_nodes() -> list[str]:
     return [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" not in n["Resources"]]
 
 
+def autoscaler_settled(address: str) -> bool:
+    """True once the cluster has no worker node left, as the GCS and the autoscaler both see
+    it: `ray status` counts the head alone as active and no node pending. ray.nodes() alone
+    turns empty while the autoscaler may still be deciding about idle nodes (CI once saw the
+    next job's first nodes removed in the same second as the previous test's, and none added
+    again)."""
+    if worker_nodes():
+        return False
+    status = ray_status(address)
+    if "Active:" not in status or "Pending:" not in status:
+        return False  # no answer from the autoscaler yet: not known to be settled
+    active = status.split("Active:", 1)[1].split("Pending:", 1)[0]
+    pending = status.split("Pending:", 1)[1].split("Recent failures:", 1)[0]
+    counted = sum(int(line.split()[0]) for line in active.splitlines() if line.strip()[:1].isdigit())
+    return counted <= 1 and "(no pending nodes)" in pending
+
+
 def train_worker_actors() -> list:
     from ray.util.state import list_actors
 
@@ -219,6 +236,22 @@ def driver_running(driver: subprocess.Popen, log: Path, predicate):
         return value
 
     return check
+
+
+def seen_by(cluster: FakeCluster, log: Path):
+    """What a wait on a job reports when it times out: the driver's output and `ray status`."""
+    return lambda: f"driver output:\n{log.read_text()[-3000:]}\n`ray status`:\n{ray_status(cluster.address)}"
+
+
+def settle(cluster: FakeCluster) -> None:
+    """Wait for a cluster with no worker node, as the autoscaler sees it too."""
+    wait_for(
+        lambda: autoscaler_settled(cluster.address),
+        240,
+        "no worker nodes (the autoscaler's view included)",
+        interval=1,
+        seen=lambda: ray_status(cluster.address),
+    )
 
 
 def runs_named(client, run_name: str):
@@ -279,18 +312,23 @@ def test_node_local_store_or_checkpoints_are_refused_before_anything_starts(fake
 
 def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_idle(fake_cluster, client, tmp_path):
     run_name = "mn-scale-run"
-    wait_for(lambda: not worker_nodes(), 120, "no worker nodes before the job")
+    settle(fake_cluster)
     submitted = time.monotonic()
     log = tmp_path / "driver.log"
     driver = start_driver(fake_cluster, log, "--set", "name=mn-scale", "--set", f"mlflow.run_name={run_name}")
     try:
-        wait_for(driver_running(driver, log, lambda: len(worker_nodes()) >= 2), 240, "two worker nodes")
+        seen = seen_by(fake_cluster, log)
+        wait_for(driver_running(driver, log, lambda: len(worker_nodes()) >= 2), 240, "two worker nodes", seen=seen)
         nodes_up_s = time.monotonic() - submitted
-        actors = wait_for(lambda: (a := train_worker_actors()) and len(a) == 2 and a, 240, "two Ray Train workers")
+        actors = wait_for(
+            lambda: (a := train_worker_actors()) and len(a) == 2 and a, 240, "two Ray Train workers", seen=seen
+        )
         # The nodes are idle from when the workers end (the driver then logs the model for a while).
-        idle_since = wait_for(lambda: not train_worker_actors() and time.monotonic(), 480, "the workers to end", 1)
+        idle_since = wait_for(
+            lambda: not train_worker_actors() and time.monotonic(), 480, "the workers to end", 1, seen=seen
+        )
         driver.wait(timeout=480)
-    except (TimeoutError, subprocess.TimeoutExpired) as exc:
+    except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"{exc}; the driver's output:\n{log.read_text()[-4000:]}") from None
     finally:
         if driver.poll() is None:
@@ -316,7 +354,12 @@ def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_i
     model = mlflow.pyfunc.load_model(f"models:/mn-scale/{version.version}")
     assert model.predict(np.zeros((2, 64), dtype=np.float32)).shape == (2,)
 
-    wait_for(lambda: not worker_nodes(), 240, "the idle worker nodes to be removed")
+    wait_for(
+        lambda: not worker_nodes(),
+        240,
+        "the idle worker nodes to be removed",
+        seen=lambda: ray_status(fake_cluster.address),
+    )
     removed_s = time.monotonic() - idle_since
     print(
         f"\nautoscaler: submission -> 2 worker nodes up: {nodes_up_s:.1f} s; workers ended (nodes idle) -> "
@@ -327,10 +370,7 @@ def test_job_larger_than_the_head_adds_nodes_spreads_workers_and_nodes_go_when_i
 
 def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, client, tmp_path):
     run_name = "mn-kill-node-run"
-    # from a settled cluster, as the test before starts: CI once saw this job's first nodes
-    # removed as idle while the autoscaler was still removing that test's, and none added again
-    wait_for(lambda: not worker_nodes(), 120, "no worker nodes before the job")
-    time.sleep(IDLE_TIMEOUT_MINUTES * 60)  # the autoscaler's last idle-node decisions are made
+    settle(fake_cluster)
     log = tmp_path / "driver.log"
     driver = start_driver(
         fake_cluster,
@@ -346,8 +386,11 @@ def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, cli
         "failure_config.max_failures=3",
     )
     try:
-        wait_for(driver_running(driver, log, lambda: len(epochs_logged(client, run_name)) >= 2), 360, "two epochs")
-        actor = wait_for(train_worker_actors, 30, "a Ray Train worker")[0]
+        seen = seen_by(fake_cluster, log)
+        wait_for(
+            driver_running(driver, log, lambda: len(epochs_logged(client, run_name)) >= 2), 360, "two epochs", seen=seen
+        )
+        actor = wait_for(train_worker_actors, 30, "a Ray Train worker", seen=seen)[0]
         raylet = raylet_of(actor.pid)
         killed_after = epochs_logged(client, run_name)[-1]
         nodes_before = set(worker_nodes())
@@ -359,10 +402,10 @@ def test_killed_worker_node_resumes_from_checkpoint_in_one_run(fake_cluster, cli
                 proc.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
-        wait_for(lambda: set(worker_nodes()) - nodes_before, 300, "a replacement node")
+        wait_for(lambda: set(worker_nodes()) - nodes_before, 300, "a replacement node", seen=seen)
         replaced_s = time.monotonic() - killed_at
         driver.wait(timeout=480)
-    except (TimeoutError, subprocess.TimeoutExpired) as exc:
+    except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"{exc}; the driver's output:\n{log.read_text()[-4000:]}") from None
     finally:
         if driver.poll() is None:
@@ -430,9 +473,14 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
         endpoint = app.deployments.get(ENDPOINT_DEPLOYMENT)
         return endpoint.replica_states.get("RUNNING", 0) if endpoint else 0
 
+    def serving_seen() -> str:
+        app = serve.status().applications.get("mn-serve")
+        answered = {c: codes.count(c) for c in set(codes)}
+        return f"application: {app}\nanswers so far: {answered}\n`ray status`:\n{ray_status(fake_cluster.address)}"
+
     # From a settled cluster: an earlier test's idle node may not be removed yet (seen once in
     # CI: two worker nodes right after serve.run, one of them left from the test before).
-    wait_for(lambda: not worker_nodes(), 240, "no worker nodes before serving")
+    settle(fake_cluster)
     try:
         serve.run(build_model_app(spec), name="mn-serve", route_prefix=spec.route_prefix)
         assert replicas() == 1 and len(worker_nodes()) == 1
@@ -462,7 +510,7 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
                 peak["nodes"] = max(peak["nodes"], len(worker_nodes()))
                 return peak["replicas"] >= 3
 
-            wait_for(scaled_out, 180, "3 replicas under load", interval=1)
+            wait_for(scaled_out, 180, "3 replicas under load", interval=1, seen=serving_seen)
             scaled_out_s = time.monotonic() - load_started
         finally:
             stop.set()
@@ -472,9 +520,9 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
         assert peak["nodes"] >= 3  # a node for each replica
         assert codes and codes.count(200) == len(codes), {c: codes.count(c) for c in set(codes)}
 
-        wait_for(lambda: replicas() == 1, 240, "replicas back to 1", interval=1)
+        wait_for(lambda: replicas() == 1, 240, "replicas back to 1", interval=1, seen=serving_seen)
         scaled_in_s = time.monotonic() - load_stopped
-        wait_for(lambda: len(worker_nodes()) == 1, 240, "idle nodes removed", interval=1)
+        wait_for(lambda: len(worker_nodes()) == 1, 240, "idle nodes removed", interval=1, seen=serving_seen)
         nodes_removed_s = time.monotonic() - load_stopped
         print(
             f"\nserve autoscaling: {len(codes)} requests, all 200; load start -> 3 replicas on 3 nodes: "

@@ -8,13 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_job
+from conftest import REPO, run_job, wait_for
 from raymaas.rl import PolicyExportError, RLSpec, check_parity
 from raymaas.specs import SpecError, load_spec
 from raymaas.tracking import JOB_KEY_TAG
@@ -176,16 +175,6 @@ def _iterations_logged(client, run_name: str) -> list[tuple[int, int]]:
     return sorted((int(m.value), m.step) for m in history)
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 @pytest.mark.slow
 def test_ray_job_submit_stop_and_resubmit_continues_the_run(ray_head, mlflow_client):
     """`ray job submit` on the bare head; `ray job stop` leaves the run KILLED; the same spec and
@@ -224,11 +213,19 @@ def test_ray_job_submit_stop_and_resubmit_continues_the_run(ray_head, mlflow_cli
         timeout=120,
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
-    _wait_for(lambda: len(_iterations_logged(mlflow_client, run_name)) >= 2, 300, "two iterations of the job")
+    job_seen = lambda: _ray_cli("job", "logs", "--address", ray_head.dashboard_url, job_id, env=env, timeout=60).stdout[
+        -3000:
+    ]
+    wait_for(
+        lambda: len(_iterations_logged(mlflow_client, run_name)) >= 2, 300, "two iterations of the job", seen=job_seen
+    )
     stopped = _ray_cli("job", "stop", "--address", ray_head.dashboard_url, job_id, env=env, timeout=120)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    (run,) = _wait_for(
-        lambda: [r for r in _runs_named(mlflow_client, run_name) if r.info.status != "RUNNING"], 60, "a final status"
+    (run,) = wait_for(
+        lambda: [r for r in _runs_named(mlflow_client, run_name) if r.info.status != "RUNNING"],
+        60,
+        "a final status",
+        seen=job_seen,
     )
     assert run.info.status == "KILLED"
     before = _iterations_logged(mlflow_client, run_name)
@@ -391,6 +388,7 @@ gym.register("Corridor-v0", entry_point=Corridor)
 '''
 
 
+@pytest.mark.slow
 def test_own_env_from_a_user_package_travels_with_the_job(ray_head, mlflow_client, tmp_path):
     """`env: package.module:Env-v0` (gymnasium's convention): the module registers the env when
     imported; the package is shipped to the head's EnvRunner actor, and the policy registers."""

@@ -277,6 +277,80 @@ def test_regression_job_answers_in_the_targets_units(ray_head, mlflow_client):
     assert abs(pred.mean() - split.y_val.mean()) < 30  # not standardised: the target's mean is ~150
 
 
+MULTI_OUTPUT_NOISE = np.array([20.0, 0.5])  # each target's noise, in its units
+
+
+def _two_targets(n: int, seed: int):
+    """Features, and two targets linear in them in units far apart (a price in the
+    thousands, a temperature in the tens): the true values and the values plus noise."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame(rng.normal(size=(n, 4)), columns=["f0", "f1", "f2", "f3"])
+    true = pd.DataFrame(
+        {
+            "price_eur": 2000.0 + 300.0 * x.f0 - 150.0 * x.f1 + 50.0 * x.f2,
+            "temperature_c": 20.0 + 2.0 * x.f1 + 3.0 * x.f3,
+        }
+    )
+    noisy = true + rng.normal(size=true.shape) * MULTI_OUTPUT_NOISE
+    return x, true, noisy
+
+
+def test_multi_output_regression_trains_and_answers_each_target_in_its_units(tmp_path, ray_head, mlflow_client):
+    """Two target columns of a Parquet file (data.label_column a list), trained with the
+    diabetes debug spec: each output's validation metrics in its own units beside the overall
+    ones, a [n, 2] float32 signature, and predictions of rows it never saw close to the true
+    function of each target."""
+    import mlflow
+
+    x, _, noisy = _two_targets(1200, seed=0)
+    path = tmp_path / "two-targets.parquet"
+    x.join(noisy).to_parquet(path, index=False)
+    proc = run_job(
+        [
+            "jobs.supervised",
+            str(REPO / "jobs/specs/diabetes_debug.yaml"),
+            "--set",
+            "name=test-two-targets",
+            "--set",
+            f"data.source={path}",
+            "--set",
+            "data.label_column=[price_eur, temperature_c]",
+        ],
+        env=ray_head.env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    run_id = _run_id(proc.stdout)
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["task"] == "regression"
+    metrics = run.data.metrics
+    for key in ("val_rmse/price_eur", "val_rmse/temperature_c", "val_rmse", "val_mae/temperature_c"):
+        assert sorted(m.step for m in mlflow_client.get_metric_history(run_id, key)) == list(range(20)), key
+    # each output in its own units: its error about its noise, far from the other's
+    for target, noise in zip(("price_eur", "temperature_c"), MULTI_OUTPUT_NOISE):
+        assert 0.8 * noise < metrics[f"val_rmse/{target}"] < 1.5 * noise, (target, metrics)
+        assert 0.6 * noise < metrics[f"val_mae/{target}"] < 1.2 * noise, (target, metrics)
+        assert metrics[f"val_r2/{target}"] > 0.95, (target, metrics)
+    # the overall ones are over both outputs together
+    rmse = [metrics[f"val_rmse/{t}"] for t in ("price_eur", "temperature_c")]
+    assert metrics["val_rmse"] == pytest.approx(np.sqrt(np.mean(np.square(rmse))), rel=1e-6)
+    assert metrics["val_mae"] == pytest.approx((metrics["val_mae/price_eur"] + metrics["val_mae/temperature_c"]) / 2)
+    assert metrics["val_r2"] == pytest.approx((metrics["val_r2/price_eur"] + metrics["val_r2/temperature_c"]) / 2)
+    plots = {a.path for a in mlflow_client.list_artifacts(run_id, "plots")}
+    assert {"plots/predicted_vs_actual.png", "plots/residuals.png"} <= plots, plots
+
+    info = mlflow.models.get_model_info("models:/test-two-targets@champion")
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 2)}
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["f0", "f1", "f2", "f3"]
+    # rows it never saw, answered in each target's units: close to the true function
+    held_out, true, _ = _two_targets(300, seed=1)
+    pred = mlflow.pyfunc.load_model("models:/test-two-targets@champion").predict(held_out)
+    assert pred.dtype == np.float32 and pred.shape == (300, 2)
+    error = np.sqrt(np.mean((pred - true.to_numpy()) ** 2, axis=0))
+    assert np.all(error < 0.05 * true.std().to_numpy()), (error, true.std().to_numpy())
+
+
 def test_named_classes_from_a_csv(tmp_path, ray_head, mlflow_client):
     """String labels with an imbalance, class_weight balanced: the model answers "spam" or
     "ham", and the run has the binary task's full metrics and the per-class table."""

@@ -9,10 +9,13 @@ val_recall_macro, val_f1_macro (over the classes that occur in the labels or the
 predictions), val_log_loss (unweighted cross-entropy) and, for two classes, val_roc_auc
 (from 1,024-bin histograms of the positive class's probability: exact up to ties within a bin).
 Regression: val_loss, val_rmse and val_mae (in the targets' units, over all outputs),
-val_r2 (the mean of each output's R^2).
+val_r2 (the mean of each output's R^2); with several outputs also each output's own, in its
+own units: val_rmse/NAME, val_mae/NAME, val_r2/NAME (NAME: the target column).
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import torch
@@ -52,6 +55,7 @@ class Tally:
             # rows, loss, then per output: squared error, absolute error, sum y, sum y^2
             self.sums = torch.zeros(2 + 4 * k, **f64)
             self.k = k
+            self.output_keys = output_keys(targets.names, k)
         else:
             n = targets.n_outputs
             self.sums = torch.zeros(3, **f64)  # rows, loss, log loss
@@ -99,6 +103,11 @@ class Tally:
                 val_mae=float(sae.sum() / (n * k)),
                 val_r2=float(r2.mean()),
             )
+            if k > 1:  # the overall values mix the targets' units: each output's own too
+                for i, key in enumerate(self.output_keys):
+                    out[f"val_rmse/{key}"] = float(np.sqrt(sse[i] / n))
+                    out[f"val_mae/{key}"] = float(sae[i] / n)
+                    out[f"val_r2/{key}"] = float(r2[i])
             return out
         out.update(classification_metrics(self.confusion.cpu().numpy()))
         out["val_log_loss"] = s[2] / n
@@ -107,6 +116,15 @@ class Tally:
             if not np.isnan(auc):  # undefined while the validation rows hold one class only
                 out["val_roc_auc"] = auc
         return out
+
+
+def output_keys(names: list[str] | None, k: int) -> list[str]:
+    """A name for each of k regression outputs in metric keys: its target column (characters
+    MLflow refuses in a metric key become _), else its index."""
+    if not names or len(names) != k:
+        return [str(i) for i in range(k)]
+    keys = [re.sub(r"[^A-Za-z0-9_\-. ]", "_", str(name)) for name in names]
+    return keys if len(set(keys)) == k else [f"{i}_{key}" for i, key in enumerate(keys)]
 
 
 def classification_metrics(confusion: np.ndarray) -> dict[str, float]:

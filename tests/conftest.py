@@ -126,31 +126,24 @@ def ray_head(tmp_path_factory) -> RayHead:
         _wait_for_job_agent(head)
         yield head
     finally:  # also when the head never became ready: no Ray left behind
-        stop_ray_head(temp_dir)
+        stop_ray_head(temp_dir, port)
         shutil.rmtree(base / "bare-venv", ignore_errors=True)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def head_processes(temp_dir: Path) -> list:
-    """The processes of the Ray head started with temp_dir, and all of their children."""
-    import psutil
+def head_processes(temp_dir: Path, gcs_port: int | None = None) -> list:
+    """The processes of the Ray head started with temp_dir (and, given its GCS port, its Ray
+    client server), with all of their children."""
+    from raymaas.runtime.localcluster import head_processes as processes_of
 
-    ours = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(temp_dir) in part for part in proc.info["cmdline"] or ()):
-                ours.append(proc)
-                ours.extend(proc.children(recursive=True))
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return [p for p in {p.pid: p for p in ours}.values() if p.pid != os.getpid()]
+    return processes_of(temp_dir, gcs_port)
 
 
-def stop_ray_head(temp_dir: Path) -> None:
-    """End the processes of the Ray head started with temp_dir by PID."""
+def stop_ray_head(temp_dir: Path, gcs_port: int | None = None) -> None:
+    """End the processes of the Ray head started with temp_dir (and GCS port) by PID."""
     from raymaas.runtime.localcluster import end_processes
 
-    end_processes(head_processes(temp_dir))
+    end_processes(head_processes(temp_dir, gcs_port))
 
 
 def _wait_for_job_agent(head: RayHead, timeout_s: float = 300) -> None:

@@ -169,7 +169,8 @@ def fake_cluster(tmp_path_factory):
             else:
                 os.environ[k] = v
         if state is not None:
-            assert not localcluster.head_processes(Path(state.temp_dir)), "processes left behind"
+            gcs_port = int(state.gcs_address.rsplit(":", 1)[1])
+            assert not localcluster.head_processes(Path(state.temp_dir), gcs_port), "processes left behind"
 
 
 # --------------------------------------------------------------------------- helpers

@@ -198,7 +198,7 @@ def stop(home: Path) -> list[int]:
     cluster = read_state(home)
     if cluster is None:
         return []
-    ours = head_processes(Path(cluster.temp_dir))
+    ours = head_processes(Path(cluster.temp_dir), int(cluster.gcs_address.rsplit(":", 1)[1]))
     try:
         mlflow = psutil.Process(cluster.mlflow_pid)
         # Only if it is still our server (the PID was not reused since).
@@ -213,15 +213,23 @@ def stop(home: Path) -> list[int]:
     return sorted(p.pid for p in ours)
 
 
-def head_processes(temp_dir: Path) -> list:
+def head_processes(temp_dir: Path, gcs_port: int | None = None) -> list:
     """The processes whose command line names temp_dir (the Ray head started with it, and
-    the worker nodes that joined it and took its temp dir), with all of their children."""
+    the worker nodes that joined it and took its temp dir), with all of their children; with
+    gcs_port, also the head's Ray client server, whose command line names the GCS address but
+    not the temp dir (`ray start` leaves it to init, so it is no process's child either)."""
     import psutil
 
     ours = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if any(str(temp_dir) in part for part in proc.info["cmdline"] or ()):
+            cmdline = proc.info["cmdline"] or ()
+            client_server = (
+                gcs_port is not None
+                and "ray.util.client.server" in cmdline
+                and any(part.startswith("--address=") and part.endswith(f":{gcs_port}") for part in cmdline)
+            )
+            if client_server or any(str(temp_dir) in part for part in cmdline):
                 ours.append(proc)
                 ours.extend(proc.children(recursive=True))
         except psutil.Error:

@@ -170,21 +170,29 @@ def test_parquet_folder_stopped_half_way_resumes_without_rescoring(models, ray_h
         "passthrough_columns: [id]\nconcurrency: 1\nmlflow: {run_name: resume-me}\n"
     )
     # Batches of 4 rows: slow enough to be stopped after its first file or few.
+    log = tmp_path / "first.log"  # a file, not a pipe: a wait that times out reads it
     first = subprocess.Popen(
         [sys.executable, "-m", "jobs.predict", str(spec), "--set", "batch_size=4"],
         env=ray_head.env,
         cwd=str(REPO),
-        stdout=subprocess.PIPE,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        wait_for(lambda: list(out.glob("part-*.parquet")) or first.poll() is not None, 240, "a first part file", 0.05)
+        wait_for(
+            lambda: list(out.glob("part-*.parquet")) or first.poll() is not None,
+            240,
+            "a first part file",
+            0.05,
+            seen=lambda: f"the job's output:\n{log.read_text()[-3000:]}",
+        )
         first.send_signal(signal.SIGTERM)
-        output, _ = first.communicate(timeout=60)
+        first.wait(timeout=60)
     finally:
         if first.poll() is None:
             first.kill()
+    output = log.read_text()
     assert first.returncode == 128 + signal.SIGTERM, output[-4000:]
     committed = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("part-*.parquet")}
     assert 1 <= len(committed) < n_files, output[-3000:]

@@ -155,7 +155,13 @@ def test_sweep_stopped_and_resubmitted_is_one_parent_one_child_per_trial_one_ver
     reader = threading.Thread(target=lambda: lines.extend(first.stdout), daemon=True)
     reader.start()
     try:
-        wait_for(lambda: any(" ended" in line for line in lines) or first.poll() is not None, 400, "a trial's end", 0.2)
+        wait_for(
+            lambda: any(" ended" in line for line in lines) or first.poll() is not None,
+            400,
+            "a trial's end",
+            0.2,
+            seen=lambda: "the sweep's output:\n" + "".join(lines)[-3000:],
+        )
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=120)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -145,6 +146,19 @@ def test_up_submit_a_job_see_it_in_the_mlflow_server_down(tmp_path):
             (run,) = json.loads(resp.read())["runs"]
         assert run["info"]["status"] == "FINISHED"
         assert {m["key"] for m in run["data"]["metrics"]} >= {"val_accuracy", "train_loss"}
+
+        # The job's readable output, as `ray job submit` streamed it: its run, each epoch once,
+        # its outcome, the run's page in the server's UI; none of Ray's own warnings.
+        out, run_id = submitted.stdout, run["info"]["run_id"]
+        assert f"raymaas: MLflow run {run_id} (" in out and f" in {exports['MLFLOW_TRACKING_URI']}" in out, out[-4000:]
+        epochs = re.findall(r"raymaas: epoch (\d+)/3  train_loss \S+  val_loss \S+  val_accuracy", out)
+        assert epochs == ["1", "2", "3"], out[-4000:]
+        assert re.search(r"raymaas: up-job version 1: val_accuracy [\d.]+ after 3 epochs; champion", out), out[-4000:]
+        run_url = f"{exports['MLFLOW_TRACKING_URI']}/#/experiments/{experiment_id}/runs/{run_id}"
+        assert f"raymaas: see it at {run_url}" in out.splitlines(), out[-4000:]
+        with urllib.request.urlopen(run_url, timeout=30) as resp:  # the UI's page (the run is its #fragment)
+            assert resp.status == 200 and b"<html" in resp.read(4096).lower()
+        assert "Failed to query Ray Train Controller actor state" not in out + submitted.stderr, out[-4000:]
         assert (home / "mlflow.db").is_file() and (home / "mlartifacts").is_dir()
 
         # `up` again while it runs: the same cluster, nothing new started.

@@ -915,3 +915,177 @@ def test_payload_logging_writes_masked_samples_only_where_switched_on(watched, r
     # off by default: the watched model's monitoring run holds no payloads
     watched_run = monitoring_run(mlflow_client, WATCHED, watched["version"])
     assert not mlflow_client.list_artifacts(watched_run, "payloads")
+
+
+# --------------------------------------------------------------------------- clients nobody here wrote
+
+LATE = "test-serve-late"
+
+
+def _status(url: str, timeout: float) -> int | None:
+    """The status of GET url, or None if nothing answered within timeout seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (TimeoutError, urllib.error.URLError):
+        return None
+
+
+def _from_schema(schema: dict, optional: bool = False):
+    """One value a JSON schema of /openapi.json takes, from its types alone: the first choice,
+    the required properties (all, with their defaults, if optional), the fewest items."""
+    if "const" in schema:
+        return schema["const"]
+    if "oneOf" in schema:
+        return _from_schema(schema["oneOf"][0], optional)
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object":
+        props = schema.get("properties", {})
+        keys = props if optional else schema.get("required", [])
+        return {k: props[k].get("default", _from_schema(props[k], optional)) for k in keys}
+    if kind == "array":
+        if "prefixItems" in schema:
+            return [_from_schema(s, optional) for s in schema["prefixItems"]]
+        return [_from_schema(schema["items"], optional) for _ in range(max(1, schema.get("minItems", 0)))]
+    return {"number": 0.25, "integer": 1, "boolean": True, "string": "a"}[kind]
+
+
+@pytest.mark.slow
+def test_mlflow_scoring_server_client_at_a_model_s_path(endpoint, registered):
+    import mlflow
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+    from mlflow.utils.proto_json_utils import dump_input_data
+    from sklearn.datasets import load_digits
+
+    host, port = endpoint.removeprefix("http://").split(":")
+    x = load_digits().data[:5].astype(np.float32)
+    frame = registered["iris"].head(10)
+    for name, data, uri in ((SKLEARN, frame, f"models:/{SKLEARN}/1"), (JOB_MODEL, x, f"models:/{JOB_MODEL}@champion")):
+        client = ScoringServerClient(host, f"{port}/models/{name}")  # MLflow's way to a path prefix
+        client.wait_server_ready(timeout=30)
+        assert client.get_version() == mlflow.__version__
+        answer = client.invoke(data)
+        assert answer.get_predictions(predictions_format="ndarray").tolist() == _pyfunc(uri).predict(data).tolist()
+    with pytest.raises(Exception, match="error code 404"):
+        ScoringServerClient(host, f"{port}/models/no-such-model").ping()
+    # the app with API keys: ping and version need none (health checks and this client send none) ...
+    tiny = ScoringServerClient(host, f"{port}/models/{TINY}")
+    tiny.wait_server_ready(timeout=30)
+    assert tiny.get_version() == mlflow.__version__
+    # ... its predictions do, and this client has no way to send one
+    with pytest.raises(Exception, match="error code 401"):
+        tiny.invoke(x)
+    status, headers, out = call(f"{endpoint}/models/{TINY}/invocations", raw=dump_input_data(x).encode())
+    assert status == 200
+    assert out["predictions"] == _pyfunc(f"models:/{TINY}/{headers['x-model-version']}").predict(x).tolist()
+
+
+@pytest.mark.slow
+def test_openapi_describes_each_model_s_body_from_its_signature_and_every_route(endpoint, registered):
+    status, _, doc = call(f"{endpoint}/openapi.json", key=None)
+    assert status == 200 and doc["openapi"].startswith("3.1")
+    names = {m["name"] for m in call(f"{endpoint}/models", key=None)[2]["models"]}
+    assert {TINY, SKLEARN, JOB_MODEL} <= names
+    assert {p.split("/")[2] for p in doc["paths"] if p.startswith("/models/")} == names  # one source
+    assert {"/health", "/ping", "/version", "/models"} <= set(doc["paths"])
+    for name in names:
+        base = f"/models/{name}"
+        routes = {(p, m) for p, ops in doc["paths"].items() if p == base or p.startswith(base + "/") for m in ops}
+        assert routes == {
+            (base, "get"),
+            (f"{base}/invocations", "post"),
+            (f"{base}/explain", "post"),
+            (f"{base}/feedback", "post"),
+            (f"{base}/monitor", "get"),
+            (f"{base}/ping", "get"),
+            (f"{base}/health", "get"),
+            (f"{base}/version", "get"),
+        }
+        assert doc["paths"][f"{base}/ping"]["get"]["security"] == []
+        assert "401" in doc["paths"][f"{base}/invocations"]["post"]["responses"]
+
+    def formats(name: str) -> dict:
+        schema = doc["paths"][f"/models/{name}/invocations"]["post"]["requestBody"]["content"]["application/json"]
+        return {v["required"][0]: v["properties"] for v in schema["schema"].get("oneOf", [schema["schema"]])}
+
+    tiny = formats(TINY)
+    assert set(tiny) == {"inputs", "instances"}
+    rows = tiny["inputs"]["inputs"]
+    assert rows["minItems"] == 1 and rows["items"]["minItems"] == rows["items"]["maxItems"] == 64
+    assert rows["items"]["items"]["type"] == "number"
+    job = formats(JOB_MODEL)
+    assert job["inputs"]["params"]["properties"]["probabilities"]["type"] == "boolean"
+    iris = formats(SKLEARN)
+    columns = list(registered["iris"].columns)
+    split = iris["dataframe_split"]["dataframe_split"]["properties"]
+    assert split["columns"]["const"] == columns
+    assert [c["type"] for c in split["data"]["items"]["prefixItems"]] == ["number"] * 4
+    records = iris["dataframe_records"]["dataframe_records"]["items"]
+    assert records["required"] == columns and set(records["properties"]) == set(columns)
+
+
+@pytest.mark.slow
+def test_openapi_generated_bodies_are_accepted(endpoint, registered):
+    from jsonschema import Draft202012Validator
+
+    _, _, doc = call(f"{endpoint}/openapi.json", key=None)
+    for name in (TINY, SKLEARN, JOB_MODEL):
+        url = f"{endpoint}/models/{name}/invocations"
+        content = doc["paths"][f"/models/{name}/invocations"]["post"]["requestBody"]["content"]
+        schema = content["application/json"]["schema"]
+        bodies = [content["application/json"]["example"]]
+        for variant in schema.get("oneOf", [schema]):
+            bodies += [_from_schema(variant), _from_schema(variant, optional=True)]
+        for body in bodies:
+            Draft202012Validator(schema).validate(body)
+            status, _, out = call(url, body)
+            assert status == 200 and len(out["predictions"]) == 1, (name, body, out)
+        if "example" in content["text/csv"]:
+            status, _, out = call(
+                url, raw=content["text/csv"]["example"].encode(), headers={"content-type": "text/csv"}
+            )
+            assert status == 200, (name, out)
+
+
+@pytest.mark.slow
+def test_openapi_and_models_list_a_model_exactly_while_it_answers(endpoint, registered, mlflow_client):
+    import mlflow
+    from ray import serve
+
+    from raymaas.serving import ServeSpec, build_model_app
+
+    version = mlflow.register_model(mlflow_client.get_model_version(SKLEARN, "1").source, LATE).version
+    spec = ServeSpec.model_validate(
+        {
+            "models": [{"name": LATE, "version": version}],
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+            "ray_actor_options": {"num_cpus": 0.1},
+        }
+    )
+    # not waiting for it to run: the listing is watched while the application starts
+    serve.run_many(
+        [serve.RunTarget(build_model_app(spec), name="late", route_prefix=spec.route_prefix)],
+        wait_for_applications_running=False,
+    )
+    seen = []  # (in /models, in /openapi.json, then /ping's status), in the order asked
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sum(s == 200 for *_, s in seen) < 10:
+            listed = LATE in {m["name"] for m in call(f"{endpoint}/models", key=None)[2]["models"]}
+            documented = f"/models/{LATE}/invocations" in call(f"{endpoint}/openapi.json", key=None)[2]["paths"]
+            seen.append((listed, documented, _status(f"{endpoint}/models/{LATE}/ping", timeout=2)))
+            time.sleep(0.05)
+        answered = [i for i, (*_, s) in enumerate(seen) if s == 200]
+        assert answered, seen
+        # listed only once it answers: what was listed answered the ping asked right after
+        assert all(s == 200 for listed, documented, s in seen if listed or documented), seen
+        # and from its first answer on, in both
+        assert all(listed and documented for listed, documented, _ in seen[answered[0] + 1 :]), seen
+        print(f"\n{answered[0]} rounds before the first answer")
+    finally:
+        serve.delete("late")
+    assert LATE not in {m["name"] for m in call(f"{endpoint}/models", key=None)[2]["models"]}
+    assert f"/models/{LATE}/invocations" not in call(f"{endpoint}/openapi.json", key=None)[2]["paths"]

@@ -5,10 +5,26 @@ several share replicas through Serve's model multiplexing (route prefix /models)
 
 A model's routes are a small table, {(METHOD, ACTION): handler}, under /models/NAME:
 
-    GET   /models/NAME                the model: version, alias, route, signature (no API key)
+    GET   /models/NAME                the model: version, alias, route, signature, actions
+                                      (no API key)
     POST  /models/NAME/invocations    predict, MLflow scoring formats (the built-in action;
                                       POST /models/NAME predicts too)
+    GET   /models/NAME/ping           200 {"status": "ok"} while the endpoint answers; /health
+                                      the same (no API key)
+    GET   /models/NAME/version        the MLflow version serving it, as text (no API key)
     GET   /models                     the published models (a shared app owns that prefix)
+
+ping, health and version are there so that MLflow's own clients work unchanged against
+/models/NAME as against `mlflow models serve`: ScoringServerClient(host, "PORT/models/NAME")
+waits on /ping, then posts to /invocations. /ping answers 200 as MLflow's does while the model
+is loaded, which a replica's is from before it answers anything (a shared app's models load on
+their first request, as multiplexing intends: a probe must not load a model nor evict another);
+its body is the index's /ping JSON, not MLflow's "\n", which is not JSON. /version answers
+what MLflow's does, the MLflow version (mlflow.version.VERSION) as the whole body, since a
+client asking it compares MLflow versions; as text/plain where MLflow says application/json of
+a body that is not JSON (its client reads the text either way); the model's version is in
+GET /models/NAME and every prediction's x-model-version. None of the three needs an API key:
+health checks and MLflow's client send none, and they say nothing a key guards.
 
 Extensions add actions and observe predictions without editing the protocol or the batching
 code. `build_model_app(spec, extensions=[...])` takes factories (a callable that takes the
@@ -41,6 +57,10 @@ So is POST /models/NAME/explain, raymaas.serving.explaining, with its Explainer 
   raised there is its answer. An action taken twice is an error when the replica starts.
   An unknown action answers 404 (`no published model at ...; GET /models lists them`), a
   known one with another method 405.
+- route_docs (a class attribute): {(METHOD, ACTION): an OpenAPI operation object} of its
+  routes, for /openapi.json (raymaas.serving.index: a schema {SCORING_SCHEMA: {...}} stands
+  for the model's scoring body, built from its signature); a route without one is documented
+  as "an extension's action".
 - on_prediction(loaded, data, result, request_id): called in the replica's event loop after
   each successful prediction (a 200), with the LoadedModel that answered, the parsed input,
   the model's output and the request's id (Serve's, which the response carries as
@@ -58,13 +78,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from raymaas.serving.auth import check_api_key, load_api_keys
 from raymaas.serving.batching import Batcher, PredictItem, predict_batch
 from raymaas.serving.following import FollowedModel, LoadedModel, resolve_version
-from raymaas.serving.index import ENDPOINT_DEPLOYMENT, list_published_models
+from raymaas.serving.index import ENDPOINT_DEPLOYMENT, SCORING_SCHEMA, error_doc, list_published_models
 from raymaas.serving.protocol import (
     MODELS_PREFIX,
     ClientError,
@@ -79,6 +99,98 @@ from raymaas.serving.specs import ModelEndpointSpec, ServeSpec
 logger = logging.getLogger("ray.serve")
 
 INVOCATIONS = "invocations"
+PING = "ping"
+HEALTH = "health"
+VERSION = "version"
+# routes answered without an API key: what health checks and MLflow's client call
+PUBLIC_ROUTES = frozenset({("GET", PING), ("GET", HEALTH), ("GET", VERSION)})
+
+_PING_DOC = {
+    "summary": "health check, as MLflow's scoring server's /ping: 200 while the endpoint answers",
+    "security": [],
+    "responses": {
+        "200": {
+            "description": "the endpoint answers",
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+                }
+            },
+        }
+    },
+}
+
+# The OpenAPI operations of the built-in routes (ACTION "" is GET /models/NAME itself).
+ROUTE_DOCS: dict[tuple[str, str], dict] = {
+    ("GET", ""): {
+        "summary": "the model: version, alias, route, signature and the actions it answers",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "the model",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["name", "version", "route", "signature", "actions"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "version": {"type": "string"},
+                                "alias": {"type": ["string", "null"]},
+                                "route": {"type": "string"},
+                                "signature": {"type": "object"},
+                                "actions": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    },
+    ("POST", INVOCATIONS): {
+        "summary": "predict (MLflow scoring formats, as `mlflow models serve`)",
+        "description": "application/json with exactly one of the scoring formats the signature takes (and the "
+        "params it declares), or text/csv: a header row, then rows",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {SCORING_SCHEMA: {}}},
+                "text/csv": {"schema": {"type": "string", "description": "a header row, then one row per input"}},
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "predictions; header x-model-version names the version that answered, x-request-id "
+                "the id /feedback takes",
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "required": ["predictions"], "properties": {"predictions": {}}}
+                    }
+                },
+            },
+            "400": error_doc("malformed JSON or CSV"),
+            "413": error_doc("body too large"),
+            "415": error_doc("neither application/json nor text/csv"),
+            "422": error_doc("input does not match the signature"),
+            "500": error_doc("the model failed"),
+        },
+    },
+    ("GET", PING): _PING_DOC,
+    ("GET", HEALTH): {**_PING_DOC, "summary": "the same as ping (MLflow's scoring server has both)"},
+    ("GET", VERSION): {
+        "summary": "the MLflow version serving the model, as MLflow's scoring server's /version",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "the version, the whole body",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    },
+}
 
 # (request, model name) -> response
 Handler = Callable[[Any, str], Awaitable[Any]]
@@ -94,6 +206,9 @@ class EndpointExtension:
 
     on_prediction: PredictionHook | None = None  # define it as a method to observe predictions
     on_response: ResponseHook | None = None  # define it as a method to observe every answer
+
+    # {(METHOD, ACTION): OpenAPI operation} of its routes, for /openapi.json
+    route_docs: dict[tuple[str, str], dict] = {}
 
     def __init__(self, endpoint):
         self.endpoint = endpoint  # the replica's ModelEndpoint: spec, get_model(name), ...
@@ -139,7 +254,12 @@ def _endpoint_class(max_models_per_replica: int):
             if not self.shared:
                 # Loaded before the replica reports ready: a replica never answers without a model.
                 self.dedicated = FollowedModel(self.spec.models[0], self.tracking_uri, self.spec.poll_interval_s)
-            self.routes: dict[tuple[str, str], Handler] = {("POST", INVOCATIONS): self.invocations}
+            self.routes: dict[tuple[str, str], Handler] = {
+                ("POST", INVOCATIONS): self.invocations,
+                ("GET", PING): self.ping,
+                ("GET", HEALTH): self.ping,
+                ("GET", VERSION): self.version,
+            }
             self.prediction_hooks: list[PredictionHook] = []
             self.response_hooks: list[ResponseHook] = []
             self.extensions = [factory(self) for factory in extensions]
@@ -154,6 +274,7 @@ def _endpoint_class(max_models_per_replica: int):
                 if ext.on_response is not None:
                     self.response_hooks.append(ext.on_response)
             self.actions = {action for _, action in self.routes}
+            self.route_docs = route_docs(self.extensions)
 
         async def get_model(self, name: str) -> FollowedModel:
             if self.dedicated is not None:
@@ -169,16 +290,17 @@ def _endpoint_class(max_models_per_replica: int):
             followed.start_following()
             return _Evictable(followed)
 
-        async def describe(self) -> list[dict]:
-            """Name, version, alias, route and signature of each model of this application."""
-            out = []
-            for name, spec in self.by_name.items():
-                route = f"{MODELS_PREFIX}/{name}/{INVOCATIONS}"
-                if self.dedicated is not None:
-                    out.append(self.dedicated.current.describe(route))
-                    continue
-                out.append(await asyncio.to_thread(_describe_from_registry, spec, self.tracking_uri, route))
-            return out
+        async def describe(self, docs: bool = False) -> list[dict]:
+            """Name, version, alias, route, signature (its params too) and actions of each model
+            of this application; with docs, the OpenAPI operations of its routes too."""
+            return [await self.describe_model(name, docs) for name in self.by_name]
+
+        async def describe_model(self, name: str, docs: bool = False) -> dict:
+            if self.dedicated is not None:
+                loaded = self.dedicated.current
+            else:  # the version the alias names now, without loading a model the replica may not hold
+                loaded = await asyncio.to_thread(_loaded_from_registry, self.by_name[name], self.tracking_uri)
+            return model_description(loaded, self.routes, self.route_docs if docs else None)
 
         async def __call__(self, request: Request) -> Response:
             if not self.response_hooks:
@@ -204,11 +326,7 @@ def _endpoint_class(max_models_per_replica: int):
                 seen[0] = name
                 if action is None:
                     if request.method == "GET":
-                        return JSONResponse(
-                            (await self.describe())[list(self.by_name).index(name)]
-                            if self.shared
-                            else self.dedicated.current.describe(f"{MODELS_PREFIX}/{name}/{INVOCATIONS}")
-                        )
+                        return JSONResponse(await self.describe_model(name))
                     action = INVOCATIONS
                 seen[1] = action
                 handler = self.routes.get((request.method, action))
@@ -217,7 +335,8 @@ def _endpoint_class(max_models_per_replica: int):
                         raise ClientError(405, f"predict with POST {MODELS_PREFIX}/{name}/{INVOCATIONS}")
                     methods = sorted(m for m, a in self.routes if a == action)
                     raise ClientError(405, f"use {' or '.join(methods)} {MODELS_PREFIX}/{name}/{action}")
-                check_api_key(request.headers, self.api_keys)
+                if (request.method, action) not in PUBLIC_ROUTES:
+                    check_api_key(request.headers, self.api_keys)
                 return await handler(request, name)
             except ClientError as err:
                 return error_response(err)
@@ -249,6 +368,16 @@ def _endpoint_class(max_models_per_replica: int):
                 return answer
             except ClientError as err:
                 return error_response(err, loaded.headers() if loaded else None)
+
+        async def ping(self, request: Request, name: str) -> Response:
+            """GET /models/NAME/ping (and /health): the replica answers, so the model does."""
+            return JSONResponse({"status": "ok"})
+
+        async def version(self, request: Request, name: str) -> Response:
+            """GET /models/NAME/version: what MLflow's scoring server answers there."""
+            from mlflow.version import VERSION as MLFLOW_VERSION
+
+            return Response(MLFLOW_VERSION, media_type="text/plain")
 
         def _route(self, parts: list[str]) -> tuple[str, str | None]:
             # dedicated app at /models/NAME: [] or [ACTION]; shared app at /models: [NAME] or [NAME, ACTION]
@@ -300,7 +429,8 @@ class _Evictable:
         self.followed.stop()
 
 
-def _describe_from_registry(spec: ModelEndpointSpec, tracking_uri: str, route: str) -> dict:
+def _loaded_from_registry(spec: ModelEndpointSpec, tracking_uri: str) -> LoadedModel:
+    """The version spec names now, with its signature, and no model loaded."""
     import mlflow
 
     from raymaas.tracking import get_client
@@ -308,7 +438,34 @@ def _describe_from_registry(spec: ModelEndpointSpec, tracking_uri: str, route: s
     client = get_client(tracking_uri)
     version = resolve_version(client, spec)
     info = mlflow.models.get_model_info(f"models:/{spec.name}/{version}")
-    return LoadedModel(spec.name, version, spec.alias, None, info.signature).describe(route)
+    return LoadedModel(spec.name, version, spec.alias, None, info.signature)
+
+
+def model_description(
+    loaded: LoadedModel, routes: Iterable[tuple[str, str]], operations: dict[str, dict] | None = None
+) -> dict:
+    """What GET /models/NAME answers of a model: name, version, alias, route, signature (its
+    params too) and actions ({ACTION: [METHOD, ...]} of the routes); with operations (what
+    route_docs gives), those too, which /openapi.json is built from."""
+    described = loaded.describe(f"{MODELS_PREFIX}/{loaded.name}/{INVOCATIONS}")
+    signature = loaded.signature
+    described["signature"]["params"] = signature.params.to_dict() if signature and signature.params else None
+    actions: dict[str, list[str]] = {}
+    for method, action in sorted(routes):
+        actions.setdefault(action, []).append(method)
+    described["actions"] = actions
+    if operations is not None:
+        described["operations"] = operations
+    return described
+
+
+def route_docs(extensions: Sequence[EndpointExtension] = ()) -> dict[str, dict]:
+    """{"METHOD ACTION": OpenAPI operation} of the built-in routes and the extensions' (what
+    describe(docs=True) hands the index for /openapi.json)."""
+    docs = dict(ROUTE_DOCS)
+    for ext in extensions:
+        docs.update(ext.route_docs)
+    return {f"{method} {action}": doc for (method, action), doc in docs.items()}
 
 
 def build_model_app(spec: ServeSpec, extensions: Sequence[Callable[[Any], EndpointExtension]] = ()):

@@ -29,6 +29,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from raymaas.serving.endpoint import EndpointExtension
+from raymaas.serving.index import SCORING_SCHEMA, error_doc
 from raymaas.serving.protocol import JSON_MEDIA_TYPE, ClientError, error_response, parse_scoring_request, read_body
 
 logger = logging.getLogger("ray.serve")
@@ -39,8 +40,77 @@ TARGET_PARAM = "target"
 MAX_CACHED_EXPLAINERS = 4  # model versions an explainer replica keeps loaded (LRU)
 
 
+_EXPLANATION = {
+    "type": "object",
+    "properties": {
+        "prediction": {},
+        "target": {},
+        "score": {"type": "number"},
+        "baseline_score": {"type": "number"},
+        "attributions": {"description": "by column for column models, the input's shape for tensors"},
+        "convergence_delta": {"type": "number", "description": "Integrated Gradients only"},
+    },
+}
+
+# /openapi.json's description of the route (raymaas.serving.index)
+ROUTE_DOCS = {
+    ("POST", EXPLAIN): {
+        "summary": "explain the answers: one attribution per input feature of each row",
+        "description": "the bodies /invocations takes, at most explain.max_rows rows; params.target: the class "
+        "label or the regression output (index) to explain (default: the predicted class, output 0)",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        SCORING_SCHEMA: {
+                            "params": {
+                                TARGET_PARAM: {
+                                    "type": ["string", "number", "boolean", "null"],
+                                    "description": "a class label, or a regression output's index",
+                                }
+                            }
+                        }
+                    }
+                },
+                "text/csv": {"schema": {"type": "string", "description": "a header row, then one row per input"}},
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "the attributions of each row's answer, by the version that answers predictions now",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model", "version", "method", "explanations"],
+                            "properties": {
+                                "model": {"type": "string"},
+                                "version": {"type": "string"},
+                                "method": {"type": "string"},
+                                "baseline": {},
+                                "baseline_prediction": {},
+                                "explanations": {"type": "array", "items": _EXPLANATION},
+                            },
+                        }
+                    }
+                },
+            },
+            "400": error_doc("malformed JSON or CSV"),
+            "413": error_doc("more rows than explain.max_rows, or a body too large"),
+            "415": error_doc("neither application/json nor text/csv"),
+            "422": error_doc("input does not match the signature, a target the model lacks, or no background data"),
+            "500": error_doc("the explainer failed"),
+            "503": error_doc("the explainer is at capacity; retry (Retry-After)"),
+        },
+    }
+}
+
+
 class Explanations(EndpointExtension):
     """POST /models/NAME/explain on every replica of a model endpoint."""
+
+    route_docs = ROUTE_DOCS
 
     def __init__(self, endpoint):
         super().__init__(endpoint)

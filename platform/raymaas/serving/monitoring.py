@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from raymaas.serving.endpoint import EndpointExtension
+from raymaas.serving.index import SCORING_SCHEMA, error_doc
 from raymaas.serving.protocol import VERSION_HEADER, ClientError, parse_scoring_request, read_body
 
 logger = logging.getLogger("ray.serve")
@@ -222,9 +223,109 @@ def _bin_label(edges: np.ndarray, b: int) -> str:
     return f"[{edges[b - 1]:.4g},{edges[b]:.4g})"
 
 
+# A label: a value, or a list of values (a prediction of several outputs)
+_LABEL = {
+    "type": ["string", "number", "boolean", "array"],
+    "minItems": 1,
+    "items": {"type": ["string", "number", "boolean"]},
+}
+_OUTCOMES = ("matched", "unknown", "expired", "duplicate", "mismatched")
+
+# /openapi.json's description of the routes (raymaas.serving.index)
+ROUTE_DOCS = {
+    ("GET", "monitor"): {
+        "summary": "drift of the recent inputs against the reference profile, and live performance from feedback",
+        "responses": {
+            "200": {
+                "description": "the endpoint's report, over all its replicas",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model", "version", "window", "drift", "live"],
+                            "properties": {
+                                "model": {"type": "string"},
+                                "version": {"type": ["string", "null"]},
+                                "other_versions": {"type": "array", "items": {"type": "string"}},
+                                "replicas": {"type": "integer"},
+                                "window": {"type": "object", "description": "rows, rows_per_replica, ages, dropped"},
+                                "drift": {
+                                    "type": "object",
+                                    "description": "status, and per feature PSI and KS p-value, when available",
+                                },
+                                "live": {
+                                    "type": "object",
+                                    "description": "task, labelled_rows, metrics, feedback outcomes, awaiting_labels",
+                                },
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    },
+    ("POST", "feedback"): {
+        "summary": "labels for earlier predictions (by x-request-id), or rows with their labels",
+        "description": '{"labels": {"REQUEST_ID": LABEL, ...}} for predictions answered before (a list of '
+        'labels for a request of several rows), or a scoring body with "labels", one per row, scored now',
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {
+                                "type": "object",
+                                "required": ["labels"],
+                                "properties": {
+                                    "labels": {"type": "object", "minProperties": 1, "additionalProperties": _LABEL}
+                                },
+                                "additionalProperties": False,
+                            },
+                            {
+                                SCORING_SCHEMA: {
+                                    "properties": {"labels": {"type": "array", "minItems": 1, "items": _LABEL}},
+                                    "required": ["labels"],
+                                }
+                            },
+                        ]
+                    },
+                    "example": {"labels": {"REQUEST_ID": 3}},
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "by request id: which were matched, unknown, expired, duplicate or mismatched "
+                "(and why); for rows: rows_scored and the predictions",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["rows_scored"],
+                            "properties": {
+                                "rows_scored": {"type": "integer"},
+                                **{k: {"type": "array", "items": {"type": "string"}} for k in _OUTCOMES},
+                                "reasons": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "predictions": {"type": "array"},
+                            },
+                        }
+                    }
+                },
+            },
+            "400": error_doc("not JSON"),
+            "413": error_doc("body too large"),
+            "422": error_doc("no labels, labels of the wrong form or count, or rows that do not match the signature"),
+        },
+    },
+}
+
+
 class Monitoring(EndpointExtension):
     """The replica's part: metrics, the input window, predictions awaiting labels; /monitor
     and /feedback."""
+
+    route_docs = ROUTE_DOCS
 
     def __init__(self, endpoint):
         from ray import serve

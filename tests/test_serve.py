@@ -97,7 +97,7 @@ def ray_head(tmp_path_factory):
         }
         yield RayHead(address, f"http://127.0.0.1:{ports['dashboard-port']}", home, tracking_uri, driver_env, temp_dir)
     finally:
-        stop_ray_head(temp_dir)
+        stop_ray_head(temp_dir, port)
         shutil.rmtree(base / "bare-venv", ignore_errors=True)
         shutil.rmtree(temp_dir, ignore_errors=True)
 

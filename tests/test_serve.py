@@ -701,6 +701,7 @@ def _monitor(url: str, until, timeout: float = 30.0, key: str | None = API_KEY) 
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_drift_in_distribution_then_one_shifted_feature_across_replicas(watched):
     from sklearn.datasets import load_digits
 
@@ -734,6 +735,7 @@ def test_drift_in_distribution_then_one_shifted_feature_across_replicas(watched)
     watched["shifted_feature"] = str(k)
 
 
+@pytest.mark.slow
 def test_feedback_gives_live_accuracy_and_unknown_ids_are_reported(watched, registered):
     sent = watched["sent"]
     assert sent, "runs after the drift test, which sends the predictions"
@@ -819,6 +821,7 @@ def _series(text: str, series: str, **labels) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_prometheus_export_counts_the_requests_and_holds_the_gauges(watched, ray_head):
     assert "shifted_feature" in watched, "runs after the drift test"
     bad = 3
@@ -848,6 +851,7 @@ def test_prometheus_export_counts_the_requests_and_holds_the_gauges(watched, ray
     assert _series(text, "ray_raymaas_feedback_total", model=WATCHED, outcome="matched") == 10
 
 
+@pytest.mark.slow
 def test_monitoring_run_in_mlflow_beside_the_training_run(watched, mlflow_client):
     assert "shifted_feature" in watched, "runs after the drift test"
     mv = mlflow_client.get_model_version(WATCHED, watched["version"])
@@ -872,6 +876,7 @@ def test_monitoring_run_in_mlflow_beside_the_training_run(watched, mlflow_client
     assert len(mlflow_client.get_metric_history(run.info.run_id, "window_rows")) >= 1
 
 
+@pytest.mark.slow
 def test_raymaas_monitor_prints_the_report(watched, capsys):
     from raymaas.cli.main import main
 
@@ -884,6 +889,7 @@ def test_raymaas_monitor_prints_the_report(watched, capsys):
     assert "404" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_payload_logging_writes_masked_samples_only_where_switched_on(watched, registered, mlflow_client):
     import pandas as pd
 

@@ -7,9 +7,16 @@ front (proxy -> gateway -> model) measured +8 ms p50 on a 2-core machine, more t
 budget, so each published model is its own application, routed by prefix:
 
     /models/NAME/invocations   POST, MLflow scoring formats, JSON or CSV (app of one model, or a shared app)
-    /models/NAME               GET, the model and its signature (the same app)
-    /models                    GET, the published models        (the index app at "/")
-    /health, /docs, /openapi.json                               (the index app)
+    /models/NAME/explain       POST, attributions of the answer           (the same app)
+    /models/NAME/feedback      POST, true labels of earlier answers       (the same app)
+    /models/NAME/monitor       GET, drift and live scores                 (the same app)
+    /models/NAME/ping, /version  GET, as MLflow's scoring server: no key   (the same app)
+    /models/NAME               GET, the model and its signature          (the same app)
+    /models                    GET, the models that answer now           (the index app at "/")
+    /health, /ping, /version, /docs, /openapi.json                       (the index app)
+
+MLflow's own client (`ScoringServerClient(host, "PORT/models/NAME")`) works against a model's
+path unchanged; /openapi.json describes each model's request bodies from its signature.
 
 An application with several models serves them from shared replicas through Serve's model
 multiplexing: for models with little traffic. More actions under /models/NAME/ (and a look

@@ -127,6 +127,11 @@ def start(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         cwd=str(home),
+        # MLflow 3.17's server also starts a job runner (Huey consumers for its GenAI jobs,
+        # several processes) unless told not to; the platform runs none of those jobs, and on
+        # a small head they take CPU from the jobs and endpoints. A user who wants them sets
+        # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ},
         start_new_session=True,  # Ctrl-C in the shell that ran `raymaas up` must not stop it
     )
     # Short: Ray's socket paths under it must fit in 107 characters.

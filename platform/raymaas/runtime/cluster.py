@@ -188,6 +188,12 @@ def resolve_use_gpu(use_gpu: bool | str) -> bool:
     return bool(use_gpu)
 
 
+# How long the autoscaler keeps what a job asked for after the job last asked: it bridges the
+# seconds between the resources showing up and the job's own workers taking them (Ray Train
+# then asks for its workers itself), so the new nodes are not removed as idle meanwhile.
+RESOURCE_REQUEST_HOLD_S = 60.0
+
+
 def wait_for_resources(
     needed: dict[str, float], timeout_s: float, bundles: list[dict[str, float]] | None = None
 ) -> None:
@@ -198,25 +204,24 @@ def wait_for_resources(
     Ray's default for an impossible request is a silent retry loop, so a job asking for GPUs
     a cluster will never have would look like a hang. An autoscaling cluster may still be
     adding nodes: raise placement_timeout_s there, and the request is passed on to the
-    autoscaler meanwhile.
+    autoscaler meanwhile, through Ray's AutoscalingCoordinator: Ray Data and Ray Train V2 send
+    their requests through that detached actor, which hands the autoscaler the merged set of
+    all requests and so replaces any request made with `ray.autoscaler.sdk.request_resources`
+    directly. Made directly, this job's request was wiped by the next job on a cluster where a
+    Train or Data job had run before: the nodes it had asked for came up, were removed as idle,
+    and the job waited for its timeout (CI saw it as a multi-node test that failed now and then).
     """
-    from ray.autoscaler.sdk import request_resources
-
+    wanted = [{k: v for k, v in b.items() if v} for b in (bundles if bundles is not None else [needed])]
+    asker = _ResourceRequest(wanted)
     deadline = time.monotonic() + timeout_s
-    requested = False
     while True:
         total = ray.cluster_resources()
         short = {k: (v, total.get(k, 0)) for k, v in needed.items() if total.get(k, 0) < v}
         if not short:
-            if requested:  # the job's own pending demand keeps the autoscaler informed now
-                request_resources(bundles=[])
-            return
-        if not requested:
-            wanted = bundles if bundles is not None else [needed]
-            request_resources(bundles=[{k: v for k, v in b.items() if v} for b in wanted])
-            requested = True
+            return  # what was asked for (if anything) expires by itself: see RESOURCE_REQUEST_HOLD_S
+        asker.ask()
         if time.monotonic() >= deadline:
-            request_resources(bundles=[])
+            asker.cancel()
             parts = ", ".join(f"{k}: needs {want:g}, cluster has {have:g}" for k, (want, have) in short.items())
             hint = " Set scaling_config.use_gpu: false (or auto)." if "GPU" in short else ""
             raise ResourceError(
@@ -224,6 +229,37 @@ def wait_for_resources(
                 " For an autoscaling cluster that adds nodes on demand, raise scaling_config.placement_timeout_s."
             )
         time.sleep(0.5)
+
+
+class _ResourceRequest:
+    """This job's request to the autoscaler, through Ray's AutoscalingCoordinator (see
+    wait_for_resources), renewed every few seconds while the job waits."""
+
+    RENEW_EVERY_S = 5.0
+
+    def __init__(self, bundles: list[dict[str, float]]):
+        self.bundles = bundles
+        self.asked_at: float | None = None
+        self._coordinator = None
+
+    def ask(self) -> None:
+        now = time.monotonic()
+        if self.asked_at is not None and now - self.asked_at < self.RENEW_EVERY_S:
+            return
+        self.asked_at = now
+        if self._coordinator is None:
+            # Ray's own client of the coordinator (what Ray Data uses); imported here because
+            # only a job that must wait for nodes needs it.
+            from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+                DefaultAutoscalingCoordinator,
+            )
+
+            self._coordinator = DefaultAutoscalingCoordinator(f"raymaas-{ray.get_runtime_context().get_job_id()}")
+        self._coordinator.request_resources(self.bundles, expire_after_s=RESOURCE_REQUEST_HOLD_S)
+
+    def cancel(self) -> None:
+        if self._coordinator is not None:
+            self._coordinator.cancel_request()
 
 
 # --------------------------------------------------------------------------- multi-node checks

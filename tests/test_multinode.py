@@ -511,7 +511,7 @@ def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):
                 peak["nodes"] = max(peak["nodes"], len(worker_nodes()))
                 return peak["replicas"] >= 3
 
-            wait_for(scaled_out, 180, "3 replicas under load", interval=1, seen=serving_seen)
+            wait_for(scaled_out, 300, "3 replicas under load", interval=1, seen=serving_seen)
             scaled_out_s = time.monotonic() - load_started
         finally:
             stop.set()

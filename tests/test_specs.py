@@ -89,7 +89,8 @@ def test_flatten_for_params():
 
 
 def test_file_source_label_column_checked_before_ray(tmp_path):
-    frame = pd.DataFrame({"x1": [0.1, 0.2, 0.3], "x2": [1.0, 2.0, 3.0], "target": [0, 1, 0]})
+    # two rows of each class: a class needs one in each split (test_data_checks)
+    frame = pd.DataFrame({"x1": [0.1, 0.2, 0.3, 0.4], "x2": [1.0, 2.0, 3.0, 4.0], "target": [0, 1, 0, 1]})
     frame.to_parquet(tmp_path / "rows.parquet")
     frame.to_csv(tmp_path / "rows.csv", index=False)
     for name in ("rows.parquet", "rows.csv"):

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from raymaas.runtime.driver import TrainedModel
 from raymaas.specs import SpecModel, TrainingJobSpec
-from raymaas.supervised.data import BUILTIN_TASKS, DataSpec
+from raymaas.supervised.data import BUILTIN_TASKS, DataSpec, check_files
 from raymaas.supervised.loop import TrainLoopConfig
 from raymaas.supervised.metrics import task_metric_names
 from raymaas.supervised.models import BUILTIN_MODELS, ModelSpec
@@ -85,6 +85,8 @@ class SupervisedSpec(TrainingJobSpec):
         ):
             if metric is not None and metric not in logged:
                 raise ValueError(f"{where} {metric!r}: a {task} job logs {', '.join(logged)}")
+        if tasks is None:  # a file source: its data checked here, where the task is known, before Ray
+            check_files(data, task)
         return self
 
     def default_gate_metric(self, kind) -> str:

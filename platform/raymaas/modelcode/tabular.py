@@ -1,0 +1,330 @@
+"""Tabular features as a network takes them: categorical columns and missing numbers.
+
+A registered network is exported with torch.export and takes one float32 tensor [n, k], so a
+frame's columns reach it in two steps. `TabularEncoding.encode` (numpy and pandas, outside the
+network) turns each column into one float32 column: a number as itself (null -> NaN), a
+category as its code, 1 + its position in the training split's categories, 0 for a null or a
+value training never saw. `TabularInput` (the network's first layer, so it is exported with
+it) fills NaN with the column's imputed value, standardises numbers with the training split's
+statistics, and widens each code into a one-hot block or an embedding. The fitted statistics
+and categories travel with the model as `TabularEncoding.to_dict()`, plain JSON.
+
+Categories are looked up as the column holds them, never as text: an integer category 1 is
+not the string "1" nor the boolean True (which Python's own `True == 1` would make it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+IMPUTE = ("none", "mean", "median", "zero")
+
+
+@dataclass
+class ColumnEncoding:
+    """One feature column: how it is coded and the training split's statistics behind it."""
+
+    name: str
+    kind: str  # NUMERIC or CATEGORICAL
+    # The MLflow signature type the column is declared with: numeric "double" or "long";
+    # categorical "string", "boolean" or "long".
+    dtype: str
+    fill: float | None = None  # numeric: the value a null takes; None: nulls are refused, not imputed
+    mean: float = 0.0  # numeric: over the training split's non-null values
+    std: float = 1.0
+    # categorical: the training split's distinct non-null values, most frequent first (ties by
+    # str), as plain Python str, bool or int; code i + 1 is categories[i], code 0 is unknown.
+    categories: list | None = None
+
+
+@dataclass
+class TabularEncoding:
+    """The feature columns in the order the network takes them."""
+
+    columns: list[ColumnEncoding] = field(default_factory=list)
+    max_categories: int = 32  # a categorical column of more categories is embedded, not one-hot
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [c.name for c in self.columns if c.kind == CATEGORICAL]
+
+    @property
+    def has_categorical(self) -> bool:
+        return any(c.kind == CATEGORICAL for c in self.columns)
+
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """The frame's feature columns as float32 [n, k]: numbers (null -> NaN) and category codes."""
+        missing = [name for name in self.names if name not in frame.columns]
+        if missing:
+            raise ValueError(f"the frame lacks the feature columns {missing}")
+        out = np.empty((len(frame), len(self.columns)), dtype=np.float32)
+        for j, column in enumerate(self.columns):
+            series = frame[column.name]
+            if column.kind == CATEGORICAL:
+                out[:, j] = _codes(series, column)
+            else:
+                out[:, j] = _numbers(series, column.name)
+        return out
+
+    def nulls(self, frame: pd.DataFrame) -> dict[str, int]:
+        """The numeric columns without imputation that hold nulls in frame, with their counts:
+        what a request is refused for, since such a null has no value to stand for it."""
+        counts = {}
+        for column in self.columns:
+            if column.kind == NUMERIC and column.fill is None and column.name in frame.columns:
+                n = int(frame[column.name].isna().sum())
+                if n:
+                    counts[column.name] = n
+        return counts
+
+    def to_dict(self) -> dict:
+        """A JSON-able form (json.dumps keeps str, bool and int categories as they are)."""
+        return {"columns": [asdict(c) for c in self.columns], "max_categories": self.max_categories}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TabularEncoding:
+        return cls(
+            columns=[ColumnEncoding(**c) for c in d["columns"]],
+            max_categories=int(d.get("max_categories", 32)),
+        )
+
+
+def fit_encoding(
+    frame: pd.DataFrame,
+    features: list[str],
+    categorical: list[str] = (),
+    impute: str = "none",
+    max_categories: int = 32,
+) -> TabularEncoding:
+    """The encoding of `features` fitted on training rows: a column is categorical when it is
+    listed in `categorical` or holds booleans, text or pandas categories; else numeric, with its
+    nulls filled by `impute` (mean, median, zero, or none: left to be refused)."""
+    if impute not in IMPUTE:
+        raise ValueError(f"impute {impute!r}: one of {list(IMPUTE)}")
+    unknown = sorted(set(categorical) - set(features))
+    if unknown:
+        raise ValueError(f"categorical names {unknown}, which are not feature columns")
+    columns = []
+    for name in features:
+        series = frame[name]
+        if name in categorical or _is_categorical_dtype(series.dtype):
+            columns.append(_fit_categorical(series, name))
+        else:
+            columns.append(_fit_numeric(series, name, impute))
+    return TabularEncoding(columns=columns, max_categories=max_categories)
+
+
+def embedding_dim(n_slots: int) -> int:
+    """The width of an embedded categorical column of n_slots codes (categories + unknown):
+    fast.ai's rule of thumb, 1.6 * n ** 0.56, kept between 2 and 16."""
+    return min(16, max(2, round(1.6 * n_slots**0.56)))
+
+
+class TabularInput(nn.Module):
+    """Encoded columns (TabularEncoding.encode) to the network's input: numbers imputed and
+    standardised, codes one-hot or embedded, concatenated in column order; `width` wide.
+
+    No branch depends on the data, so torch.export keeps the batch dimension dynamic."""
+
+    def __init__(self, encoding: TabularEncoding):
+        super().__init__()
+        numeric = [j for j, c in enumerate(encoding.columns) if c.kind == NUMERIC]
+        fills, means, stds = [], [], []
+        for j in numeric:
+            c = encoding.columns[j]
+            fills.append(c.mean if c.fill is None else c.fill)
+            means.append(c.mean)
+            stds.append(c.std if c.std > 1e-6 else 1.0)
+        self.register_buffer("numeric_index", torch.tensor(numeric, dtype=torch.long))
+        self.register_buffer("fill", torch.tensor(fills, dtype=torch.float32))
+        self.register_buffer("mean", torch.tensor(means, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(stds, dtype=torch.float32))
+
+        # The output in column order as a plan of static pieces: a run of consecutive numeric
+        # columns is one slice (start, end) of the standardised block; a categorical column is
+        # its column j, its encoder's index and its number of codes.
+        self._plan: list[tuple[str, int, int, int]] = []
+        self.encoders = nn.ModuleList()
+        width, k = 0, 0
+        for j, c in enumerate(encoding.columns):
+            if c.kind == NUMERIC:
+                if self._plan and self._plan[-1][0] == NUMERIC:
+                    self._plan[-1] = (NUMERIC, self._plan[-1][1], k + 1, 0)
+                else:
+                    self._plan.append((NUMERIC, k, k + 1, 0))
+                k += 1
+                width += 1
+                continue
+            n_slots = len(c.categories or []) + 1  # code 0, unknown, has a slot of its own
+            if n_slots - 1 <= encoding.max_categories:
+                encoder, width = OneHot(n_slots), width + n_slots
+            else:
+                dim = embedding_dim(n_slots)
+                encoder, width = nn.Embedding(n_slots, dim), width + dim
+            self._plan.append((CATEGORICAL, j, len(self.encoders), n_slots))
+            self.encoders.append(encoder)
+        self.width = width
+        self._plan_has_numeric = bool(numeric)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        numbers = None
+        if self._plan_has_numeric:
+            numbers = x.index_select(1, self.numeric_index)
+            numbers = torch.where(torch.isnan(numbers), self.fill, numbers)
+            numbers = (numbers - self.mean) / self.std
+        pieces = []
+        for kind, a, b, n_slots in self._plan:
+            if kind == NUMERIC:
+                pieces.append(numbers[:, a:b])
+                continue
+            code = torch.round(x[:, a])
+            # NaN and any code outside [0, n_slots) compare false: unknown, like a new value
+            code = torch.where((code >= 0) & (code < n_slots), code, torch.zeros_like(code)).long()
+            pieces.append(self.encoders[b](code))
+        return torch.cat(pieces, dim=1)
+
+
+class OneHot(nn.Module):
+    """Codes [n] to one-hot rows [n, n_slots] by comparison with a fixed range: no data-dependent
+    shape, unlike torch.nn.functional.one_hot without num_classes."""
+
+    def __init__(self, n_slots: int):
+        super().__init__()
+        self.n_slots = n_slots
+        self.register_buffer("slots", torch.arange(n_slots, dtype=torch.long))
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return (code.unsqueeze(1) == self.slots).float()
+
+
+# -- fitting ---------------------------------------------------------------------------------
+
+
+def _is_categorical_dtype(dtype) -> bool:
+    return (
+        pd.api.types.is_bool_dtype(dtype)
+        or pd.api.types.is_object_dtype(dtype)
+        or isinstance(dtype, (pd.StringDtype, pd.CategoricalDtype))
+    )
+
+
+def _fit_numeric(series: pd.Series, name: str, impute: str) -> ColumnEncoding:
+    if not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        raise ValueError(f"column {name!r} ({series.dtype}) is neither numeric nor categorical")
+    values = series.astype("float64").dropna()
+    if values.empty:  # nothing to measure: the column passes through as its fill
+        mean, std, median = 0.0, 1.0, 0.0
+    else:
+        mean, std, median = float(values.mean()), float(values.std()), float(values.median())
+        if not math.isfinite(std) or std == 0.0:  # one row, or one value
+            std = 1.0
+    fill = {"none": None, "mean": mean, "median": median, "zero": 0.0}[impute]
+    dtype = "long" if pd.api.types.is_integer_dtype(series.dtype) else "double"
+    return ColumnEncoding(name=name, kind=NUMERIC, dtype=dtype, fill=fill, mean=mean, std=std)
+
+
+def _fit_categorical(series: pd.Series, name: str) -> ColumnEncoding:
+    counts = series.value_counts(dropna=True)
+    counts = counts[counts > 0]  # a pandas category column counts its unused categories too
+    values = [v.item() if isinstance(v, np.generic) else v for v in counts.index]
+    dtype = _category_type(values, series.dtype, name)
+    convert = {"string": str, "boolean": bool, "long": int}[dtype]
+    ranked = sorted(zip(values, counts.to_numpy()), key=lambda vc: (-vc[1], str(vc[0])))
+    categories = [convert(v) for v, _ in ranked]
+    return ColumnEncoding(name=name, kind=CATEGORICAL, dtype=dtype, categories=categories)
+
+
+def _category_type(values: list, dtype, name: str) -> str:
+    """The signature type of a categorical column from its non-null values: "string",
+    "boolean" or "long" (integral floats too: pandas reads an integer column with a null as
+    float64)."""
+    inferred = pd.api.types.infer_dtype(np.array(values, dtype=object), skipna=True)
+    if inferred == "string":
+        return "string"
+    if inferred == "boolean":
+        return "boolean"
+    if inferred == "integer":
+        return "long"
+    if inferred in ("floating", "mixed-integer-float") and all(float(v).is_integer() for v in values):
+        return "long"
+    if inferred == "empty":  # all null: the column's own type says what it would hold
+        if pd.api.types.is_bool_dtype(dtype):
+            return "boolean"
+        return "long" if pd.api.types.is_numeric_dtype(dtype) else "string"
+    raise ValueError(
+        f"categorical column {name!r} holds {inferred} values; categories are strings, booleans or integers"
+    )
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def _numbers(series: pd.Series, name: str) -> np.ndarray:
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        raise ValueError(f"column {name!r} is numeric; it holds booleans")
+    if pd.api.types.is_numeric_dtype(dtype):
+        return series.to_numpy(dtype=np.float32, na_value=np.nan)
+    # an object column of numbers and None (a JSON request's nulls)
+    inferred = pd.api.types.infer_dtype(series, skipna=True)
+    if inferred not in ("integer", "floating", "mixed-integer-float", "empty"):
+        raise ValueError(f"column {name!r} is numeric; it holds {inferred} values")
+    return pd.to_numeric(series).to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def _codes(series: pd.Series, column: ColumnEncoding) -> np.ndarray:
+    """1 + each value's position in the column's categories; 0 for a null or a new value."""
+    categories = column.categories or []
+    keys, known = _keys(series, column.dtype)
+    codes = np.zeros(len(series), dtype=np.float32)
+    if known.any():
+        index = pd.Index(categories, dtype={"string": object, "boolean": bool, "long": "int64"}[column.dtype])
+        codes[known] = index.get_indexer(keys[known]) + 1  # -1 (not found) + 1 = 0, unknown
+    return codes
+
+
+def _keys(series: pd.Series, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The values to look up as the category type holds them, and which rows have one: a value
+    of another type (True in an integer column, 1 in a boolean one) is unknown, not converted."""
+    if dtype == "string":
+        values = series.to_numpy(dtype=object)
+        if isinstance(series.dtype, pd.StringDtype):  # pandas' text type: every non-null is a str
+            return values, series.notna().to_numpy()
+        return values, np.fromiter((isinstance(v, str) for v in values), bool, len(values))
+    if dtype == "boolean":
+        if pd.api.types.is_bool_dtype(series.dtype):
+            known = series.notna().to_numpy()
+            return series.to_numpy(dtype=bool, na_value=False), known
+        values = series.to_numpy(dtype=object)
+        known = np.fromiter((isinstance(v, (bool, np.bool_)) for v in values), bool, len(values))
+        return np.array([bool(v) if k else False for v, k in zip(values, known)], dtype=bool), known
+    # "long": integers, and integral floats (a served column that pandas made float for a null)
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return np.zeros(len(series), dtype=np.int64), np.zeros(len(series), dtype=bool)
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return series.to_numpy(dtype=np.int64, na_value=0), series.notna().to_numpy()
+    if pd.api.types.is_float_dtype(series.dtype):
+        floats = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        floats = np.array([_integral(v) for v in series.to_numpy(dtype=object)], dtype=np.float64)
+    known = np.isfinite(floats) & (floats == np.round(floats)) & (np.abs(floats) < 2.0**63)
+    return np.where(known, floats, 0.0).astype(np.int64), known
+
+
+def _integral(value) -> float:
+    """A Python or numpy number (not a boolean) as float; NaN for anything else."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return math.nan
+    return float(value)

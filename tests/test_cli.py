@@ -78,7 +78,7 @@ def submitted_jobs(ray_head) -> list[str]:
 def test_help_lists_every_command():
     proc = raymaas("--help")
     assert proc.returncode == 0
-    for command in ("train", "runs", "models", "promote", "explain"):
+    for command in ("train", "runs", "models", "promote", "explain", "sample-data"):
         assert command in proc.stdout
     proc = raymaas("train", "--help")
     assert proc.returncode == 0 and "--address" in proc.stdout and "--set" in proc.stdout
@@ -93,6 +93,10 @@ def test_explain_lists_fields_with_defaults_and_descriptions():
     assert rows["name"]["default"] == "(required)"
     assert "train_loop_config.epochs" in rows and "mlflow.registered_model_name" in rows
     assert rows["task"]["default"] == "'classification'" and "mlflow.gate_metric" in rows
+    # tabular data as it arrives: categories and missing numbers
+    assert rows["data.max_categories"]["default"] == "32" and rows["data.categorical_columns"]["default"] == "[]"
+    assert "embedding" in rows["data.max_categories"]["description"] + rows["data.categorical_columns"]["description"]
+    assert "median" in rows["data.impute"]["description"]
     proc = raymaas("explain", "predict")  # batch scoring's spec too
     assert proc.returncode == 0, proc.stderr
     rows = {row["field"]: row for row in parse_table(proc.stdout)}

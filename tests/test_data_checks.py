@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -82,13 +81,14 @@ def test_missing_feature_values_are_counted_per_column(tmp_path, fmt):
     _load(path, "data.feature_columns=[flag]")
 
 
-def test_impute_is_a_field_not_supported_yet(tmp_path):
-    path = _write(_frame(), tmp_path, "parquet")
+def test_impute_takes_missing_numbers(tmp_path):
+    frame = _frame()
+    frame.loc[[3, 4], "f0"] = np.nan
+    path = _write(frame, tmp_path, "parquet")
     for value in ("mean", "median", "zero"):
-        message = _refused(path, f"data.impute={value}")
-        assert f"data.impute: {value!r} is not supported yet" in message, message
+        assert _load(path, f"data.impute={value}").data.impute == value
     assert "data.impute: Input should be 'none', 'mean', 'median' or 'zero'" in _refused(path, "data.impute=mode")
-    assert _load(path, "data.impute=none").data.impute == "none"
+    assert "feature column 'f0' has 2 missing values" in _refused(path, "data.impute=none")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -112,14 +112,18 @@ def test_an_empty_file_and_an_empty_column(tmp_path, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_text_features_are_refused_until_categorical_features_land(tmp_path, fmt):
+def test_text_and_listed_columns_are_categories_whose_nulls_pass(tmp_path, fmt):
     frame = _frame().assign(city=lambda f: np.where(f.f1 > 2, "Oslo", "Lima"), shop=lambda f: f.f1.map(str) + "x")
+    frame.loc[[1, 2], "city"] = None
+    frame["f1"] = frame["f1"].astype("float64")
+    frame.loc[[5], "f1"] = np.nan
     path = _write(frame, tmp_path, fmt)
+    # a null in a text column takes the unknown slot; one in a number column is refused, unless
+    # the column is listed as categorical
     message = _refused(path)
-    assert f"feature columns 'city', 'shop' of {path} hold text: categorical features are not supported yet" in (
-        message
-    ), message
-    _load(path, "data.feature_columns=[f0, f1, flag]")
+    assert "feature column 'f1' has 1 missing value" in message and "city" not in message, message
+    assert _load(path, "data.categorical_columns=[f1]").data.categorical_columns == ["f1"]
+    assert "categorical_columns ['nope'] are not feature columns" in _refused(path, "data.categorical_columns=[nope]")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -228,15 +232,15 @@ def test_parquet_statistics_spare_the_reads(tmp_path):
 
 
 def test_the_job_exits_2_before_ray_and_mlflow(tmp_path):
-    """The entrypoint: exit code 2 and the file, column and count in the message, in a few
-    seconds, with no MLflow store and no Ray session made."""
+    """The entrypoint: exit code 2 and the file, column and count in the message, with no MLflow
+    store and no Ray session made (no wall-clock bound: under load a bound is a flake, and what
+    it meant, nothing started, is checked by what exists afterwards)."""
     frame = _frame()
     frame.loc[[1, 2], "f0"] = np.nan
     path = _write(frame, tmp_path, "parquet")
     home = tmp_path / "home"
     env = {**os.environ, "RAYMAAS_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env.pop("RAY_ADDRESS", None)
-    start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.supervised", str(DEBUG_SPEC), "--set", f"data.source={path}"]
         + ["--set", "data.label_column=y"],
@@ -248,7 +252,6 @@ def test_the_job_exits_2_before_ray_and_mlflow(tmp_path):
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"feature column 'f0' has 2 missing values (null or NaN) in {path}" in proc.stderr, proc.stderr
-    assert time.monotonic() - start < 60
     assert not (tmp_path / "mlflow.db").exists() and not (home / "mlflow.db").exists()
     assert not (home / "ray_results").exists()
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
@@ -285,3 +288,22 @@ def test_the_suites_own_tables_pass(tmp_path):
     for name in ("typed.csv", "typed.parquet"):
         spec = _load(tmp_path / name, label="kind")
         assert spec.data.feature_columns is None
+
+
+def test_the_shipped_loans_specs_take_the_sample_table(tmp_path, capsys):
+    """`raymaas sample-data loans FILE` writes the table jobs/specs/loans*.yaml train on; the
+    specs pass the checks on it: its holes are imputed, its text and boolean columns are
+    categories, term_months is one by the spec."""
+    from raymaas.cli.main import main
+
+    path = tmp_path / "loans.parquet"
+    assert main(["sample-data", "loans", str(path), "--rows", "2000"]) == 0
+    assert f"wrote 2000 rows of loans to {path}" in capsys.readouterr().out
+    frame = pd.read_parquet(path)
+    assert frame["income"].isna().any() and frame["region"].isna().any()
+    for name in ("loans.yaml", "loans_debug.yaml"):
+        spec = load_spec(SupervisedSpec, REPO / "jobs/specs" / name, [f"data.source={path}"])
+        assert spec.data.impute == "median" and spec.data.categorical_columns == ["term_months"]
+    message = _refused(path, "data.impute=none", spec=REPO / "jobs/specs/loans_debug.yaml", label="default")
+    assert "feature column 'income' has" in message and "'region'" not in message, message
+    assert main(["sample-data", "loans", str(tmp_path / "loans.txt")]) == 2

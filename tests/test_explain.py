@@ -21,6 +21,7 @@ from raymaas.explain.attribution import (
 )
 from raymaas.modelcode.pyfunc import log_classifier, log_regressor
 from raymaas.monitoring.profile import bin_index, build_profile
+from raymaas.runtime.driver import TrainedModel
 
 
 @pytest.fixture(scope="module")
@@ -184,15 +185,19 @@ def test_profile_background_follows_the_training_bins():
 
 def test_training_time_feature_importance_is_logged(store, digits):
     """publish's log_feature_importance: a table and a bar chart in the run's artifacts."""
-    from types import SimpleNamespace
 
     from raymaas.tracking import get_client
     from raymaas.tracking.publish import log_feature_importance
 
     model, x_val, _ = digits
     module = model.unwrap_python_model()._module
-    trained = SimpleNamespace(
-        module=module, targets=None, feature_columns=None, baseline=x_val.mean(axis=0), explain_rows=x_val[:64]
+    trained = TrainedModel(
+        module=module,
+        example=x_val[:8],
+        gate_value=0.0,
+        summary="",
+        baseline=x_val.mean(axis=0),
+        explain_rows=x_val[:64],
     )
     client = get_client(store)
     with mlflow.start_run() as run:

@@ -24,7 +24,8 @@ from raymaas.monitoring.profile import (
 
 def _report(profile, rows, thresholds=DriftThresholds()):
     columns = [f["name"] for f in profile["features"]] if isinstance(rows, pd.DataFrame) else None
-    matrix, _, _ = drift_features(rows, columns)
+    categorical = {f["name"]: f["categories"] for f in profile["features"] if f.get("kind") == "categorical"}
+    matrix, _, _ = drift_features(rows, columns, categorical)
     bins = np.stack(
         [bin_index(matrix[:, i], np.asarray(f["edges"])) for i, f in enumerate(profile["features"])], axis=1
     )
@@ -155,7 +156,7 @@ def test_the_grafana_dashboard_charts_the_series_the_endpoints_export():
 
     source = (REPO / "platform" / "raymaas" / "serving" / "monitoring.py").read_text()
     exported = set(re.findall(r'(?:Counter|Gauge|Histogram)\(\s*"(raymaas_\w+)"', source))
-    assert len(exported) == 11, exported
+    assert len(exported) == 12, exported
     dashboard = json.loads((REPO / "docs" / "grafana" / "raymaas-endpoints.json").read_text())
     charted = {
         re.sub(r"_(total|bucket|sum|count)$", "", name)
@@ -164,3 +165,36 @@ def test_the_grafana_dashboard_charts_the_series_the_endpoints_export():
         for name in re.findall(r"ray_(raymaas_\w+)", target["expr"])
     }
     assert charted == exported
+
+
+def test_a_categorical_column_drifts_by_its_category_shares():
+    """Categories are bins of their own (unseen values and nulls too): a window with the
+    training shares flags nothing; one where a rare category took over, or where values
+    training never saw arrive, is flagged by PSI and chi-squared; numbers keep KS."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    train = pd.DataFrame(
+        {
+            "region": rng.choice(["north", "south", "east"], n, p=[0.6, 0.3, 0.1]),
+            "term": rng.choice([12, 36], n).astype(np.int64),
+            "income": rng.normal(50, 10, n),
+        }
+    )
+    categorical = {"region": ["north", "south", "east"], "term": [12, 36]}
+    profile = build_profile(train, categorical=categorical)
+    region = profile["features"][0]
+    assert region["kind"] == "categorical" and region["categories"] == ["north", "south", "east"]
+    assert region["reference"] == pytest.approx([0.6, 0.3, 0.1, 0.0, 0.0], abs=0.03)  # + unseen, missing
+    assert profile["features"][1]["categories"] == ["12", "36"]
+    json.loads(dumps(profile))
+
+    same = train.sample(1000, random_state=1).assign(term=lambda f: f.term.astype("float64"))  # 36.0 is 36
+    report = _report(profile, same, DriftThresholds(min_rows=100))
+    assert report["flagged"] == [], report
+    assert {"chi2_statistic", "chi2_pvalue"} <= set(report["features"]["region"])
+    assert "ks_pvalue" in report["features"]["income"] and "chi2_pvalue" not in report["features"]["income"]
+
+    shifted = same.assign(region=rng.choice(["east", "atlantis", None], 1000, p=[0.5, 0.3, 0.2]))
+    report = _report(profile, shifted, DriftThresholds(min_rows=100))
+    assert report["flagged"] == ["region"], report
+    assert report["features"]["region"]["chi2_pvalue"] < 1e-6 and report["features"]["region"]["psi"] > 1

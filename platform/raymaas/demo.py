@@ -369,8 +369,11 @@ def publish(model_names: list[str], host: str, port: int, tracking_uri: str) -> 
     return f"http://{host}:{port}"
 
 
-def wait_until_serving(base_url: str, model_names: list[str], timeout_s: float = 180) -> None:
-    """Serve reports an application RUNNING once its replicas are up; wait for all of them."""
+def wait_until_serving(base_url: str, model_names: list[str], timeout_s: float = 600) -> None:
+    """Serve reports an application RUNNING once its replicas are up; wait for all of them.
+    Each replica imports torch and MLflow and loads its model: on a busy 2-core machine the
+    four took more than 180 s (a suite run beside a spinning process), so the bound is 600 s,
+    and a timeout says what each application was doing."""
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
@@ -384,7 +387,10 @@ def wait_until_serving(base_url: str, model_names: list[str], timeout_s: float =
         if len(states) == len(wanted) and all(s.endswith("RUNNING") for s in states.values()):
             return
         if time.monotonic() > deadline:
-            raise DemoError(f"Serve applications not running after {timeout_s:.0f}s: {states}")
+            doing = {
+                n: f"{states.get(n, 'not deployed')} {apps[n].message if n in apps else ''}".strip() for n in wanted
+            }
+            raise DemoError(f"Serve applications not running after {timeout_s:.0f}s: {doing}")
         time.sleep(1)
 
 

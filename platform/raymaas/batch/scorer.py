@@ -10,7 +10,9 @@ prediction, and for a rejected row why, with the row itself as JSON. The driver
 (raymaas.batch.job) splits them into the output and errors folders.
 
 A row is rejected, not the batch, when
-- a feature is missing (null) or, read from CSV text, not a number of the input's type;
+- a feature is missing (null), unless the model fills it in itself (a categorical column's
+  unknown slot, an imputed number: `nullable_columns`), or, read from CSV text, not a number of
+  the input's type;
 - the model raises on it: a batch that fails is split in halves until the rows that fail on
   their own are found (a few extra calls per bad row; models score rows independently). Only
   when the model fails on every row of an actor's first batch does the job fail instead: that
@@ -65,6 +67,7 @@ class BatchScorer:
         self._passthrough = passthrough
         self._prediction_column = prediction_column
         self._scored_any = False
+        self._nullable = nullable_columns(self._model)
 
     def _predict(self, x):
         if self._params is None:
@@ -80,6 +83,7 @@ class BatchScorer:
             self._passthrough,
             self._prediction_column,
             first_batch=not self._scored_any,
+            nullable=self._nullable,
         )
         self._scored_any = True
         return out
@@ -93,8 +97,10 @@ def score_table(
     passthrough: list[str],
     prediction_column: str,
     first_batch: bool = False,
+    nullable: frozenset[str] = frozenset(),
 ):
-    """Input rows (a pyarrow Table with Ray Data's `path` column) -> one output row each."""
+    """Input rows (a pyarrow Table with Ray Data's `path` column) -> one output row each.
+    nullable: feature columns whose nulls the model takes (nullable_columns)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -106,7 +112,7 @@ def score_table(
     reasons: list[str | None] = [None] * n
     columns = []
     for name, dtype in zip(features.columns, features.dtypes):
-        values, problems = convert_column(batch.column(name), dtype, name)
+        values, problems = convert_column(batch.column(name), dtype, name, name in nullable)
         columns.append(values)
         for i, why in problems:
             if reasons[i] is None:
@@ -127,13 +133,34 @@ def score_table(
     return _assemble(batch, units, reasons, pieces, passthrough, prediction_column)
 
 
-def convert_column(column, dtype: str, name: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def nullable_columns(model) -> frozenset[str]:
+    """The feature columns whose nulls a pyfunc model takes: a raymaas model's categorical
+    columns (a null is the unknown category) and imputed numbers (raymaas.modelcode.tabular)."""
+    try:
+        encoding = getattr(model.unwrap_python_model(), "encoding", None)
+    except Exception:  # not a PythonModel flavor (scikit-learn, ...)
+        return frozenset()
+    if not encoding:
+        return frozenset()
+    return frozenset(c["name"] for c in encoding["columns"] if c["kind"] == "categorical" or c.get("fill") is not None)
+
+
+def convert_column(column, dtype: str, name: str, nullable: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """A batch column as a numpy array of dtype (placeholders where a row is bad), and the bad
-    rows with why."""
+    rows with why. nullable: a null is a value the model takes (None, or NaN in a number
+    column, which is then float64), not a bad row."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if nullable and array.null_count:
+        if dtype in ("str", "bool"):
+            values = array.to_pylist() if dtype == "bool" else pc.cast(array, pa.string()).to_pylist()
+            return np.asarray(values, dtype=object), []
+        try:
+            return pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False), []
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # text in a number column: value by value below, its nulls kept as bad rows
     problems = []
     if array.null_count:
         problems = [(int(i), f"null in column {name!r}") for i in np.flatnonzero(array.is_null().to_numpy(False))]

@@ -470,6 +470,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sample-data
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    """Write a generated table to a Parquet or CSV file (by its suffix), to train a shipped
+    spec on: `loans` is what jobs/specs/loans.yaml reads (numbers with missing values, text
+    and integer categories, a boolean, the label `default`)."""
+    from pathlib import Path
+
+    from raymaas.supervised.data import make_loans
+
+    path = Path(args.output)
+    if path.suffix.lower() not in (".parquet", ".csv"):
+        raise CliError(f"{args.output}: name a .parquet or .csv file", exit_code=2)
+    frame = make_loans(args.rows, seed=args.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    print(f"raymaas: wrote {len(frame)} rows of {args.name} to {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- up / down
 
 
@@ -662,6 +686,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="job kind, or predict for batch scoring (default: supervised)",
     )
     explain.set_defaults(func=cmd_explain)
+
+    sample = sub.add_parser(
+        "sample-data", help="write a generated table to train a shipped spec on", description=cmd_sample_data.__doc__
+    )
+    sample.add_argument("name", choices=["loans"], help="the table: loans (jobs/specs/loans.yaml)")
+    sample.add_argument("output", help="the .parquet or .csv file to write")
+    sample.add_argument("--rows", type=positive_int, default=20_000, help="rows to write (default: 20000)")
+    sample.add_argument("--seed", type=int, default=0, help="the generator's seed (default: 0)")
+    sample.set_defaults(func=cmd_sample_data)
 
     up = sub.add_parser(
         "up", help="start a local Ray head and MLflow server for `ray job submit`", description=cmd_up.__doc__

@@ -118,6 +118,10 @@ def _signature_columns(pyfunc_model) -> list[str] | None:
 # --------------------------------------------------------------------------- torch models
 
 
+MAX_CODE_STEPS = 4096  # Integrated Gradients steps for categorical paths, at most
+STEPS_PER_CODE = 40  # steps for each code a categorical path crosses
+
+
 class IntegratedGradients:
     method = INTEGRATED_GRADIENTS
 
@@ -129,11 +133,19 @@ class IntegratedGradients:
         labels: np.ndarray | None = None,
         baseline: np.ndarray | None = None,
         profile: dict | None = None,
+        encoding: dict | None = None,
     ):
         """module: scores (classifier) or outputs of a float32 batch; labels: the class of
         each score (None: its index); baseline: the stored baseline (one row); profile: the
-        reference profile, whose means stand in for a baseline the model was logged without."""
+        reference profile, whose means stand in for a baseline the model was logged without;
+        encoding: the model's categorical and imputed columns (raymaas.modelcode.tabular), for
+        a frame of raw rows (an array is taken as rows encoded already)."""
         self.module = module
+        self.encoding = None
+        if encoding is not None:
+            from raymaas.modelcode.tabular import TabularEncoding
+
+            self.encoding = TabularEncoding.from_dict(encoding)
         self.classifier = classifier
         self.columns = columns
         self.labels = labels
@@ -151,6 +163,7 @@ class IntegratedGradients:
             getattr(python_model, "_labels", None) if classifier else None,
             getattr(python_model, "explain_baseline", None),
             getattr(python_model, "reference_profile", None),
+            getattr(python_model, "encoding", None),
         )
 
     def baseline(self, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
@@ -170,11 +183,10 @@ class IntegratedGradients:
         import torch
         from captum.attr import IntegratedGradients as CaptumIG
 
-        from raymaas.modelcode.pyfunc import _to_float32
-
-        x = torch.from_numpy(_to_float32(model_input, self.columns))
+        x = torch.from_numpy(self._rows(model_input))
         base, source = self.baseline(tuple(x.shape[1:]))
         b = torch.from_numpy(base).unsqueeze(0)
+        n_steps, method = self._steps(x.numpy(), base, n_steps)
         with torch.no_grad():
             out = self.module(x).reshape(len(x), -1)
             out_base = self.module(b).reshape(1, -1)
@@ -186,6 +198,7 @@ class IntegratedGradients:
                     baselines=b.expand_as(x).contiguous(),
                     target=torch.as_tensor(idx),
                     n_steps=n_steps,
+                    method=method,
                     internal_batch_size=max(len(x), 1024),
                     return_convergence_delta=True,
                 )
@@ -222,6 +235,45 @@ class IntegratedGradients:
             feature_names=self.columns,
             deltas=delta.detach().numpy().reshape(-1),
         )
+
+    def _rows(self, model_input) -> np.ndarray:
+        """The float32 rows the module takes; with an encoding, raw rows encoded and each
+        missing number replaced by what the model fills in (a path through NaN has no
+        gradient)."""
+        from raymaas.modelcode.pyfunc import _to_float32, encoded_rows
+
+        if self.encoding is None:
+            return _to_float32(model_input, self.columns)
+        if isinstance(model_input, np.ndarray):
+            x = np.array(model_input, dtype=np.float32).reshape(len(model_input), -1)
+        else:
+            x = encoded_rows(model_input, self.encoding.to_dict())
+        for j, column in enumerate(self.encoding.columns):
+            if column.kind == "numeric":
+                x[np.isnan(x[:, j]), j] = column.mean if column.fill is None else column.fill
+        return np.ascontiguousarray(x)
+
+    def _steps(self, x: np.ndarray, base: np.ndarray, n_steps: int) -> tuple[int, str]:
+        """Captum's steps and rule. A categorical column's path runs through every code between
+        the baseline's and the row's (tabular.OneHot: linear between whole codes, a new
+        direction at each): the midpoint rule, STEPS_PER_CODE steps for each code crossed on
+        the longest path, in a number every code distance divides (so no step straddles a
+        whole code), at most MAX_CODE_STEPS; the reported delta says how close it came. An
+        employer 45 codes from the baseline's: 0.37 of delta at 90 steps, 0.03 at 500, 0.01 at
+        2000, against a score change of 0.07 (a trained loans model)."""
+        if self.encoding is None or not self.encoding.has_categorical:
+            return n_steps, "gausslegendre"
+        import math
+
+        cats = [j for j, c in enumerate(self.encoding.columns) if c.kind == "categorical"]
+        distances = {int(d) for d in np.abs(np.rint(x[:, cats] - base.reshape(1, -1)[:, cats])).ravel() if d}
+        if not distances:
+            return n_steps, "gausslegendre"
+        wanted = min(MAX_CODE_STEPS, max(n_steps, STEPS_PER_CODE * max(distances)))
+        period = math.lcm(*distances)
+        if period > MAX_CODE_STEPS:
+            return wanted, "riemann_middle"
+        return min(MAX_CODE_STEPS // period, math.ceil(wanted / period)) * period, "riemann_middle"
 
     def _targets(self, out, target) -> np.ndarray:
         n, k = out.shape

@@ -38,11 +38,14 @@ class TorchClassifier(mlflow.pyfunc.PythonModel):
     """Maps a batch of feature rows to class ids (int64), or to the class labels the model was
     trained on (strings, booleans, any integers) when it was given them."""
 
-    def __init__(self, feature_columns: list[str] | None = None, classes: list | None = None):
+    def __init__(self, feature_columns: list[str] | None = None, classes: list | None = None, encoding=None):
         # Column names when the signature is column-based (tabular files); None for tensors.
         self.feature_columns = feature_columns
         # The label of each output (None: the output index is the class id).
         self.classes = classes
+        # raymaas.modelcode.tabular.TabularEncoding.to_dict(): categorical columns' vocabularies
+        # and which numeric columns are imputed (None: every column is a number, cast as it is)
+        self.encoding = encoding
 
     def load_context(self, context):
         self._module = torch.export.load(context.artifacts[_PROGRAM]).module()
@@ -52,7 +55,7 @@ class TorchClassifier(mlflow.pyfunc.PythonModel):
         self._labels = None if classes is None else np.asarray(classes, dtype=_label_dtype(classes))
 
     def predict(self, context, model_input, params=None):
-        x = _to_float32(model_input, self.feature_columns)
+        x = _to_float32(model_input, self.feature_columns, getattr(self, "encoding", None))
         with torch.inference_mode():
             logits = self._module(torch.from_numpy(x))
         ids = logits.argmax(dim=1).numpy().astype(np.int64)
@@ -73,9 +76,10 @@ class TorchRegressor(mlflow.pyfunc.PythonModel):
     """Maps a batch of feature rows to float32 predictions in the targets' units: shape [n]
     for one target, [n, k] for k."""
 
-    def __init__(self, feature_columns: list[str] | None = None, n_outputs: int = 1):
+    def __init__(self, feature_columns: list[str] | None = None, n_outputs: int = 1, encoding=None):
         self.feature_columns = feature_columns
         self.n_outputs = n_outputs
+        self.encoding = encoding  # as TorchClassifier's
 
     def load_context(self, context):
         self._module = torch.export.load(context.artifacts[_PROGRAM]).module()
@@ -83,7 +87,7 @@ class TorchRegressor(mlflow.pyfunc.PythonModel):
         self.explain_baseline = _read_baseline(context)
 
     def predict(self, context, model_input, params=None):
-        x = _to_float32(model_input, self.feature_columns)
+        x = _to_float32(model_input, self.feature_columns, getattr(self, "encoding", None))
         with torch.inference_mode():
             out = self._module(torch.from_numpy(x)).numpy().astype(np.float32)
         return out[:, 0] if self.n_outputs == 1 else out
@@ -117,7 +121,9 @@ def _label_dtype(classes: list):
     return object  # strings (or a mix, answered as given)
 
 
-def _to_float32(model_input, columns: list[str] | None) -> np.ndarray:
+def _to_float32(model_input, columns: list[str] | None, encoding: dict | None = None) -> np.ndarray:
+    if encoding is not None:
+        return encoded_rows(model_input, encoding)
     if isinstance(model_input, pd.DataFrame):
         frame = model_input[columns] if columns else model_input
         return np.ascontiguousarray(frame.to_numpy(dtype=np.float32))
@@ -125,6 +131,38 @@ def _to_float32(model_input, columns: list[str] | None) -> np.ndarray:
         (model_input,) = model_input.values()
     x = np.asarray(model_input, dtype=np.float32)
     return np.ascontiguousarray(x.reshape(1, -1) if x.ndim == 1 else x)
+
+
+def encoded_rows(model_input, encoding: dict) -> np.ndarray:
+    """Raw rows of a model with categorical or imputed columns as its network takes them
+    (raymaas.modelcode.tabular): a ValueError naming each numeric column that holds a missing
+    value the model does not fill in (the served answer is a 422 naming it)."""
+    enc = _encoding(encoding)
+    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input, columns=enc.names)
+    nulls = enc.nulls(frame)
+    if nulls:
+        listed = ", ".join(f"{c!r} ({n} row{'s' * (n > 1)})" for c, n in nulls.items())
+        raise ValueError(
+            f"missing values in {listed}: this model was trained without data.impute, so it does not fill "
+            "in a missing number"
+        )
+    return enc.encode(frame)
+
+
+_ENCODINGS: dict[int, tuple] = {}
+
+
+def _encoding(encoding: dict):
+    """The TabularEncoding of a model's encoding dict, built once per dict (a request must not
+    pay for rebuilding it, nor for the lookups each column builds on first use)."""
+    from raymaas.modelcode.tabular import TabularEncoding
+
+    cached = _ENCODINGS.get(id(encoding))
+    if cached is None or cached[0] is not encoding:
+        if len(_ENCODINGS) > 64:  # a process loads few models; bounded anyway
+            _ENCODINGS.clear()
+        cached = _ENCODINGS[id(encoding)] = (encoding, TabularEncoding.from_dict(encoding))  # holding it keeps the id
+    return cached[1]
 
 
 def classifier_signature(
@@ -160,7 +198,7 @@ def regressor_signature(
 # (and integers up to int32), not int64, except all-0/1 columns; `long` takes any integer
 # column, no floats; `boolean` takes bool only. `float` (what models declared before) takes
 # float32 alone, not even the float64 every table read by pandas holds.
-COLUMN_TYPES = {"double": "float64", "long": "int64", "boolean": "bool"}
+COLUMN_TYPES = {"double": "float64", "long": "int64", "boolean": "bool", "string": "object"}
 
 
 def feature_types(frame: pd.DataFrame) -> dict[str, str]:
@@ -206,6 +244,7 @@ def log_classifier(
     profile: dict | None = None,
     baseline: np.ndarray | None = None,
     column_types: dict[str, str] | None = None,
+    encoding: dict | None = None,
 ):
     """Export module (class scores out) and log it to the active MLflow run as a
     TorchClassifier answering classes' labels (or class ids); return MLflow's ModelInfo.
@@ -214,12 +253,13 @@ def log_classifier(
     (raymaas.monitoring.profile) to log with the model; baseline: the input (one row) that
     explanations measure against, the training split's mean. column_types: the signature's
     type of feature columns (`feature_types` of the training rows); a column not named is
-    `double`."""
+    `double`. encoding: the categorical columns' vocabularies and the imputed columns
+    (raymaas.modelcode.tabular.TabularEncoding.to_dict()); example then holds encoded rows."""
     n = example.shape[1]
     named = classes if classes is not None and classes != list(range(len(classes))) else None
-    model = TorchClassifier(feature_columns, named)
+    model = TorchClassifier(feature_columns, named, encoding)
     signature = classifier_signature(n, feature_columns, named, probabilities, column_types)
-    return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline)
+    return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline, encoding)
 
 
 def log_regressor(
@@ -231,16 +271,19 @@ def log_regressor(
     profile: dict | None = None,
     baseline: np.ndarray | None = None,
     column_types: dict[str, str] | None = None,
+    encoding: dict | None = None,
 ):
     """Export module (predictions in the targets' units out) and log it to the active MLflow
     run as a TorchRegressor, with its reference profile and explanation baseline if given;
-    return MLflow's ModelInfo. column_types: as for log_classifier."""
+    return MLflow's ModelInfo. column_types, encoding: as for log_classifier."""
     signature = regressor_signature(example.shape[1], feature_columns, n_outputs, column_types)
-    model = TorchRegressor(feature_columns, n_outputs)
-    return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline)
+    model = TorchRegressor(feature_columns, n_outputs, encoding)
+    return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline, encoding)
 
 
-def _log_torch(module, example, feature_columns, name, python_model, signature, profile=None, baseline=None):
+def _log_torch(
+    module, example, feature_columns, name, python_model, signature, profile=None, baseline=None, encoding=None
+):
     import json
 
     module = module.eval().cpu()
@@ -256,7 +299,7 @@ def _log_torch(module, example, feature_columns, name, python_model, signature, 
         if baseline is not None:
             artifacts[_BASELINE] = str(Path(tmp) / BASELINE_FILE)
             np.save(artifacts[_BASELINE], np.asarray(baseline, dtype=np.float32).reshape(example.shape[1:]))
-        input_example = _input_example(example, feature_columns, signature)
+        input_example = _input_example(example, feature_columns, signature, encoding)
         # MLflow's notes on cloudpickle and on checking the input example are not for the job's output.
         with _quiet("mlflow.pyfunc"):
             return mlflow.pyfunc.log_model(
@@ -276,12 +319,19 @@ def _log_torch(module, example, feature_columns, name, python_model, signature, 
             )
 
 
-def _input_example(example: np.ndarray, feature_columns: list[str] | None, signature: ModelSignature):
+def _input_example(
+    example: np.ndarray, feature_columns: list[str] | None, signature: ModelSignature, encoding: dict | None = None
+):
     """Up to five rows of example as the signature types them (the row MLflow checks the
-    model with when it is logged, and shows as its example)."""
+    model with when it is logged, and shows as its example); encoded rows (encoding given)
+    as the raw values they encode."""
     rows = np.asarray(example[:5])
     if not feature_columns:
         return rows.astype(np.float32)
+    if encoding is not None:
+        from raymaas.modelcode.tabular import TabularEncoding
+
+        return TabularEncoding.from_dict(encoding).decode(rows)
     frame = pd.DataFrame(rows, columns=feature_columns)
     for spec in signature.inputs.inputs:
         dtype = COLUMN_TYPES[spec.type.name]

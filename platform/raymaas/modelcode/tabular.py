@@ -23,6 +23,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+# the pandas type of a decoded column, by its signature type
+_PANDAS_TYPES = {"string": object, "boolean": object, "long": "int64", "double": "float64"}
+SMALL_FRAME = 64  # rows up to which encode reads a frame as one object block
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 IMPUTE = ("none", "mean", "median", "zero")
@@ -35,7 +38,9 @@ class ColumnEncoding:
     name: str
     kind: str  # NUMERIC or CATEGORICAL
     # The MLflow signature type the column is declared with: numeric "double" or "long";
-    # categorical "string", "boolean" or "long".
+    # categorical "string", "boolean", "long", or "double" for integer categories whose training
+    # column held nulls (pandas read it as float64: MLflow's `long` refuses the NaN a served
+    # null is, `double` takes it; the codes are looked up as integers either way).
     dtype: str
     fill: float | None = None  # numeric: the value a null takes; None: nulls are refused, not imputed
     mean: float = 0.0  # numeric: over the training split's non-null values
@@ -70,6 +75,17 @@ class TabularEncoding:
         if missing:
             raise ValueError(f"the frame lacks the feature columns {missing}")
         out = np.empty((len(frame), len(self.columns)), dtype=np.float32)
+        if len(frame) <= SMALL_FRAME:
+            # a served request: one object block (taking 8 columns one by one from a DataFrame
+            # costs more than the network's forward pass)
+            names = self.names
+            block = (frame if frame.columns.tolist() == names else frame[names]).to_numpy(dtype=object)
+            for j, column in enumerate(self.columns):
+                if column.kind == CATEGORICAL:
+                    out[:, j] = _codes_of(block[:, j], column)
+                else:
+                    out[:, j] = _small_numbers(block[:, j], column.name)
+            return out
         for j, column in enumerate(self.columns):
             series = frame[column.name]
             if column.kind == CATEGORICAL:
@@ -77,6 +93,25 @@ class TabularEncoding:
             else:
                 out[:, j] = _numbers(series, column.name)
         return out
+
+    def decode(self, rows: np.ndarray) -> pd.DataFrame:
+        """Encoded rows back to the frame they encode, each column of its signature type (a
+        code 0 as None): the model's input example, logged as a client would send it."""
+        rows = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(self.columns))
+        frame = {}
+        for j, column in enumerate(self.columns):
+            values = rows[:, j]
+            if column.kind == CATEGORICAL:
+                categories = column.categories or []
+                decoded = [categories[int(v) - 1] if 1 <= v <= len(categories) else None for v in values]
+                if column.dtype == "double":
+                    decoded = [math.nan if v is None else float(v) for v in decoded]
+                frame[column.name] = pd.Series(decoded, dtype=_PANDAS_TYPES[column.dtype])
+            elif column.dtype == "long":
+                frame[column.name] = np.rint(np.nan_to_num(values, nan=column.fill or column.mean)).astype(np.int64)
+            else:
+                frame[column.name] = values.astype(np.float64)
+        return pd.DataFrame(frame)
 
     def nulls(self, frame: pd.DataFrame) -> dict[str, int]:
         """The numeric columns without imputation that hold nulls in frame, with their counts:
@@ -172,7 +207,7 @@ class TabularInput(nn.Module):
                 encoder, width = OneHot(n_slots), width + n_slots
             else:
                 dim = embedding_dim(n_slots)
-                encoder, width = nn.Embedding(n_slots, dim), width + dim
+                encoder, width = Embedding(n_slots, dim), width + dim
             self._plan.append((CATEGORICAL, j, len(self.encoders), n_slots))
             self.encoders.append(encoder)
         self.width = width
@@ -189,24 +224,42 @@ class TabularInput(nn.Module):
             if kind == NUMERIC:
                 pieces.append(numbers[:, a:b])
                 continue
-            code = torch.round(x[:, a])
-            # NaN and any code outside [0, n_slots) compare false: unknown, like a new value
-            code = torch.where((code >= 0) & (code < n_slots), code, torch.zeros_like(code)).long()
+            code = x[:, a]
+            # NaN and any code outside [0, n_slots) compare false: unknown, like a new value.
+            # The code stays a float (encode gives whole numbers): gradients reach it (OneHot).
+            code = torch.where((code > -0.5) & (code < n_slots - 0.5), code, torch.zeros_like(code))
             pieces.append(self.encoders[b](code))
         return torch.cat(pieces, dim=1)
 
 
 class OneHot(nn.Module):
-    """Codes [n] to one-hot rows [n, n_slots] by comparison with a fixed range: no data-dependent
-    shape, unlike torch.nn.functional.one_hot without num_classes."""
+    """Codes [n] (floats) to one-hot rows [n, n_slots]: slot k holds max(0, 1 - |code - k|),
+    exactly one-hot at a whole code, and between two codes a blend of their slots. The blend
+    gives a categorical column a gradient, so Integrated Gradients, walking from the baseline
+    row to the input, attributes to the column what changing its category changed (an
+    equality test would give 0 and leave the attribution incomplete). A fixed range of slots:
+    no data-dependent shape, so torch.export keeps the batch dynamic."""
 
     def __init__(self, n_slots: int):
         super().__init__()
         self.n_slots = n_slots
-        self.register_buffer("slots", torch.arange(n_slots, dtype=torch.long))
+        self.register_buffer("slots", torch.arange(n_slots, dtype=torch.float32))
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
-        return (code.unsqueeze(1) == self.slots).float()
+        return torch.clamp(1.0 - (code.unsqueeze(1) - self.slots).abs(), min=0.0)
+
+
+class Embedding(nn.Module):
+    """A learned vector per code (torch.nn.Embedding's lookup), as OneHot's rows times the
+    table, so a categorical column with many categories has a gradient too (see OneHot)."""
+
+    def __init__(self, n_slots: int, dim: int):
+        super().__init__()
+        self.one_hot = OneHot(n_slots)
+        self.weight = nn.Parameter(torch.randn(n_slots, dim))  # nn.Embedding's initialisation
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.one_hot(code) @ self.weight
 
 
 # -- fitting ---------------------------------------------------------------------------------
@@ -241,6 +294,8 @@ def _fit_categorical(series: pd.Series, name: str) -> ColumnEncoding:
     values = [v.item() if isinstance(v, np.generic) else v for v in counts.index]
     dtype = _category_type(values, series.dtype, name)
     convert = {"string": str, "boolean": bool, "long": int}[dtype]
+    if dtype == "long" and pd.api.types.is_float_dtype(series.dtype):
+        dtype = "double"  # integer categories with nulls: declared as pandas holds them (see ColumnEncoding)
     ranked = sorted(zip(values, counts.to_numpy()), key=lambda vc: (-vc[1], str(vc[0])))
     categories = [convert(v) for v, _ in ranked]
     return ColumnEncoding(name=name, kind=CATEGORICAL, dtype=dtype, categories=categories)
@@ -271,6 +326,18 @@ def _category_type(values: list, dtype, name: str) -> str:
 # -- encoding --------------------------------------------------------------------------------
 
 
+def _small_numbers(values: np.ndarray, name: str) -> np.ndarray:
+    """A numeric column of a small frame's object block (None -> NaN), refusing what _numbers
+    refuses: booleans and text."""
+    if any(isinstance(v, (bool, np.bool_, str, bytes)) for v in values):
+        kind = "booleans" if any(isinstance(v, (bool, np.bool_)) for v in values) else "text"
+        raise ValueError(f"column {name!r} is numeric; it holds {kind}")
+    try:
+        return values.astype(np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"column {name!r} is numeric; it holds a value that is no number ({err})") from None
+
+
 def _numbers(series: pd.Series, name: str) -> np.ndarray:
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype):
@@ -285,46 +352,45 @@ def _numbers(series: pd.Series, name: str) -> np.ndarray:
 
 
 def _codes(series: pd.Series, column: ColumnEncoding) -> np.ndarray:
-    """1 + each value's position in the column's categories; 0 for a null or a new value."""
-    categories = column.categories or []
-    keys, known = _keys(series, column.dtype)
-    codes = np.zeros(len(series), dtype=np.float32)
-    if known.any():
-        index = pd.Index(categories, dtype={"string": object, "boolean": bool, "long": "int64"}[column.dtype])
-        codes[known] = index.get_indexer(keys[known]) + 1  # -1 (not found) + 1 = 0, unknown
-    return codes
+    """1 + each value's position in the column's categories; 0 for a null or a new value.
+
+    A dict lookup per value: a served request is a row or a few, where building a pandas Index
+    per call cost ~10x the network's forward pass; a training batch of a thousand rows takes
+    well under a millisecond a column either way."""
+    return _codes_of(series.to_numpy(dtype=object), column)
 
 
-def _keys(series: pd.Series, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """The values to look up as the category type holds them, and which rows have one: a value
-    of another type (True in an integer column, 1 in a boolean one) is unknown, not converted."""
-    if dtype == "string":
-        values = series.to_numpy(dtype=object)
-        if isinstance(series.dtype, pd.StringDtype):  # pandas' text type: every non-null is a str
-            return values, series.notna().to_numpy()
-        return values, np.fromiter((isinstance(v, str) for v in values), bool, len(values))
-    if dtype == "boolean":
-        if pd.api.types.is_bool_dtype(series.dtype):
-            known = series.notna().to_numpy()
-            return series.to_numpy(dtype=bool, na_value=False), known
-        values = series.to_numpy(dtype=object)
-        known = np.fromiter((isinstance(v, (bool, np.bool_)) for v in values), bool, len(values))
-        return np.array([bool(v) if k else False for v, k in zip(values, known)], dtype=bool), known
-    # "long": integers, and integral floats (a served column that pandas made float for a null)
-    if pd.api.types.is_bool_dtype(series.dtype):
-        return np.zeros(len(series), dtype=np.int64), np.zeros(len(series), dtype=bool)
-    if pd.api.types.is_integer_dtype(series.dtype):
-        return series.to_numpy(dtype=np.int64, na_value=0), series.notna().to_numpy()
-    if pd.api.types.is_float_dtype(series.dtype):
-        floats = series.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        floats = np.array([_integral(v) for v in series.to_numpy(dtype=object)], dtype=np.float64)
-    known = np.isfinite(floats) & (floats == np.round(floats)) & (np.abs(floats) < 2.0**63)
-    return np.where(known, floats, 0.0).astype(np.int64), known
+def _codes_of(values: np.ndarray, column: ColumnEncoding) -> np.ndarray:
+    lookup, accepts = _lookup(column)
+    get = lookup.get
+    return np.fromiter((get(v, 0) if accepts(v) else 0 for v in values), dtype=np.float32, count=len(values))
 
 
-def _integral(value) -> float:
-    """A Python or numpy number (not a boolean) as float; NaN for anything else."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return math.nan
-    return float(value)
+def _lookup(column: ColumnEncoding):
+    """(value -> code, which values may be looked up), built once per column. A value of
+    another type is unknown, never converted: hashing makes True equal 1 and 12.0 equal 12, so
+    booleans are kept out of an integer column and numbers out of a boolean one, while 12.0
+    (an integer column pandas made float for a null) finds 12."""
+    cached = column.__dict__.get("_lookup")
+    if cached is None:
+        lookup = {v: float(i + 1) for i, v in enumerate(column.categories or [])}
+        if column.dtype == "string":
+            accepts = _is_text
+        elif column.dtype == "boolean":
+            accepts = _is_bool
+        else:  # long, double: integer categories
+            accepts = _is_number
+        cached = column.__dict__["_lookup"] = (lookup, accepts)
+    return cached
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))

@@ -11,8 +11,13 @@ adds up across replicas. Both tests run on those counts:
   edges (a lower bound of the exact D, so the test is conservative), and its p-value from
   scipy's distribution of D for the effective size n*m/(n+m).
 
+A categorical column (its bins are categories, unseen values and nulls) has no order for KS
+to walk: its second test is Pearson's chi-squared of the window's counts against the shares
+the reference expects (scipy.stats.chisquare; a bin training never reached expects EPSILON of
+the rows).
+
 A feature is flagged when the window holds at least `min_rows` rows and both tests agree:
-PSI at least `psi_threshold` and the KS p-value below `ks_pvalue`.
+PSI at least `psi_threshold` and the p-value (KS, or chi-squared) below `ks_pvalue`.
 """
 
 from __future__ import annotations
@@ -52,6 +57,20 @@ def ks_test(reference: np.ndarray, counts: np.ndarray, reference_rows: int) -> t
     return d, float(kstwo.sf(d, effective))
 
 
+def chi2_test(reference: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """(chi-squared statistic, p-value) of a window's category counts against the reference's
+    shares, each floored at EPSILON and renormalised (a bin training never reached is rare,
+    not impossible)."""
+    from scipy.stats import chisquare
+
+    n = float(counts.sum())
+    if n == 0:
+        return 0.0, 1.0
+    r = np.maximum(np.asarray(reference, dtype=np.float64), EPSILON)
+    statistic, p = chisquare(counts, r / r.sum() * n)
+    return float(statistic), float(p)
+
+
 def drift_report(profile: dict, counts: list[np.ndarray], rows: int, thresholds: DriftThresholds) -> dict:
     """Per feature: PSI, KS statistic and p-value, flagged; counts[i] is feature i's window
     count per bin (len(edges) + 2 bins)."""
@@ -61,11 +80,15 @@ def drift_report(profile: dict, counts: list[np.ndarray], rows: int, thresholds:
         c = np.asarray(c, dtype=np.float64)
         ref = np.asarray(feature["reference"], dtype=np.float64)
         score = psi(ref, c)
-        d, p = ks_test(ref, c, profile.get("rows", 0))
+        if feature.get("kind") == "categorical":
+            statistic, p = chi2_test(ref, c)
+            test = {"chi2_statistic": round(statistic, 6), "chi2_pvalue": float(f"{p:.6g}")}
+        else:
+            d, p = ks_test(ref, c, profile.get("rows", 0))
+            test = {"ks_statistic": round(d, 6), "ks_pvalue": float(f"{p:.6g}")}
         features[feature["name"]] = {
             "psi": round(score, 6),
-            "ks_statistic": round(d, 6),
-            "ks_pvalue": float(f"{p:.6g}"),
+            **test,
             "flagged": bool(enough and score >= thresholds.psi_threshold and p < thresholds.ks_pvalue),
         }
     return {

@@ -16,6 +16,12 @@ images, the last axis for [n, length, channels] sequences).
 Binning is the same function at training and serving time (`bin_index`): a value v falls in
 bin searchsorted(edges, v, "right"), so bin 0 is below the training minimum, the last bin
 above its maximum, and a missing value (NaN) in one more bin after that.
+
+A categorical column (`kind: categorical`, its `categories` the training split's most frequent
+values, up to MAX_CATEGORIES) is binned by category: value i of the list is code i, any other
+value code len(categories) (unseen: the bin "above the range"), a null NaN (the missing bin),
+with edges i + 0.5 so that the same bin_index puts each code in its own bin. Its reference is
+each category's share of the training split; drift compares shares (PSI, chi-squared).
 """
 
 from __future__ import annotations
@@ -28,17 +34,31 @@ import numpy as np
 FORMAT = "raymaas-profile/1"
 MAX_BYTES = 100_000
 DEFAULT_BINS = 10
+MAX_CATEGORIES = 100  # a categorical column's bins: its most frequent categories, then "unseen"
 
 
-def drift_features(x, columns: list[str] | None = None) -> tuple[np.ndarray, list[str], str]:
+def drift_features(
+    x, columns: list[str] | None = None, categorical: dict[str, list] | None = None
+) -> tuple[np.ndarray, list[str], str]:
     """(a float64 [n, features] matrix, the features' names, the input's kind) of a batch:
     a DataFrame's columns, a [n, k] array's entries, a larger tensor's per-channel means and
-    standard deviations."""
+    standard deviations. categorical: column -> its categories; a DataFrame's such column is
+    coded by category_codes (an array's is taken as coded already)."""
     import pandas as pd
 
     if isinstance(x, pd.DataFrame):
         names = list(columns or x.columns)
-        return _as_float(x[names]), [str(c) for c in names], "columns"
+        categorical = categorical or {}
+        matrix = _as_float(x[[n for n in names]].drop(columns=[n for n in names if n in categorical]))
+        if categorical:
+            full = np.empty((len(x), len(names)), dtype=np.float64)
+            plain = [i for i, n in enumerate(names) if n not in categorical]
+            full[:, plain] = matrix
+            for i, n in enumerate(names):
+                if n in categorical:
+                    full[:, i] = category_codes(x[n], categorical[n])
+            matrix = full
+        return matrix, [str(c) for c in names], "columns"
     if isinstance(x, dict) and len(x) == 1:
         (x,) = x.values()
     arr = np.asarray(x)
@@ -53,6 +73,43 @@ def drift_features(x, columns: list[str] | None = None) -> tuple[np.ndarray, lis
     channels = arr.shape[axis]
     names = [f"mean[{c}]" for c in range(channels)] + [f"std[{c}]" for c in range(channels)]
     return np.concatenate([means, stds], axis=1), names, "tensor"
+
+
+def category_codes(values, categories: list) -> np.ndarray:
+    """Drift codes of a categorical column's values: i for categories[i], len(categories) for
+    any other value (unseen), NaN for a null. Values are compared as text, as JSON and CSV
+    clients send them (True and "True" are one category; the profile's categories are text)."""
+    import pandas as pd
+
+    series = pd.Series(values)
+    missing = series.isna().to_numpy()
+    index = pd.Index([_category_text(c) for c in categories])
+    codes = index.get_indexer(series.map(_category_text, na_action="ignore").to_numpy(dtype=object))
+    codes = codes.astype(np.float64)
+    codes[codes < 0] = len(categories)
+    codes[missing] = np.nan
+    return codes
+
+
+def _category_text(value) -> str:
+    """A category as the profile writes it: 36.0 (an integer column pandas made float for a
+    null) as "36", like the integer it is."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _categorical_feature(name: str, codes: np.ndarray, categories: list) -> dict[str, Any]:
+    """A categorical column's profile entry from its drift codes (category_codes)."""
+    edges = np.arange(len(categories), dtype=np.float64) + 0.5
+    return {
+        "name": name,
+        "kind": "categorical",
+        "categories": [_category_text(c) for c in categories],
+        "edges": edges.tolist(),
+        "reference": _round(bin_fractions(codes, edges)),
+        "missing": int(np.isnan(codes).sum()),
+    }
 
 
 def _as_float(values) -> np.ndarray:
@@ -134,13 +191,17 @@ def build_profile(
     classes: list | None = None,
     output_names: list[str] | None = None,
     n_bins: int = DEFAULT_BINS,
+    categorical: dict[str, list] | None = None,
 ) -> dict[str, Any]:
     """The reference profile of training inputs x (a DataFrame, or an array of rows) and of
     the model's predictions on the validation split (class labels for task "classification",
-    values for "regression"; None to leave them out)."""
+    values for "regression"; None to leave them out). categorical: column -> its categories,
+    most frequent first (the first MAX_CATEGORIES are profiled); in an array, such a column
+    holds the codes category_codes gives."""
     import pandas as pd
 
-    matrix, names, kind = drift_features(x, columns)
+    categorical = {k: list(v)[:MAX_CATEGORIES] for k, v in (categorical or {}).items()}
+    matrix, names, kind = drift_features(x, columns, categorical)
     arr = None if isinstance(x, (pd.DataFrame, dict)) else np.asarray(x)
     # smaller until it fits: no quantiles, fewer bins, and at last no bins (drift unavailable)
     for bins, quantiles in ((n_bins, True), (n_bins, False), (5, False), (3, False), (0, False), (None, False)):
@@ -149,7 +210,11 @@ def build_profile(
             "rows": int(matrix.shape[0]),
             "input": {"kind": kind, "shape": list(arr.shape[1:]) if arr is not None else [len(names)]},
             "features": [
-                _feature(n, matrix[:, i], bins, quantiles) if bins is not None else {"name": n}
+                _categorical_feature(n, matrix[:, i], categorical[n])
+                if n in categorical and bins
+                else _feature(n, matrix[:, i], bins, quantiles)
+                if bins is not None
+                else {"name": n}
                 for i, n in enumerate(names)
             ],
         }

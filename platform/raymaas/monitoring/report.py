@@ -48,13 +48,17 @@ def format_report(report: dict, top: int = 5) -> str:
         state = f"FLAGGED {', '.join(flagged)}" if flagged else "nothing flagged"
         if drift["status"] != "ok":
             state += f" ({drift['status']}: flags need {drift['min_rows']} rows)"
-        lines.append(f"  drift: {state} (PSI >= {drift['psi_threshold']} and KS p < {drift['ks_pvalue_threshold']})")
+        lines.append(
+            f"  drift: {state} (PSI >= {drift['psi_threshold']} and KS or chi2 p < {drift['ks_pvalue_threshold']})"
+        )
         worst = sorted(drift["features"].items(), key=lambda kv: -kv[1]["psi"])[:top]
         for feature, f in worst:
             mark = " *" if f["flagged"] else ""
-            lines.append(
-                f"    {feature:>16}  PSI {f['psi']:8.3f}  KS D {f['ks_statistic']:.3f}  p {f['ks_pvalue']:.3g}{mark}"
-            )
+            if "chi2_pvalue" in f:  # a categorical feature
+                test = f"chi2 {f['chi2_statistic']:.3g}  p {f['chi2_pvalue']:.3g}"
+            else:
+                test = f"KS D {f['ks_statistic']:.3f}  p {f['ks_pvalue']:.3g}"
+            lines.append(f"    {feature:>16}  PSI {f['psi']:8.3f}  {test}{mark}")
     live = report["live"]
     fb = live["feedback"]
     if live["metrics"]:

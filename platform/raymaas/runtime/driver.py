@@ -65,6 +65,11 @@ class TrainedModel:
     profile: dict | None = None  # the reference profile logged with the model (raymaas.monitoring.profile)
     baseline: Any = None  # np.ndarray, one input row: what explanations measure against (the training mean)
     explain_rows: Any = None  # np.ndarray of validation rows: the logged feature importance is averaged over them
+    # a model of named columns: each one's signature type as the training table holds it
+    # (raymaas.supervised.data.example_rows); None: `double` for every column, or a tensor signature
+    column_types: dict[str, str] | None = None
+    # categorical columns' vocabularies and imputed columns (raymaas.modelcode.tabular, to_dict())
+    encoding: dict | None = None
 
 
 @dataclass(frozen=True)

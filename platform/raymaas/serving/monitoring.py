@@ -30,7 +30,7 @@ Prometheus series (Ray adds the ray_ prefix and the deployment, replica and appl
     raymaas_predicted_class_total{model,version,label}   classifiers' answers, by label
     raymaas_prediction_bin_total{model,version,output,bin}   regression answers, in the profile's bins
     raymaas_drift_psi{model,version,feature}             gauges set by the hub
-    raymaas_drift_ks_pvalue{model,version,feature}
+    raymaas_drift_ks_pvalue{model,version,feature}        (a categorical feature: raymaas_drift_chi2_pvalue)
     raymaas_drift_flagged_features{model,version}
     raymaas_window_rows{model,version}
     raymaas_live_score{model,version,metric}             accuracy, precision/recall/f1_macro, rmse, mae
@@ -111,6 +111,8 @@ class _Window:
         self.names = [f["name"] for f in features]
         self.edges = [np.asarray(f["edges"], dtype=np.float64) for f in features]
         self.columns = self.names if self.profile and self.profile["input"]["kind"] == "columns" else None
+        # categorical columns, binned by category (raymaas.monitoring.profile.category_codes)
+        self.categorical = {f["name"]: f["categories"] for f in features if f.get("kind") == "categorical"}
         predictions = (self.profile or {}).get("predictions") or {}
         self.task = {"classes": "classification", "values": "regression"}.get(predictions.get("kind"))
         self.output_edges = [np.asarray(o["edges"]) for o in predictions.get("outputs", [])]
@@ -163,7 +165,7 @@ class _Window:
             groups = [(d, [at], [_rows(d)]) for d, at in taken]
         for data, times, counts in groups:
             try:
-                matrix, names, _ = drift_features(data, self.columns)
+                matrix, names, _ = drift_features(data, self.columns, self.categorical)
             except (KeyError, ValueError, TypeError) as err:
                 self.unavailable = f"the inputs do not match the reference profile: {err}"
                 break
@@ -621,6 +623,11 @@ def _hub_class():
             self.g_ks = Gauge(
                 "raymaas_drift_ks_pvalue", description="KS p-value of a feature's window", tag_keys=(*tags, "feature")
             )
+            self.g_chi2 = Gauge(
+                "raymaas_drift_chi2_pvalue",
+                description="chi-squared p-value of a categorical feature's window",
+                tag_keys=(*tags, "feature"),
+            )
             self.g_flagged = Gauge("raymaas_drift_flagged_features", description="features flagged", tag_keys=tags)
             self.g_rows = Gauge("raymaas_window_rows", description="input rows in the drift window", tag_keys=tags)
             self.g_live = Gauge("raymaas_live_score", description="live performance", tag_keys=(*tags, "metric"))
@@ -817,7 +824,10 @@ def _hub_class():
                 self.g_flagged.set(len(drift["flagged"]), tags=tags)
                 for feature, f in drift["features"].items():
                     self.g_psi.set(f["psi"], tags={**tags, "feature": feature})
-                    self.g_ks.set(f["ks_pvalue"], tags={**tags, "feature": feature})
+                    if "chi2_pvalue" in f:
+                        self.g_chi2.set(f["chi2_pvalue"], tags={**tags, "feature": feature})
+                    else:
+                        self.g_ks.set(f["ks_pvalue"], tags={**tags, "feature": feature})
             for metric, value in report["live"]["metrics"].items():
                 self.g_live.set(value, tags={**tags, "metric": metric})
 

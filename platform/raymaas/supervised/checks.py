@@ -42,11 +42,11 @@ _NULLS = pa.array(pcsv.ConvertOptions().null_values, pa.string())
 _CSV_BLOCK = 1 << 20
 _CONVERSION = re.compile(r"CSV column #(\d+).*CSV conversion error to ([^:]+): invalid value", re.S)
 _EXAMPLES = 3  # offending values quoted in a message
-# What to do about missing feature values. scan_table takes every impute value; DataSpec refuses
-# all but none until the model fills missing values in itself.
+# What to do about missing numbers in feature columns (a categorical column's null is a category
+# of its own, the unknown slot, and needs nothing).
 MISSING_FEATURE_ADVICE = (
-    "missing feature values: drop those rows, or leave the columns out with data.feature_columns "
-    "(data.impute: mean | median | zero, to fill them in, is not supported yet)"
+    "missing numbers in feature columns: set data.impute: mean | median | zero to have the model fill them "
+    "in (fitted on the training split), drop those rows, or leave the columns out with data.feature_columns"
 )
 _SHOWN = 4  # files or classes named in a message before "and N more"
 
@@ -91,20 +91,22 @@ def scan_table(
     feature_columns: list[str] | None = None,
     task: str = "classification",
     impute: str = "none",
+    categorical_columns: list[str] = (),
 ) -> TableFacts:
     """Check a Parquet/CSV file or folder for training (feature_columns None: every column but
-    the labels): DataCheckError (a ValueError) listing every problem, else the facts found."""
+    the labels; string and boolean features, and those in categorical_columns, are categories):
+    DataCheckError (a ValueError) listing every problem, else the facts found."""
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"format {fmt!r}: parquet or csv")
     if impute not in IMPUTE:
         raise ValueError(f"impute {impute!r}: one of {', '.join(IMPUTE)}")
     source = str(source)
     files = _files(source, fmt)
-    key = (source, fmt, tuple(label_columns), tuple(feature_columns or ()), task, impute)
+    key = (source, fmt, tuple(label_columns), tuple(feature_columns or ()), task, impute, tuple(categorical_columns))
     stamp = tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
     if key in _CACHE and _CACHE[key][0] == stamp:
         return _CACHE[key][1]
-    facts = _Scan(source, fmt, files, list(label_columns), feature_columns, task, impute).run()
+    facts = _Scan(source, fmt, files, list(label_columns), feature_columns, task, impute, categorical_columns).run()
     _CACHE[key] = (stamp, facts)
     return facts
 
@@ -156,9 +158,10 @@ def _kind(t: pa.DataType) -> str:
 
 
 class _Scan:
-    def __init__(self, source, fmt, files, labels, features, task, impute):
+    def __init__(self, source, fmt, files, labels, features, task, impute, categorical=()):
         self.source, self.fmt, self.files = source, fmt, files
         self.labels, self.features, self.task, self.impute = labels, features, task, impute
+        self.categorical = set(categorical)
         self.rows: dict[str, int] = {}
         self.found: dict[str, dict[str, _Counts]] = {}  # column -> file -> counts
         self.absent: dict[str, list[str]] = {}  # column -> files without it
@@ -321,7 +324,6 @@ class _Scan:
             some = "" if len(self.files) == 1 else f" (none of its {len(self.files)} files has a row)"
             self.problems.append(f"{self.source} has no rows{some}")
             return
-        text_features = []
         for name in self.needed:
             what = f"label_column {name!r}" if name in self.labels else f"feature column {name!r}"
             by_file = self.found[name]
@@ -349,11 +351,11 @@ class _Scan:
                 self.problems.append(f"{what} has different types in the files of {self.source}: {seen}")
                 continue
             kind = next(iter(kinds), "null")
-            if name in self.features and kind == "string":
-                text_features.append(name)
-                continue
-            if name in self.features and kind not in ("number", "boolean", "null"):
-                self.problems.append(f"{what} of {self.source} holds {kind}: features are numbers")
+            categorical = name in self.features and (kind in ("string", "boolean") or name in self.categorical)
+            if name in self.features and kind not in ("number", "boolean", "string", "null"):
+                self.problems.append(
+                    f"{what} of {self.source} holds {kind}: features are numbers, or strings and booleans (categories)"
+                )
                 continue
             if name in self.labels and self.task == "regression" and kind not in ("number", "boolean", "null"):
                 self.problems.append(f"{what} of {self.source} holds {kind}: a regression target is a number")
@@ -366,17 +368,9 @@ class _Scan:
                     f"{what} has {self._counts(missing, 'missing value', ' (null or NaN)')}: a row without a "
                     "target cannot train; drop those rows"
                 )
-            elif missing and self.impute == "none":
+            elif missing and self.impute == "none" and not categorical:
                 self.problems.append(f"{what} has {self._counts(missing, 'missing value', ' (null or NaN)')}")
                 self.advice = [MISSING_FEATURE_ADVICE]
-        if text_features:
-            many = len(text_features) > 1
-            self.problems.append(
-                f"feature column{'s' * many} {', '.join(repr(c) for c in text_features)} of {self.source} "
-                f"hold{'' if many else 's'} text: categorical features are not supported yet; leave "
-                f"{'them' if many else 'it'} out with data.feature_columns, or encode {'them' if many else 'it'} "
-                "as numbers"
-            )
         if self.task == "classification" and not self.problems:
             self._judge_classes()
 

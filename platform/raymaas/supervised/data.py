@@ -51,9 +51,18 @@ class DataSpec(SpecModel):
     )
     impute: Literal["none", "mean", "median", "zero"] = Field(
         "none",
-        description="files: fill missing feature values (null, NaN) with the training split's mean or median, or 0; "
-        "none refuses a file with missing feature values, naming each column and its count (mean, median and "
-        "zero are not supported yet)",
+        description="files: fill missing numbers (null, NaN) in feature columns with the training split's mean or "
+        "median, or 0, by a layer of the model (served and batch rows too); none refuses a file with missing "
+        "numbers, naming each column and its count, and a served row with one gets a 422",
+    )
+    categorical_columns: list[str] = Field(
+        [],
+        description="files: integer feature columns to encode as categories (string and boolean feature columns "
+        "always are): one-hot up to max_categories values, a learned embedding above; a null or a value unseen "
+        "in training takes an unknown slot",
+    )
+    max_categories: int = Field(
+        32, ge=1, description="files: a categorical column of up to this many values is one-hot encoded, else embedded"
     )
     validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of rows held out for validation")
     n_samples: int = Field(20_000, gt=10, description="synthetic: number of rows")
@@ -65,18 +74,6 @@ class DataSpec(SpecModel):
     def _some_label(cls, value):
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
             raise ValueError("must be a column name or a non-empty list of distinct column names")
-        return value
-
-    @field_validator("impute")
-    @classmethod
-    def _impute_supported(cls, value: str) -> str:
-        # Until the model fills them in itself (a layer fitted on the training split, applied to
-        # served rows too), a job must not train on missing values: refused, not ignored.
-        if value != "none":
-            raise ValueError(
-                f"{value!r} is not supported yet: the model cannot fill in missing values yet; leave out or clean "
-                "the columns with missing values (the spec check names each one and its count)"
-            )
         return value
 
     @field_validator("source")
@@ -112,6 +109,10 @@ class DataSpec(SpecModel):
         overlap = [c for c in (self.feature_columns or []) if c in self.label_columns]
         if overlap:
             raise ValueError(f"feature_columns {overlap} are also label columns")
+        features = self.feature_columns or [c for c in columns if c not in self.label_columns]
+        stray = [c for c in self.categorical_columns if c not in features]
+        if stray:
+            raise ValueError(f"categorical_columns {stray} are not feature columns of {self.source}")
         return self
 
     @property
@@ -126,7 +127,9 @@ def check_files(spec: DataSpec, task: str) -> TableFacts:
     # workers and the CLI that import this module never scan.
     from raymaas.supervised.checks import scan_table
 
-    return scan_table(spec.source, spec.format, spec.label_columns, spec.feature_columns, task, spec.impute)
+    return scan_table(
+        spec.source, spec.format, spec.label_columns, spec.feature_columns, task, spec.impute, spec.categorical_columns
+    )
 
 
 def infer_format(path: Path, fmt: str) -> str:
@@ -193,6 +196,9 @@ class FileShards(SpecModel):
     targets: Targets
     mean: list[float]
     std: list[float]
+    # raymaas.modelcode.tabular.TabularEncoding.to_dict() when a column is categorical or imputed:
+    # the workers then encode rows as the served model does and train behind its TabularInput
+    encoding: dict | None = None
 
     @model_validator(mode="after")
     def _one_statistic_per_feature(self) -> FileShards:
@@ -255,6 +261,55 @@ def make_synthetic_regression(n_samples: int, n_features: int, seed: int) -> tup
     w = rng.normal(0.0, 1.0, size=n_features).astype(np.float32)
     y = 50.0 + 10.0 * (x @ w) / np.sqrt(n_features) + 5.0 * np.sin(x[:, 0]) + rng.normal(0.0, 1.0, n_samples)
     return x, y.astype(np.float32).reshape(-1, 1)
+
+
+def make_loans(n_samples: int = 4000, seed: int = 0):
+    """A table as real ones arrive (a DataFrame): loan applications with numbers that have holes
+    (income, debt_ratio: about 5% null), an integer that is a category (term_months), text
+    categories with a few nulls (region, 6 values) and many values (employer, 60: embedded by
+    default), a boolean (homeowner), and the label `default` ("yes"/"no") drawn from all of them.
+    What the mixed-table spec (jobs/specs/loans.yaml) and the tests train on; generated, never
+    downloaded."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    regions = np.array(["north", "south", "east", "west", "centre", "islands"])
+    region_effect = np.array([-0.8, 0.6, 0.0, -0.3, 0.2, 1.2])
+    employers = np.array([f"employer-{i:02d}" for i in range(60)])
+    employer_effect = rng.normal(0.0, 0.8, size=60)
+    income = rng.lognormal(10.5, 0.5, n_samples)
+    debt_ratio = np.clip(rng.beta(2.0, 5.0, n_samples), 0.0, 1.0)
+    age = rng.integers(21, 70, n_samples)
+    term = rng.choice([12, 24, 36, 60], n_samples)
+    region = rng.integers(0, len(regions), n_samples)
+    employer = rng.integers(0, len(employers), n_samples)
+    homeowner = rng.random(n_samples) < 0.45
+    logit = (
+        -0.6
+        - 1.2 * (np.log(income) - 10.5)
+        + 4.0 * (debt_ratio - 0.3)
+        + 0.02 * (term - 30)
+        - 0.02 * (age - 45)
+        + region_effect[region]
+        + employer_effect[employer]
+        - 0.9 * homeowner
+    )
+    default = rng.random(n_samples) < 1.0 / (1.0 + np.exp(-2.0 * logit))
+    frame = pd.DataFrame(
+        {
+            "income": income.round(2),
+            "debt_ratio": debt_ratio.round(4),
+            "age": age,
+            "term_months": term,
+            "region": regions[region].astype(object),
+            "employer": employers[employer].astype(object),
+            "homeowner": homeowner,
+            "default": np.where(default, "yes", "no"),
+        }
+    )
+    for column, share in (("income", 0.05), ("debt_ratio", 0.05), ("region", 0.02)):
+        frame.loc[rng.random(n_samples) < share, column] = None
+    return frame
 
 
 def split_arrays(x: np.ndarray, y: np.ndarray, validation_fraction: float, seed: int) -> ArraySplit:
@@ -325,27 +380,44 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
     # statistics work on the materialized blocks instead of reading the files again.
     features = spec.feature_columns or [c for c in file_columns(spec.source, spec.format) if c not in labels]
     ds = reader(spec.source).select_columns([*features, *labels]).materialize()
-    _check_numeric(ds.schema(), features, "feature column", "features are numbers")
+    categorical = categorical_features(ds.schema(), features, spec.categorical_columns)
+    numeric = [c for c in features if c not in categorical]
+    _check_numeric(ds.schema(), numeric, "feature column", "features are numbers, or strings and booleans")
+    encoded = bool(categorical) or spec.impute != "none"
     if task == "regression":
         _check_numeric(ds.schema(), labels, "label_column", "a regression target is a number")
     train, validation = ds.train_test_split(test_size=spec.validation_fraction, shuffle=True, seed=seed)
     train = train.materialize()
     notes: dict[str, str] = {}
-    moments = [*features, *labels] if task == "regression" else features
+    moments = [*numeric, *labels] if task == "regression" else numeric
+    encoding = None
     if train.size_bytes() <= SMALL_SPLIT_BYTES:
         frame = train.to_pandas()
         stats = {
             **{f"mean:{c}": frame[c].mean() for c in moments},
             **{f"std:{c}": frame[c].std() for c in moments},
         }
-        example, column_types = example_rows(frame, features)
+        if encoded:
+            encoding = fit_encoding(frame, features, categorical, spec.impute, spec.max_categories)
+        example, column_types = example_rows(frame, features, encoding)
         train_labels = frame[labels[0]].unique().tolist() if task == "classification" else []
     else:
         stats = train.aggregate(
             *(Mean(c, alias_name=f"mean:{c}") for c in moments),
             *(Std(c, alias_name=f"std:{c}") for c in moments),
         )
-        example, column_types = example_rows(train.limit(EXAMPLE_ROWS).to_pandas(), features)
+        if encoded:
+            # the categories and medians of a large split from its first rows (a value first seen
+            # later takes the unknown slot), the means and deviations from all of it
+            fit_frame = train.select_columns(features).limit(LARGE_FIT_ROWS).to_pandas()
+            encoding = fit_encoding(fit_frame, features, categorical, spec.impute, spec.max_categories)
+            for column in encoding.columns:
+                if column.kind == "numeric":
+                    column.mean = float(stats[f"mean:{column.name}"] or 0.0)
+                    column.std = float(stats[f"std:{column.name}"] or 1.0)
+                    if spec.impute == "mean":
+                        column.fill = column.mean
+        example, column_types = example_rows(train.limit(EXAMPLE_ROWS).to_pandas(), features, encoding)
         train_labels = train.unique(labels[0]) if task == "classification" else []
     if task == "classification":
         classes = sort_classes(train_labels)
@@ -372,16 +444,43 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
         label_columns=labels,
         n_features=len(features),
         targets=targets,
-        mean=[float(stats[f"mean:{c}"]) for c in features],
-        std=[float(stats[f"std:{c}"] or 1.0) for c in features],
+        mean=[float(stats[f"mean:{c}"]) if c in numeric else 0.0 for c in features],
+        std=[float(stats[f"std:{c}"] or 1.0) if c in numeric else 1.0 for c in features],
+        encoding=None if encoding is None else encoding.to_dict(),
     )
+    if encoding is not None and categorical:
+        notes["raymaas.categorical_columns"] = ", ".join(
+            f"{c.name} ({len(c.categories)})" for c in encoding.columns if c.kind == "categorical"
+        )
     return PreparedData(worker, {"train": train, "validation": validation}, example, features, notes, column_types)
 
 
 EXAMPLE_ROWS = 8  # training rows logged as the model's input example
+LARGE_FIT_ROWS = 200_000  # rows of a large training split the categories and medians are fitted on
 
 
-def example_rows(frame, features: list[str]) -> tuple[np.ndarray, dict[str, str]]:
+def categorical_features(schema, features: list[str], listed: list[str]) -> list[str]:
+    """The feature columns encoded as categories: string and boolean columns (by the files'
+    types), and the integer columns the spec lists."""
+    import pyarrow as pa
+
+    types = dict(zip(schema.names, schema.types))
+
+    def textual(t) -> bool:
+        return isinstance(t, pa.DataType) and (
+            pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t)
+        )
+
+    return [c for c in features if c in listed or textual(types.get(c))]
+
+
+def fit_encoding(frame, features: list[str], categorical: list[str], impute: str, max_categories: int):
+    from raymaas.modelcode.tabular import fit_encoding as fit
+
+    return fit(frame, features, categorical=categorical, impute=impute, max_categories=max_categories)
+
+
+def example_rows(frame, features: list[str], encoding=None) -> tuple[np.ndarray, dict[str, str]]:
     """The model's input example from frame (training rows as Ray Data reads the files), as
     float32, and the type the model's signature declares for each feature column, typed from
     those rows before they become float32 (raymaas.modelcode.pyfunc.feature_types): `long` for
@@ -391,6 +490,8 @@ def example_rows(frame, features: list[str]) -> tuple[np.ndarray, dict[str, str]
     from raymaas.modelcode.pyfunc import feature_types
 
     rows = frame[features].head(EXAMPLE_ROWS)
+    if encoding is not None:  # categorical or imputed columns: the encoding typed them on the training split
+        return encoding.encode(rows), {c.name: c.dtype for c in encoding.columns}
     return rows.to_numpy(dtype=np.float32), feature_types(rows)
 
 

@@ -7,7 +7,6 @@ driver draws the plots and hands the model to the shared publish tail.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -237,6 +236,7 @@ def _model_of(job, prepared, checkpoint):
     targets = worker.targets
     n_features = worker.n_features
     regression = targets.task == "regression"
+    encoding = getattr(worker, "encoding", None)
     module = build_model(
         spec.model,
         n_features,
@@ -245,6 +245,7 @@ def _model_of(job, prepared, checkpoint):
         np.ones(n_features),
         np.zeros(targets.n_outputs) if regression else None,
         np.ones(targets.n_outputs) if regression else None,
+        encoding=encoding,
     )
     module.load_state_dict(state["model"])
 
@@ -271,6 +272,7 @@ def _model_of(job, prepared, checkpoint):
         tables["per_class_metrics.json"] = per_class_table(state["confusion"], labels)
     x_train, _ = _split_rows(data, spec, "train", PROFILE_ROWS)
     x_val, _ = _split_rows(data, spec, "validation", PROFILE_ROWS)
+    # the profile keeps the missing numbers (their share is part of what served rows drift from)
     try:
         profile = reference_profile(module, data, x_train, x_val)
     except ValueError as err:  # too wide to profile: the model is served without drift
@@ -284,7 +286,7 @@ def _model_of(job, prepared, checkpoint):
         )
     value = float(state["metrics"][gate.metric])
     epochs = int(state["epoch"]) + 1
-    return SupervisedModel(
+    return TrainedModel(
         module=module,
         example=np.asarray(data.example, dtype=np.float32),
         gate_value=value,
@@ -294,20 +296,43 @@ def _model_of(job, prepared, checkpoint):
         dicts=tables,
         targets=targets,
         profile=profile,
-        baseline=x_train.mean(axis=0),  # what explanations measure against
-        explain_rows=x_val[:IMPORTANCE_ROWS],
+        baseline=explain_baseline(x_train, encoding),  # what explanations measure against
+        explain_rows=_filled(x_val[:IMPORTANCE_ROWS], encoding),
         details={"epochs": epochs},
         column_types=data.column_types,
+        encoding=encoding,
     )
 
 
-@dataclass
-class SupervisedModel(TrainedModel):
-    """A supervised job's trained model: also the signature's type of each feature column, as
-    the training table holds it (raymaas.supervised.data.example_rows; None for a built-in set's
-    tensor input). The publish tail logs the model with them."""
+def explain_baseline(x_train: np.ndarray, encoding: dict | None) -> np.ndarray:
+    """The input explanations measure against: the training split's mean row; with an
+    encoding, each numeric column's mean over its known values and each categorical column's
+    most frequent category (code 1: a mean of codes is no category)."""
+    if encoding is None:
+        return x_train.mean(axis=0)
+    from raymaas.modelcode.tabular import TabularEncoding
 
-    column_types: dict[str, str] | None = None
+    columns = TabularEncoding.from_dict(encoding).columns
+    return np.asarray(
+        [1.0 if c.kind == "categorical" else c.mean for c in columns],
+        dtype=np.float32,
+    )
+
+
+def _filled(x: np.ndarray, encoding: dict | None) -> np.ndarray:
+    """Encoded rows with each missing number replaced by what the model fills in (its fill,
+    else the training mean): what the logged importance measures (a path through NaN has no
+    gradient)."""
+    if encoding is None or not np.isnan(x).any():
+        return x
+    from raymaas.modelcode.tabular import TabularEncoding
+
+    columns = TabularEncoding.from_dict(encoding).columns
+    x = x.copy()
+    for i, c in enumerate(columns):
+        if c.kind == "numeric":
+            x[np.isnan(x[:, i]), i] = c.mean if c.fill is None else c.fill
+    return x
 
 
 PROFILE_ROWS = 20_000  # training and validation rows the reference profile is built from, at most
@@ -340,7 +365,13 @@ def _split_rows(data, spec, split: str, limit: int):
     worker = data.worker
     if split in data.datasets:
         frame = data.datasets[split].limit(limit).to_pandas()
-        x = frame[worker.feature_columns].to_numpy(dtype=np.float32)
+        encoding = getattr(worker, "encoding", None)
+        if encoding is not None:
+            from raymaas.modelcode.tabular import TabularEncoding
+
+            x = TabularEncoding.from_dict(encoding).encode(frame[worker.feature_columns])
+        else:
+            x = frame[worker.feature_columns].to_numpy(dtype=np.float32)
         y = frame[worker.label_columns].to_numpy()
         return x, y
     rows = load_builtin(spec.data, spec.train_loop_config.seed, spec.task)
@@ -371,11 +402,37 @@ def reference_profile(module, data, x_train, x_val) -> dict:
 
     targets = data.worker.targets
     out = _forward(module, x_val)
+    rows, categorical = _drift_rows(x_train, getattr(data.worker, "encoding", None))
     if targets.task == "regression":
-        return build_profile(x_train, data.feature_columns, out, "regression", output_names=targets.names or None)
+        return build_profile(
+            rows, data.feature_columns, out, "regression", output_names=targets.names or None, categorical=categorical
+        )
     classes = targets.classes
     labels = [classes[i] for i in out.argmax(axis=1)]
-    return build_profile(x_train, data.feature_columns, labels, "classification", classes=classes)
+    return build_profile(rows, data.feature_columns, labels, "classification", classes=classes, categorical=categorical)
+
+
+def _drift_rows(x: np.ndarray, encoding: dict | None) -> tuple[np.ndarray, dict | None]:
+    """Encoded training rows as the reference profile bins them: a categorical column's code
+    k (1 + its category's rank) as drift code k - 1, one past the profiled categories as
+    unseen, 0 (a null) as missing; and each categorical column's categories."""
+    if encoding is None:
+        return x, None
+    from raymaas.modelcode.tabular import TabularEncoding
+    from raymaas.monitoring.profile import MAX_CATEGORIES
+
+    columns = TabularEncoding.from_dict(encoding).columns
+    rows = np.asarray(x, dtype=np.float64).copy()
+    categorical = {}
+    for j, c in enumerate(columns):
+        if c.kind == "categorical":
+            kept = (c.categories or [])[:MAX_CATEGORIES]
+            codes = rows[:, j] - 1
+            codes[codes >= len(kept)] = len(kept)
+            codes[codes < 0] = np.nan
+            rows[:, j] = codes
+            categorical[c.name] = kept
+    return rows, categorical
 
 
 class _EpochPrinter:

@@ -76,6 +76,7 @@ def train_loop_per_worker(config: dict) -> None:
         np.asarray(std),
         np.asarray(targets.mean) if regression else None,
         np.asarray(targets.std) if regression else None,
+        encoding=getattr(data, "encoding", None),
     )
     model = ray.train.torch.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
@@ -226,9 +227,19 @@ class _ShardBatches:
         self._features, self._labels, self._loop, self._device = data.feature_columns, data.label_columns, loop, device
         # classification: label -> index in the class list (-1 for a label the training split lacks)
         self._classes = pd.Index(data.targets.classes) if data.targets.task == "classification" else None
+        self._encoding = None
+        if data.encoding is not None:  # categorical or imputed columns: encoded as the served model does
+            from raymaas.modelcode.tabular import TabularEncoding
+
+            self._encoding = TabularEncoding.from_dict(data.encoding)
 
     def _collate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        x = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._features], axis=1)
+        if self._encoding is not None:
+            import pandas as pd
+
+            x = self._encoding.encode(pd.DataFrame({c: batch[c] for c in self._features}))
+        else:
+            x = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._features], axis=1)
         if self._classes is not None:
             y = self._classes.get_indexer(np.asarray(batch[self._labels[0]])).astype(np.int64)
             known = y >= 0  # validation rows of an unseen label: reported by the driver, left out here

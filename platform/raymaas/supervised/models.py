@@ -127,10 +127,31 @@ class SmallCNN(nn.Module):
 
 
 def build_model(
-    spec: ModelSpec, n_features: int, n_outputs: int, mean, std, target_mean=None, target_std=None
+    spec: ModelSpec,
+    n_features: int,
+    n_outputs: int,
+    mean,
+    std,
+    target_mean=None,
+    target_std=None,
+    encoding: dict | None = None,
 ) -> nn.Module:
     """The network named by spec, behind a Standardize layer fitted to the training data and,
-    for regression (target_mean and target_std given), before an Unstandardize layer."""
+    for regression (target_mean and target_std given), before an Unstandardize layer. With an
+    encoding (raymaas.modelcode.tabular.TabularEncoding.to_dict(): categorical or imputed
+    columns) a TabularInput layer takes the encoded rows instead of Standardize: it fills in
+    missing numbers, standardises them and one-hot encodes or embeds each categorical column;
+    the network's input is that layer's width."""
+    first: nn.Module
+    if encoding is not None:
+        from raymaas.modelcode.tabular import TabularEncoding, TabularInput
+
+        first = TabularInput(TabularEncoding.from_dict(encoding))
+        n_features = first.width
+        if spec.name == "cnn":
+            raise ValueError("model cnn takes images (square, numeric features), not categorical or imputed columns")
+    else:
+        first = Standardize(torch.as_tensor(mean), torch.as_tensor(std))
     if spec.name == "linear":
         net = nn.Linear(n_features, n_outputs)
     elif spec.name == "mlp":
@@ -141,7 +162,7 @@ def build_model(
         net = resolve_factory(spec.name)(n_features=n_features, n_classes=n_outputs, **spec.options)
         if not isinstance(net, nn.Module):
             raise TypeError(f"model factory {spec.name!r} returned {type(net).__name__}, not a torch.nn.Module")
-    layers = [Standardize(torch.as_tensor(mean), torch.as_tensor(std)), net]
+    layers = [first, net]
     if target_mean is not None:
         layers.append(Unstandardize(torch.as_tensor(target_mean), torch.as_tensor(target_std)))
     return nn.Sequential(*layers)

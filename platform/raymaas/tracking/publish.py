@@ -34,9 +34,6 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
         client.log_artifacts(run_id, folder, path)
 
     targets = trained.targets
-    # the feature columns' types in the training table (a supervised job's SupervisedModel):
-    # a model of named columns then takes the frame pandas reads of such a table
-    column_types = getattr(trained, "column_types", None)
     with mlflow.start_run(run_id=run_id):
         if targets is not None and targets.task == "regression":
             info = log_regressor(
@@ -46,7 +43,8 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
                 trained.feature_columns,
                 profile=trained.profile,
                 baseline=trained.baseline,
-                column_types=column_types,
+                column_types=trained.column_types,
+                encoding=trained.encoding,
             )
         else:
             classes = targets.classes if targets is not None else None
@@ -59,7 +57,8 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
                 probabilities=targets is not None,
                 profile=trained.profile,
                 baseline=trained.baseline,
-                column_types=column_types,
+                column_types=trained.column_types,
+                encoding=trained.encoding,
             )
     if trained.explain_rows is not None:
         try:
@@ -85,9 +84,11 @@ def log_feature_importance(client, run_id: str, title: str, trained, n_steps: in
 
     targets = trained.targets
     regression = targets is not None and targets.task == "regression"
-    explainer = IntegratedGradients(trained.module, not regression, trained.feature_columns, baseline=trained.baseline)
+    explainer = IntegratedGradients(
+        trained.module, not regression, trained.feature_columns, baseline=trained.baseline, encoding=trained.encoding
+    )
     rows = np.asarray(trained.explain_rows, dtype=np.float32)
-    if trained.feature_columns:
+    if trained.feature_columns and trained.encoding is None:  # encoded rows stay an array
         import pandas as pd
 
         rows = pd.DataFrame(rows, columns=trained.feature_columns)

@@ -142,6 +142,7 @@ class IntegratedGradients:
         a frame of raw rows (an array is taken as rows encoded already)."""
         self.module = module
         self.encoding = None
+        self._encoding_dict = encoding  # kept: encoded_rows caches its TabularEncoding by this dict
         if encoding is not None:
             from raymaas.modelcode.tabular import TabularEncoding
 
@@ -245,13 +246,10 @@ class IntegratedGradients:
         if self.encoding is None:
             return _to_float32(model_input, self.columns)
         if isinstance(model_input, np.ndarray):
-            x = np.array(model_input, dtype=np.float32).reshape(len(model_input), -1)
+            x = np.asarray(model_input, dtype=np.float32).reshape(len(model_input), -1)
         else:
-            x = encoded_rows(model_input, self.encoding.to_dict())
-        for j, column in enumerate(self.encoding.columns):
-            if column.kind == "numeric":
-                x[np.isnan(x[:, j]), j] = column.mean if column.fill is None else column.fill
-        return np.ascontiguousarray(x)
+            x = encoded_rows(model_input, self._encoding_dict)
+        return np.ascontiguousarray(self.encoding.filled(x))
 
     def _steps(self, x: np.ndarray, base: np.ndarray, n_steps: int) -> tuple[int, str]:
         """Captum's steps and rule. A categorical column's path runs through every code between

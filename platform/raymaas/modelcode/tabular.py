@@ -113,6 +113,18 @@ class TabularEncoding:
                 frame[column.name] = values.astype(np.float64)
         return pd.DataFrame(frame)
 
+    def filled(self, rows: np.ndarray) -> np.ndarray:
+        """Encoded rows with each missing number replaced by what TabularInput puts there (the
+        column's fill, else its mean): a copy where one is missing. What a gradient path needs
+        (none runs through NaN)."""
+        if not np.isnan(rows).any():
+            return rows
+        rows = rows.copy()
+        for j, column in enumerate(self.columns):
+            if column.kind == NUMERIC:
+                rows[np.isnan(rows[:, j]), j] = column.mean if column.fill is None else column.fill
+        return rows
+
     def nulls(self, frame: pd.DataFrame) -> dict[str, int]:
         """The numeric columns without imputation that hold nulls in frame, with their counts:
         what a request is refused for, since such a null has no value to stand for it."""

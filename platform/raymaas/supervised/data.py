@@ -369,6 +369,8 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
     import ray.data
     from ray.data.aggregate import Mean, Std
 
+    from raymaas.modelcode.tabular import fit_encoding
+
     # Ray Data's per-dataset progress reports are for Ray's logs, not the job's output.
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -472,12 +474,6 @@ def categorical_features(schema, features: list[str], listed: list[str]) -> list
         )
 
     return [c for c in features if c in listed or textual(types.get(c))]
-
-
-def fit_encoding(frame, features: list[str], categorical: list[str], impute: str, max_categories: int):
-    from raymaas.modelcode.tabular import fit_encoding as fit
-
-    return fit(frame, features, categorical=categorical, impute=impute, max_categories=max_categories)
 
 
 def example_rows(frame, features: list[str], encoding=None) -> tuple[np.ndarray, dict[str, str]]:

@@ -323,16 +323,11 @@ def _filled(x: np.ndarray, encoding: dict | None) -> np.ndarray:
     """Encoded rows with each missing number replaced by what the model fills in (its fill,
     else the training mean): what the logged importance measures (a path through NaN has no
     gradient)."""
-    if encoding is None or not np.isnan(x).any():
+    if encoding is None:
         return x
     from raymaas.modelcode.tabular import TabularEncoding
 
-    columns = TabularEncoding.from_dict(encoding).columns
-    x = x.copy()
-    for i, c in enumerate(columns):
-        if c.kind == "numeric":
-            x[np.isnan(x[:, i]), i] = c.mean if c.fill is None else c.fill
-    return x
+    return TabularEncoding.from_dict(encoding).filled(x)
 
 
 PROFILE_ROWS = 20_000  # training and validation rows the reference profile is built from, at most

@@ -108,6 +108,18 @@ def test_killed_worker_resumes_from_checkpoint_in_one_run(ray_head, mlflow_clien
     assert 1 <= resumed_from <= killed_after + 2  # the epoch after the last checkpoint, never 0
     # Each epoch logged once: the restarted workers did not begin again at epoch 0.
     assert epochs_logged(mlflow_client, run_name) == list(range(5))
+    _assert_best_epoch_registered(mlflow_client, run, "ft-kill")
+
+
+def _assert_best_epoch_registered(client, run, model_name: str) -> None:
+    """The version registered is the best epoch's over the whole run, the epochs before the
+    restart included: a resumed job keeps the best it had."""
+    values = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step)]
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert values[int(metrics["best_epoch"]) - 1] == max(values), (metrics, values)
+    assert metrics["best_val_accuracy"] == pytest.approx(max(values))
+    (version,) = client.search_model_versions(f"name='{model_name}' and run_id='{run.info.run_id}'")
+    assert float(version.tags["raymaas.gate_value"]) == pytest.approx(max(values))
 
 
 def _ray_cli(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -193,6 +205,7 @@ def test_ray_job_submit_stop_and_resubmit(ray_head, mlflow_client):
     assert int(run.data.tags["raymaas.resumed_from_epoch"]) == done_before[-1] + 1
     version = mlflow_client.search_model_versions("name='ft-submit'")
     assert len(version) == 1 and version[0].run_id == run.info.run_id
+    _assert_best_epoch_registered(mlflow_client, run, "ft-submit")
 
 
 def test_gpus_the_cluster_cannot_provide_fail_fast(ray_head):

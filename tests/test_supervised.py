@@ -277,6 +277,51 @@ def test_regression_job_answers_in_the_targets_units(ray_head, mlflow_client):
     assert abs(pred.mean() - split.y_val.mean()) < 30  # not standardised: the target's mean is ~150
 
 
+def test_best_epoch_is_registered_and_early_stopping_ends_the_job(ray_head, mlflow_client):
+    """The issue's case: an MLP on the diabetes table overfits after a dozen epochs. The version
+    registered and gated is the best epoch's by val_rmse, and early stopping ends the job
+    `patience` epochs after it."""
+    import mlflow
+
+    from raymaas.supervised.data import DataSpec, load_builtin
+
+    patience = 5
+    proc = run_job(
+        [
+            "jobs.supervised",
+            str(REPO / "jobs/specs/diabetes_mlp.yaml"),
+            "--set",
+            "name=test-best-epoch",
+            "--set",
+            f"train_loop_config.early_stopping.patience={patience}",
+        ],
+        env=ray_head.env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_id = _run_id(proc.stdout)
+    rmse = [m.value for m in sorted(mlflow_client.get_metric_history(run_id, "val_rmse"), key=lambda m: m.step)]
+    best = int(np.argmin(rmse))
+    # stopped `patience` epochs after the best, well before the spec's 60
+    assert len(rmse) == best + 1 + patience < 60, rmse
+    run = mlflow_client.get_run(run_id)
+    assert run.data.tags["raymaas.stopped_early"] == f"after epoch {len(rmse)}"
+    assert f"raymaas: stopped early after epoch {len(rmse)} of 60" in proc.stdout
+    metrics = run.data.metrics
+    assert metrics["best_epoch"] == best + 1
+    assert metrics["best_val_rmse"] == pytest.approx(rmse[best])
+    r2 = {m.step: m.value for m in mlflow_client.get_metric_history(run_id, "val_r2")}
+    assert metrics["best_val_r2"] == pytest.approx(r2[best])  # every validation metric at that epoch
+    (version,) = mlflow_client.search_model_versions(f"name='test-best-epoch' and run_id='{run_id}'")
+    assert float(version.tags["raymaas.gate_value"]) == pytest.approx(rmse[best])
+    assert f"val_rmse {rmse[best]:.4f} at epoch {best + 1}, the best of {len(rmse)}" in proc.stdout
+    # the weights registered are that epoch's: the model scores its validation RMSE, not the last one's
+    model = mlflow.pyfunc.load_model(f"models:/test-best-epoch/{version.version}")
+    split = load_builtin(DataSpec(source="diabetes", validation_fraction=0.2), 0, "regression")
+    pred = model.predict(split.x_val)
+    assert float(np.sqrt(np.mean((pred - split.y_val[:, 0]) ** 2))) == pytest.approx(rmse[best], rel=1e-3)
+    assert rmse[-1] > rmse[best]
+
+
 MULTI_OUTPUT_NOISE = np.array([20.0, 0.5])  # each target's noise, in its units
 
 

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from raymaas.runtime.driver import TrainedModel
 from raymaas.specs import SpecModel, TrainingJobSpec
 from raymaas.supervised.data import BUILTIN_TASKS, DataSpec, check_files
-from raymaas.supervised.loop import TrainLoopConfig
+from raymaas.supervised.loop import Selection, TrainLoopConfig
 from raymaas.supervised.metrics import task_metric_names
 from raymaas.supervised.models import BUILTIN_MODELS, ModelSpec
 from raymaas.sweep.job import Trials
@@ -45,7 +45,9 @@ class FailureSpec(SpecModel):
 
 
 class TrainCheckpointSpec(SpecModel):
-    num_to_keep: int = Field(2, ge=1, description="newest checkpoints kept in storage")
+    num_to_keep: int = Field(
+        2, ge=1, description="best checkpoints (by the gate metric) kept in storage, besides the newest"
+    )
 
 
 class SupervisedSpec(TrainingJobSpec):
@@ -176,12 +178,19 @@ def _prepare(spec: SupervisedSpec, storage_path: str):
 
 
 def _fit(job, prepared):
-    """TorchTrainer.fit, then the model of its last checkpoint, with its plots."""
+    """TorchTrainer.fit, then the model of its best epoch's checkpoint, with its plots."""
     return _model_of(job, prepared, _run_trainer(job, prepared))
 
 
+def _selection(job) -> Selection:
+    """What the best epoch is chosen by: the job's gate metric, in its direction."""
+    gate = job.spec.gate(job.kind)
+    return Selection(metric=gate.metric, higher_is_better=gate.higher_is_better)
+
+
 def _run_trainer(job, prepared, in_tune: bool = False):
-    """TorchTrainer.fit; the checkpoint of its last epoch. in_tune: inside a sweep's trial,
+    """TorchTrainer.fit; the checkpoint of its best epoch by the gate metric (Ray Train keeps
+    the best checkpoints by it, and the newest for resuming). in_tune: inside a sweep's trial,
     each epoch's metrics also go to Tune (its scheduler compares trials on them)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -192,7 +201,10 @@ def _run_trainer(job, prepared, in_tune: bool = False):
 
     spec: SupervisedSpec = job.spec
     data, use_gpu, per_worker = prepared
-    config = WorkerConfig(train_loop_config=spec.train_loop_config, model=spec.model, data=data.worker)
+    selection = _selection(job)
+    config = WorkerConfig(
+        train_loop_config=spec.train_loop_config, model=spec.model, data=data.worker, selection=selection
+    )
     callbacks = [make_mlflow_callback(job.tracking_uri, job.run_id)]
     if in_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -209,15 +221,45 @@ def _run_trainer(job, prepared, in_tune: bool = False):
             name=job.run.run_name,
             storage_path=job.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=spec.failure_config.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint_config.num_to_keep),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.checkpoint_config.num_to_keep,
+                checkpoint_score_attribute=selection.metric,
+                checkpoint_score_order="max" if selection.higher_is_better else "min",
+            ),
             callbacks=callbacks,
         ),
         datasets=data.datasets,
     )
     if in_tune:  # a trial's progress is the sweep driver's to print
-        return trainer.fit().checkpoint
+        return _best_checkpoint(trainer.fit(), selection)
     with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs):
-        return call_interruptibly(trainer.fit).checkpoint
+        result = call_interruptibly(trainer.fit)
+    last = result.metrics or {}
+    if "epoch" in last and int(last["epoch"]) + 1 < spec.train_loop_config.epochs:
+        stopping = spec.train_loop_config.early_stopping
+        job.client.set_tag(job.run_id, "raymaas.stopped_early", f"after epoch {int(last['epoch']) + 1}")
+        print(
+            f"raymaas: stopped early after epoch {int(last['epoch']) + 1} of {spec.train_loop_config.epochs}: "
+            f"{selection.metric} improved by no more than {stopping.min_delta:g} in {stopping.patience} epochs",
+            flush=True,
+        )
+    return _best_checkpoint(result, selection)
+
+
+def _best_checkpoint(result, selection: Selection):
+    """The kept checkpoint with the best finite value of the selection metric (the newest when
+    no checkpoint has one)."""
+    import math
+
+    scored = [
+        (checkpoint, float(metrics[selection.metric]))
+        for checkpoint, metrics in (result.best_checkpoints or [])
+        if isinstance(metrics.get(selection.metric), (int, float)) and math.isfinite(metrics[selection.metric])
+    ]
+    if not scored:
+        return result.checkpoint
+    pick = max if selection.higher_is_better else min
+    return pick(scored, key=lambda pair: pair[1])[0]
 
 
 def _model_of(job, prepared, checkpoint):
@@ -285,12 +327,21 @@ def _model_of(job, prepared, checkpoint):
             f"(it logged {', '.join(k for k in state['metrics'] if k.startswith('val_'))})"
         )
     value = float(state["metrics"][gate.metric])
-    epochs = int(state["epoch"]) + 1
+    epochs = int(state["epoch"]) + 1  # the registered epoch, counted from 1 as the progress lines count
+    trained_epochs = max([epochs, *(m.step + 1 for m in history["val_loss"])])
+    # the epoch registered: its validation metrics, as best_<metric>, beside each epoch's
+    from raymaas.tracking.runs import log_metrics
+
+    best = {f"best_{k}": float(v) for k, v in state["metrics"].items() if k.startswith("val_")}
+    log_metrics(job.client, job.run_id, {"best_epoch": epochs, **best}, step=0)
+    summary = f"{gate.metric} {value:.4f} after {epochs} epochs"
+    if epochs < trained_epochs:
+        summary = f"{gate.metric} {value:.4f} at epoch {epochs}, the best of {trained_epochs}"
     return TrainedModel(
         module=module,
         example=np.asarray(data.example, dtype=np.float32),
         gate_value=value,
-        summary=f"{gate.metric} {value:.4f} after {epochs} epochs",
+        summary=summary,
         feature_columns=data.feature_columns,
         figures=figures,
         dicts=tables,
@@ -298,7 +349,7 @@ def _model_of(job, prepared, checkpoint):
         profile=profile,
         baseline=explain_baseline(x_train, encoding),  # what explanations measure against
         explain_rows=_filled(x_val[:IMPORTANCE_ROWS], encoding),
-        details={"epochs": epochs},
+        details={"epochs": trained_epochs, "best_epoch": epochs},
         column_types=data.column_types,
         encoding=encoding,
     )

@@ -20,6 +20,15 @@ from raymaas.supervised.models import ModelSpec, build_model
 STATE_FILE = "state.pt"
 
 
+class EarlyStopping(SpecModel):
+    patience: int = Field(
+        ge=1, description="epochs in a row without an improvement of the gate metric after which the job ends"
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="the least change of the gate metric (in its direction) that counts as an improvement"
+    )
+
+
 class TrainLoopConfig(SpecModel):
     epochs: int = Field(10, ge=1, description="passes over the training data")
     batch_size: int = Field(64, ge=1, description="rows per step on each worker")
@@ -32,11 +41,31 @@ class TrainLoopConfig(SpecModel):
     class_weight: Literal["none", "balanced"] = Field(
         "none", description="classification: balanced weighs each class by n_rows / (n_classes * its rows)"
     )
+    early_stopping: EarlyStopping | None = Field(
+        None,
+        description="end the job once the gate metric (mlflow.gate_metric) stopped improving; "
+        "the model registered is the best epoch's either way",
+    )
 
     def loss_name(self, task: str) -> str:
         if self.loss == "auto":
             return "cross_entropy" if task == "classification" else "mse"
         return self.loss
+
+
+class Selection(SpecModel):
+    """The metric the best epoch is chosen by (the job's gate metric) and its direction."""
+
+    metric: str
+    higher_is_better: bool
+
+    def improves(self, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+        """Whether value beats best by more than min_delta (a NaN never does)."""
+        if not np.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best + min_delta if self.higher_is_better else value < best - min_delta
 
 
 class WorkerConfig(SpecModel):
@@ -45,6 +74,7 @@ class WorkerConfig(SpecModel):
     train_loop_config: TrainLoopConfig
     model: ModelSpec
     data: WorkerData
+    selection: Selection
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -84,6 +114,8 @@ def train_loop_per_worker(config: dict) -> None:
     loss_fn = _loss(loop, targets, batches, device)
 
     start_epoch = 0
+    # early stopping's count: the best value of the gate metric so far, and epochs since it
+    progress = {"best": None, "best_epoch": None, "waited": 0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -91,6 +123,9 @@ def train_loop_per_worker(config: dict) -> None:
         plain.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+        progress = state.get("progress", progress)
+        if state.get("stopped_early"):  # it had ended: nothing more to train
+            start_epoch = loop.epochs
 
     distributed = world > 1 and torch.distributed.is_initialized()
     for epoch in range(start_epoch, loop.epochs):
@@ -129,6 +164,15 @@ def train_loop_per_worker(config: dict) -> None:
             "samples_per_second": train_n / max(seconds, 1e-9),
             "start_epoch": start_epoch,
         }
+        # every rank holds the same all-reduced metrics, so every rank takes the same decision
+        stopping = loop.early_stopping
+        if cfg.selection.improves(
+            metrics[cfg.selection.metric], progress["best"], stopping.min_delta if stopping else 0
+        ):
+            progress = {"best": float(metrics[cfg.selection.metric]), "best_epoch": epoch, "waited": 0}
+        else:
+            progress["waited"] += 1
+        stop = stopping is not None and progress["waited"] >= stopping.patience and epoch + 1 < loop.epochs
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(
@@ -138,12 +182,16 @@ def train_loop_per_worker(config: dict) -> None:
                         "epoch": epoch,
                         "confusion": tally.confusion_matrix(),
                         "metrics": metrics,
+                        "progress": progress,
+                        "stopped_early": stop,
                     },
                     Path(folder) / STATE_FILE,
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)  # a barrier: every rank reports
+        if stop:
+            break
 
 
 def _loss(loop: TrainLoopConfig, targets: Targets, batches, device):

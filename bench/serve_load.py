@@ -280,7 +280,7 @@ def in_process(names: list[str]) -> dict:
     from mlflow.models.utils import _enforce_schema
     from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
-    from raymaas.serving.following import LoadedModel, without_input_check
+    from raymaas.serving.following import LoadedModel, reads_strings_as_objects, without_input_check
     from raymaas.serving.protocol import parse_scoring_request
 
     def ms(fn, *args, n=200):
@@ -297,11 +297,14 @@ def in_process(names: list[str]) -> dict:
     for name in names:
         model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
         signature = model.metadata.signature
-        loaded = LoadedModel(name, "1", None, model, signature, checked_model=without_input_check(model))
+        objects = reads_strings_as_objects(model)
+        loaded = LoadedModel(
+            name, "1", None, model, signature, checked_model=without_input_check(model), strings_as_objects=objects
+        )
         body = body_for(name)
-        data, _ = parse_scoring_request(body, "application/json", signature)
+        data, _ = parse_scoring_request(body, "application/json", signature, objects)
         out[name] = {
-            "parse": ms(parse_scoring_request, body, "application/json", signature),
+            "parse": ms(parse_scoring_request, body, "application/json", signature, objects),
             "predict": ms(loaded.predict, data),
             "mlflow_parse": ms(mlflow_parse, json.loads(body), signature.inputs),
             "mlflow_predict": ms(model.predict, data),

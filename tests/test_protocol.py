@@ -109,6 +109,24 @@ def test_column_requests_build_what_mlflow_builds(signature, payload):
 @pytest.mark.parametrize(
     "payload",
     [
+        {"dataframe_records": ROWS},
+        split(ROWS, list(ROWS[0])),
+        {"inputs": {c: [r[c] for r in ROWS] for c in ROWS[0]}},
+        {"inputs": ROWS[0]},
+    ],
+)
+def test_strings_as_objects_build_mlflows_frame_with_object_strings(payload):
+    """For the platform's own models (which read string columns as objects) the strings stay
+    numpy objects: the same frame as MLflow's but for that column's dtype."""
+    fast, _ = parse_scoring_request(json.dumps(payload).encode(), "application/json", MIXED, strings_as_objects=True)
+    expected = mlflow_reads(payload, MIXED)
+    assert fast["s"].dtype == object
+    pd.testing.assert_frame_equal(fast, expected.astype({"s": object}))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
         {"dataframe_split": {"columns": ["sepal_length", "sepal_width"], "data": [[1.0, 2.0]]}},
         {"dataframe_records": [{"sepal_length": 1.0, "sepal_width": 2.0, "petal_length": 4.0}]},
         {"inputs": {"sepal_length": [1.0], "sepal_width": [2.0]}},

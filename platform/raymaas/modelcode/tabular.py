@@ -198,50 +198,66 @@ class TabularInput(nn.Module):
         self.register_buffer("fill", torch.tensor(fills, dtype=torch.float32))
         self.register_buffer("mean", torch.tensor(means, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(stds, dtype=torch.float32))
-
-        # The output in column order as a plan of static pieces: a run of consecutive numeric
-        # columns is one slice (start, end) of the standardised block; a categorical column is
-        # its column j, its encoder's index and its number of codes.
-        self._plan: list[tuple[str, int, int, int]] = []
+        # The one-hot columns in one block: each column's code, the upper bound of its codes,
+        # and for each of the block's slots the column it belongs to and its code. A
+        # categorical column of more than max_categories is embedded (one module each).
+        onehot, limits, slot_owner, slot_code = [], [], [], []
         self.encoders = nn.ModuleList()
-        width, k = 0, 0
+        self._embedded: list[tuple[int, int, int]] = []  # (column j, encoder index, n_slots)
+        embedded_width = []
         for j, c in enumerate(encoding.columns):
             if c.kind == NUMERIC:
-                if self._plan and self._plan[-1][0] == NUMERIC:
-                    self._plan[-1] = (NUMERIC, self._plan[-1][1], k + 1, 0)
-                else:
-                    self._plan.append((NUMERIC, k, k + 1, 0))
-                k += 1
-                width += 1
                 continue
             n_slots = len(c.categories or []) + 1  # code 0, unknown, has a slot of its own
             if n_slots - 1 <= encoding.max_categories:
-                encoder, width = OneHot(n_slots), width + n_slots
+                slot_owner += [len(onehot)] * n_slots
+                slot_code += range(n_slots)
+                onehot.append(j)
+                limits.append(n_slots - 0.5)
             else:
                 dim = embedding_dim(n_slots)
-                encoder, width = Embedding(n_slots, dim), width + dim
-            self._plan.append((CATEGORICAL, j, len(self.encoders), n_slots))
-            self.encoders.append(encoder)
-        self.width = width
-        self._plan_has_numeric = bool(numeric)
+                self._embedded.append((j, len(self.encoders), n_slots))
+                self.encoders.append(Embedding(n_slots, dim))
+                embedded_width.append(dim)
+        self.register_buffer("onehot_index", torch.tensor(onehot, dtype=torch.long))
+        self.register_buffer("onehot_limit", torch.tensor(limits, dtype=torch.float32))
+        self.register_buffer("slot_owner", torch.tensor(slot_owner, dtype=torch.long))
+        self.register_buffer("slot_code", torch.tensor(slot_code, dtype=torch.float32))
+
+        # The forward pass computes [numbers | one-hot block | embeddings]; the output is that
+        # in column order (each column's width where the column stands), one index_select.
+        starts, at = {}, 0
+        for j in numeric:
+            starts[j], at = (at, 1), at + 1
+        for k, j in enumerate(onehot):
+            n_slots = slot_owner.count(k)
+            starts[j], at = (at, n_slots), at + n_slots
+        for (j, _, _), dim in zip(self._embedded, embedded_width, strict=True):
+            starts[j], at = (at, dim), at + dim
+        order = [i for j in range(len(encoding.columns)) for i in range(starts[j][0], starts[j][0] + starts[j][1])]
+        self.width = at
+        self._reorder = order != list(range(at))
+        self.register_buffer("order", torch.tensor(order, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        numbers = None
-        if self._plan_has_numeric:
+        pieces = []
+        if len(self.numeric_index):
             numbers = x.index_select(1, self.numeric_index)
             numbers = torch.where(torch.isnan(numbers), self.fill, numbers)
-            numbers = (numbers - self.mean) / self.std
-        pieces = []
-        for kind, a, b, n_slots in self._plan:
-            if kind == NUMERIC:
-                pieces.append(numbers[:, a:b])
-                continue
-            code = x[:, a]
+            pieces.append((numbers - self.mean) / self.std)
+        if len(self.onehot_index):
+            codes = x.index_select(1, self.onehot_index)
             # NaN and any code outside [0, n_slots) compare false: unknown, like a new value.
-            # The code stays a float (encode gives whole numbers): gradients reach it (OneHot).
+            # The codes stay floats (encode gives whole numbers): gradients reach them (OneHot).
+            codes = torch.where((codes > -0.5) & (codes < self.onehot_limit), codes, torch.zeros_like(codes))
+            slots = codes.index_select(1, self.slot_owner)
+            pieces.append(torch.clamp(1.0 - (slots - self.slot_code).abs(), min=0.0))
+        for j, b, n_slots in self._embedded:
+            code = x[:, j]
             code = torch.where((code > -0.5) & (code < n_slots - 0.5), code, torch.zeros_like(code))
             pieces.append(self.encoders[b](code))
-        return torch.cat(pieces, dim=1)
+        out = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+        return out.index_select(1, self.order) if self._reorder else out
 
 
 class OneHot(nn.Module):

@@ -348,7 +348,9 @@ def _endpoint_class(max_models_per_replica: int):
                 body = await read_body(request, self.spec.max_request_bytes)
                 followed = await self.get_model(name)
                 loaded = followed.current
-                data, params = parse_scoring_request(body, request.headers.get("content-type", ""), loaded.signature)
+                data, params = parse_scoring_request(
+                    body, request.headers.get("content-type", ""), loaded.signature, loaded.strings_as_objects
+                )
                 result = await self.batcher.submit(PredictItem(loaded, data, params))
                 if isinstance(result, ClientError):
                     raise result

@@ -32,6 +32,9 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     # the model minus its input check, for inputs parse_scoring_request checked (see predict)
     checked_model: Any = None
+    # string columns parsed as numpy objects (parse_scoring_request): a model of this platform,
+    # which reads them so
+    strings_as_objects: bool = False
 
     def describe(self, route: str) -> dict:
         return {
@@ -75,8 +78,25 @@ def load_serving_model(client, spec: ModelEndpointSpec, version: str) -> LoadedM
 
     model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}")
     return LoadedModel(
-        spec.name, version, spec.alias, model, model.metadata.signature, checked_model=without_input_check(model)
+        spec.name,
+        version,
+        spec.alias,
+        model,
+        model.metadata.signature,
+        checked_model=without_input_check(model),
+        strings_as_objects=reads_strings_as_objects(model),
     )
+
+
+def reads_strings_as_objects(model) -> bool:
+    """Whether a loaded pyfunc model is one of this platform's (raymaas.modelcode.pyfunc),
+    whose tabular encoding reads string columns as Python objects whatever their dtype."""
+    from raymaas.modelcode.pyfunc import TorchClassifier, TorchRegressor
+
+    try:
+        return isinstance(model.unwrap_python_model(), (TorchClassifier, TorchRegressor))
+    except Exception:  # not a python_function model of a PythonModel (e.g. scikit-learn's flavour)
+        return False
 
 
 def without_input_check(model):

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train_overhead.py [--rows 300000] [--repeats 2] ...
 
-Trains the same model (raymaas.supervised.models.build_model, same ModelSpec and seed) on the same
+Trains the same model (raymaas.supervised.models.build_model, same model config and seed) on the same
 synthetic data (raymaas.supervised.data.load_builtin, source synthetic, same seed and split) with the
 same batch size, Adam learning rate, epochs and torch thread count:
 
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from raymaas.supervised.data import DataSpec, load_builtin
-from raymaas.supervised.models import ModelSpec, build_model
+from raymaas.supervised.models import MLPConfig, build_model
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_SPEC = REPO / "jobs" / "specs" / "digits_debug.yaml"
@@ -128,7 +128,7 @@ def run_plain(args) -> Epochs:
     x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
     xv, yv = torch.from_numpy(split.x_val), torch.from_numpy(split.y_val)
     model = build_model(
-        ModelSpec(name="mlp", hidden_sizes=args.hidden),
+        MLPConfig(hidden_sizes=args.hidden),
         x.shape[1],
         args.classes,
         split.x_train.mean(0),

@@ -172,6 +172,7 @@ def test_cnn_spec_trains(ray_head, mlflow_client):
     assert np.isfinite(run.data.metrics["train_loss"])
 
 
+# A factory as written before input_shape and n_outputs: still given n_features and n_classes.
 USER_PACKAGE = """
 import torch
 
@@ -209,10 +210,8 @@ def test_parquet_folder_and_user_model_factory(tmp_path, ray_head, mlflow_client
             f"data.source={folder}",
             "--set",
             "data.label_column=species",
-            "--set",
-            "model.name=acme_models:tiny_mlp",
-            "--set",
-            "model.options={width: 32}",
+            "--set",  # the whole section: the debug spec's hidden_sizes is not a factory's field
+            "model={name: acme_models:tiny_mlp, options: {width: 32}}",
             "--set",
             "train_loop_config.epochs=4",
         ],

@@ -62,7 +62,7 @@ def train_loop_per_worker(config: dict) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from raymaas.supervised.data import DataSpec, load_builtin
-    from raymaas.supervised.models import ModelSpec, build_model
+    from raymaas.supervised.models import build_model, parse_model_spec
 
     seed, epochs = config["seed"], config["epochs"]
     ctx = ray.train.get_context()
@@ -77,7 +77,11 @@ def train_loop_per_worker(config: dict) -> None:
     xv, yv = torch.from_numpy(split.x_val), torch.from_numpy(split.y_val)
 
     model = build_model(
-        ModelSpec(**config["model"]), split.x_train.shape[1], n_classes, split.x_train.mean(0), split.x_train.std(0)
+        parse_model_spec(config["model"]),
+        split.x_train.shape[1],
+        n_classes,
+        split.x_train.mean(0),
+        split.x_train.std(0),
     )
     model = ray.train.torch.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model

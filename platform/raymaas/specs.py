@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from raymaas.sweep.space import TuneConfigSpec
 
@@ -187,15 +198,17 @@ def validate_spec(model: type[SpecT], data: dict, source: str = "spec") -> SpecT
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(format_validation_error(exc, source)) from None
+        raise SpecError(format_validation_error(exc, source, model)) from None
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel]) -> str:
     lines = [f"invalid spec {source}:"]
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"])
+        field, member = spec_location(model, err["loc"])
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and member is not None:
+            msg = f"not a field of {field.rpartition('.')[0]} ({member}); `raymaas explain` lists each one's fields"
+        elif err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; `raymaas explain` lists the fields)"
         elif err["type"] == "missing":
             msg = "required field is missing"
@@ -206,6 +219,29 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         # a check across fields names the fields in its message
         lines.append(f"  {field}: {msg}{shown}" if field else f"  {msg}")
     return "\n".join(lines)
+
+
+def spec_location(model: type[BaseModel], loc: tuple) -> tuple[str, str | None]:
+    """An error's location as the spec's dotted field, and the tag of the union member it is in
+    (the model family, for a field of a `model` section). pydantic puts a tagged union's tag in the
+    location (model.mlp.hidden_sizes), a key no spec has."""
+    parts: list[str] = []
+    member = entered = None
+    node: Any = model
+    rest = list(loc)
+    while rest:
+        part = rest.pop(0)
+        parts.append(str(part))
+        member, entered = entered, None  # the member this part is a field of, if any
+        fields = node.model_fields if isinstance(node, type) and issubclass(node, BaseModel) else {}
+        field = fields.get(part) if isinstance(part, str) else None
+        members = _union_members(field) if field is not None else None
+        if members and rest and rest[0] in members:
+            entered = rest.pop(0)
+            node = members[entered]
+        else:
+            node = _section_model(field.annotation) if field is not None else None
+    return ".".join(parts), member
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -221,11 +257,18 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted name, default, description) for every field of a spec, sections expanded."""
+    """(dotted name, default, description) for every field of a spec, sections expanded; a
+    section that is one of several models (a tagged union: the supervised `model`) shows the
+    fields they share once, then each member's own as `section (tag).field`."""
     rows = []
     for name, field in model.model_fields.items():
-        ann = _section_model(field.annotation)
         dotted = f"{prefix}{name}"
+        members = _union_members(field)
+        if members:
+            rows.append((dotted, "", field.description or ""))
+            rows.extend(_describe_members(dotted, members, field.get_default(call_default_factory=True)))
+            continue
+        ann = _section_model(field.annotation)
         if ann is not None:
             optional = "" if field.is_required() or field.get_default(call_default_factory=True) is not None else "None"
             rows.append((dotted, optional, field.description or ""))
@@ -236,10 +279,37 @@ def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str,
     return rows
 
 
+def _describe_members(dotted: str, members: dict[str, type[BaseModel]], default: Any) -> list[tuple[str, str, str]]:
+    # A member tagged _... only carries an error (a model name that is no family): not listed.
+    listed = {tag: cls for tag, cls in members.items() if not tag.startswith("_")}
+    shared = set.intersection(*(set(cls.model_fields) for cls in listed.values()))
+    rows = [
+        (f"{dotted}.{name}", repr(getattr(default, name, None)), f"which section below applies: {', '.join(listed)}")
+        for name in sorted(shared)
+    ]
+    for tag, cls in listed.items():
+        section = f"{dotted} ({tag})"
+        rows.append((section, "", " ".join((cls.__doc__ or "").split())))
+        rows.extend(
+            row for row in describe_fields(cls, f"{section}.") if row[0] not in {f"{section}.{s}" for s in shared}
+        )
+    return rows
+
+
+def _union_members(field: FieldInfo) -> dict[str, type[BaseModel]] | None:
+    """The members of a field typed as a tagged union (pydantic's Discriminator and Tags), by tag."""
+    if not any(isinstance(m, Discriminator) for m in field.metadata):
+        return None
+    members = {}
+    for arg in typing.get_args(field.annotation):
+        cls, *marks = typing.get_args(arg)  # Annotated[cls, Tag(tag)]
+        tag = next(m.tag for m in marks if isinstance(m, Tag))
+        members[tag] = cls
+    return members
+
+
 def _section_model(annotation) -> type[BaseModel] | None:
     """The section model of a field typed as one, or as one or None (tune_config)."""
-    import typing
-
     for candidate in (annotation, *typing.get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate

@@ -1,5 +1,5 @@
 """Supervised jobs on Ray Train: the spec and driver (job.py), data sources (data.py), models
-(models.py), the per-worker loop (loop.py) and the controller's MLflow logger (logger.py)."""
+(models/, one module per model family), the per-worker loop (loop.py) and the controller's MLflow logger (logger.py)."""
 
 from raymaas.supervised.job import SupervisedSpec, run_training
 

@@ -18,7 +18,7 @@ from raymaas.specs import SpecModel, TrainingJobSpec
 from raymaas.supervised.data import BUILTIN_TASKS, DataSpec, check_files
 from raymaas.supervised.loop import Selection, TrainLoopConfig
 from raymaas.supervised.metrics import task_metric_names
-from raymaas.supervised.models import BUILTIN_MODELS, ModelSpec
+from raymaas.supervised.models import BUILTIN_MODELS, MLPConfig, ModelSpec
 from raymaas.sweep.job import Trials
 
 
@@ -56,7 +56,9 @@ class SupervisedSpec(TrainingJobSpec):
         "classification", description="classification (a label per row) or regression (one or more numbers per row)"
     )
     data: DataSpec = Field(default_factory=DataSpec, description="where the rows come from")
-    model: ModelSpec = Field(default_factory=ModelSpec, description="the network")
+    model: ModelSpec = Field(
+        default_factory=MLPConfig, description="the network: model.name picks its family, each with its own fields"
+    )
     train_loop_config: TrainLoopConfig = Field(
         default_factory=TrainLoopConfig, description="passed to train_loop_per_worker"
     )

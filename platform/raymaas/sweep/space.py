@@ -168,16 +168,21 @@ def check_space(spec_model: type, base: dict, domains: dict[str, Domain]) -> Non
     ValueError naming the field, the value and what the spec says of it."""
     from pydantic import ValidationError
 
+    from raymaas.specs import spec_location  # raymaas.specs imports this module
+
     for field, domain in domains.items():
         for value in domain.probes():
             try:
                 spec_model.model_validate(trial_data(base, {field: value}))
             except ValidationError as exc:
                 err = exc.errors()[0]
-                where = ".".join(str(p) for p in err["loc"])
-                if err["type"] == "extra_forbidden":
-                    raise ValueError(f"param_space.{field}: no such spec field ({where} is unknown)") from None
-                msg = err["msg"].removeprefix("Value error, ")
+                where, member = spec_location(spec_model, err["loc"])
+                # the field itself unknown, not a field the drawn value refuses (model.name: cnn
+                # refuses the mlp's model.hidden_sizes)
+                unknown = f"not a field of {where.rpartition('.')[0]} ({member})" if member else f"{where} is unknown"
+                if err["type"] == "extra_forbidden" and (field == where or field.startswith(where + ".")):
+                    raise ValueError(f"param_space.{field}: no such spec field ({unknown})") from None
+                msg = unknown if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
                 raise ValueError(
                     f"param_space.{field}: {domain.describe()} can draw {value!r}, which the spec refuses: "
                     f"{where or field}: {msg}"

@@ -1,0 +1,64 @@
+"""The `cnn` family: a small CNN over an image, or over flat features that are a square image."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+
+from raymaas.specs import SpecModel
+
+
+class CNNConfig(SpecModel):
+    """a small CNN: 3x3 conv layers, average-pooled to 2x2, then a Linear; n flat features are a
+    sqrt(n) x sqrt(n) single-channel image"""
+
+    name: Literal["cnn"] = "cnn"
+    channels: list[PositiveInt] = Field([16, 32], min_length=1, description="output channels of each 3x3 conv layer")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the last Linear")
+
+    # Its input is pixels: build_model refuses encoded table columns (categories, imputed numbers).
+    input_is_image: ClassVar[bool] = True
+
+
+def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(channels, height, width) of an input of this shape: flat features are a square, single-channel image."""
+    if len(input_shape) == 3:
+        return input_shape
+    if len(input_shape) == 2:
+        return (1, *input_shape)
+    if len(input_shape) != 1:
+        raise ValueError(
+            f"model cnn takes (channels, height, width), (height, width) or flat inputs, not {input_shape}"
+        )
+    (n,) = input_shape
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"model cnn needs square images: {n} features is not a square")
+    return (1, side, side)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, image: tuple[int, int, int], n_outputs: int, channels: list[int], dropout: float):
+        super().__init__()
+        self.image = image
+        convs: list[nn.Module] = []
+        in_ch = image[0]
+        for ch in channels:
+            convs += [nn.Conv2d(in_ch, ch, kernel_size=3, padding=1), nn.ReLU()]
+            in_ch = ch
+        self.convs = nn.Sequential(*convs)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_ch * 4, n_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, *self.image)
+        return self.head(self.pool(self.convs(x)))
+
+
+def build(config: CNNConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+    """A SmallCNN over the input as an image, to n_outputs."""
+    return SmallCNN(image_shape(input_shape), n_outputs, config.channels, config.dropout)

@@ -395,7 +395,7 @@ def _frame_from_columns(found: dict, columns: _Columns, signature, objects: bool
                 np.array(found[name], dtype=_COLUMN_TYPES[kind][1] or object)
                 for name, kind in zip(columns.names, columns.kinds, strict=True)
             ]
-            return _frame_of_arrays(arrays, columns.index), None
+            return frame_of_arrays(arrays, columns.index), None
         built = {}
         for name, kind in zip(columns.names, columns.kinds, strict=True):
             dtype = _COLUMN_TYPES[kind][1]
@@ -405,7 +405,7 @@ def _frame_from_columns(found: dict, columns: _Columns, signature, objects: bool
     return pd.DataFrame(built), None
 
 
-def _frame_of_arrays(arrays: list, index):
+def frame_of_arrays(arrays: list, index):
     """A DataFrame of one checked 1-D array per column, strings as objects. pandas' constructor
     checks and converts each column again, about 0.1 ms a column (a list of strings becomes
     Arrow-backed `str`): most of a one-row request's parsing in a table of mixed types

@@ -717,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from raymaas.runtime.entrypoint import quiet_artifact_downloads
+
+    quiet_artifact_downloads()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

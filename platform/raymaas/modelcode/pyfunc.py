@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -25,6 +26,11 @@ import pandas as pd
 import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+# These models check their input themselves (the signature, raymaas.serving.protocol) and do
+# not use MLflow's validation by type hints; its advice to add them would otherwise be printed
+# wherever this module is imported (each job's output, each replica's log).
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 _PROGRAM = "program"
 _PROFILE = "reference_profile"

@@ -8,6 +8,7 @@ lacks the resources, 130/143 stopped (Ctrl-C / `ray job stop`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -16,11 +17,18 @@ from raymaas.specs import EXIT_INVALID_SPEC, SpecError, load_spec, read_spec_fil
 EXIT_NO_RESOURCES = 3
 
 
+def quiet_artifact_downloads() -> None:
+    """No MLflow progress bars ("Downloading artifacts: 100%|...") in a job's or a command's
+    output: its own lines say what happens. A user's MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR wins."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def main(argv: list[str] | None = None, kind: str | None = None, sweep: bool = False) -> int:
     """Validate the spec, run its job (kind, else the spec's own), print the outcome. A spec
     with tune_config runs as a sweep (raymaas.sweep.job); sweep=True refuses any other."""
     from raymaas.kinds import UnknownKind, get_kind, kind_of
 
+    quiet_artifact_downloads()
     prog = "python -m jobs.sweep" if sweep else f"python -m jobs.{kind}" if kind else "python -m jobs.run"
     parser = argparse.ArgumentParser(
         prog=prog,

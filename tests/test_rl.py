@@ -262,6 +262,7 @@ def test_ray_job_submit_stop_and_resubmit_continues_the_run(ray_head, mlflow_cli
     assert version.run_id == run.info.run_id
 
 
+@pytest.mark.slow  # a training run: not for make test-fast
 def test_checkpoints_go_where_raymaas_storage_path_says(tmp_path):
     """RL jobs keep their checkpoints in the job's checkpoint storage, as supervised jobs do,
     not under the project folder: on a cluster that is the storage every node reaches."""

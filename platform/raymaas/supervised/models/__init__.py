@@ -1,5 +1,5 @@
-"""The networks a supervised job trains: built-in families (linear, mlp, cnn) and user factories
-named `package.module:factory`.
+"""The networks a supervised job trains: built-in families (linear, mlp, cnn, lstm, gru) and user
+factories named `package.module:factory`.
 
 A family is one module here: its config (a SpecModel whose `name` is a Literal of the family's
 name, holding only that family's fields) and `build(config, input_shape, n_outputs)`. Adding
@@ -22,11 +22,12 @@ from torch import nn
 
 from raymaas.modelcode.tabular import TabularEncoding, TabularInput
 from raymaas.specs import SpecModel
-from raymaas.supervised.models import cnn, factory, linear, mlp
+from raymaas.supervised.models import cnn, factory, linear, mlp, rnn
 from raymaas.supervised.models.cnn import CNNConfig, SmallCNN
 from raymaas.supervised.models.factory import FactoryConfig, resolve_factory
 from raymaas.supervised.models.linear import LinearConfig
 from raymaas.supervised.models.mlp import MLP, MLPConfig
+from raymaas.supervised.models.rnn import RNNConfig
 from raymaas.supervised.models.scaling import Standardize, Unstandardize
 
 
@@ -42,6 +43,8 @@ FAMILIES: dict[str, Family] = {
     "linear": Family(LinearConfig, linear.build),
     "mlp": Family(MLPConfig, mlp.build),
     "cnn": Family(CNNConfig, cnn.build),
+    "lstm": Family(RNNConfig, rnn.build),
+    "gru": Family(RNNConfig, rnn.build),
 }
 BUILTIN_MODELS = tuple(FAMILIES)
 DEFAULT_MODEL = "mlp"
@@ -149,6 +152,7 @@ __all__ = [
     "MLP",
     "MLPConfig",
     "ModelSpec",
+    "RNNConfig",
     "SmallCNN",
     "Standardize",
     "Unstandardize",

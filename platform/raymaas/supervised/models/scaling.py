@@ -7,25 +7,26 @@ import torch
 from torch import nn
 
 
-class Standardize(nn.Module):
-    """(x - mean) / std with the training split's statistics stored as buffers."""
+class _Scaling(nn.Module):
+    """A mean and a std, stored as the buffers `mean` and `std` (float32; a std of 1e-6 or
+    less, a constant column, taken as 1 so nothing is divided by ~0). The buffers' names are
+    the state_dict keys of every registered model and checkpoint: they stay as they are."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", mean.float().clone())
         self.register_buffer("std", torch.where(std > 1e-6, std, torch.ones_like(std)).float().clone())
+
+
+class Standardize(_Scaling):
+    """(x - mean) / std with the training split's statistics stored as buffers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
 
-class Unstandardize(nn.Module):
+class Unstandardize(_Scaling):
     """y * std + mean: a regression network's standardised outputs in the targets' units."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mean", mean.float().clone())
-        self.register_buffer("std", torch.where(std > 1e-6, std, torch.ones_like(std)).float().clone())
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.std + self.mean

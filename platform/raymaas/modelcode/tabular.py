@@ -246,18 +246,23 @@ class TabularInput(nn.Module):
             numbers = torch.where(torch.isnan(numbers), self.fill, numbers)
             pieces.append((numbers - self.mean) / self.std)
         if len(self.onehot_index):
-            codes = x.index_select(1, self.onehot_index)
-            # NaN and any code outside [0, n_slots) compare false: unknown, like a new value.
-            # The codes stay floats (encode gives whole numbers): gradients reach them (OneHot).
-            codes = torch.where((codes > -0.5) & (codes < self.onehot_limit), codes, torch.zeros_like(codes))
+            codes = _known_codes(x.index_select(1, self.onehot_index), self.onehot_limit)
             slots = codes.index_select(1, self.slot_owner)
             pieces.append(torch.clamp(1.0 - (slots - self.slot_code).abs(), min=0.0))
         for j, b, n_slots in self._embedded:
-            code = x[:, j]
-            code = torch.where((code > -0.5) & (code < n_slots - 0.5), code, torch.zeros_like(code))
-            pieces.append(self.encoders[b](code))
+            pieces.append(self.encoders[b](_known_codes(x[:, j], n_slots - 0.5)))
         out = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
         return out.index_select(1, self.order) if self._reorder else out
+
+
+def _known_codes(codes: torch.Tensor, limit: torch.Tensor | float) -> torch.Tensor:
+    """codes with any code outside [0, n_slots) made 0, unknown, like a new value: the guard of
+    both the one-hot block and an embedded column. limit is n_slots - 0.5, one float for a
+    column's codes [n], or a tensor of one per column for the block's codes [n, k]; NaN
+    compares false, so it is unknown too. The codes stay floats (encode gives whole numbers)
+    so that gradients reach them (OneHot); a torch.where, no branch on the data, so
+    torch.export keeps the batch dimension dynamic."""
+    return torch.where((codes > -0.5) & (codes < limit), codes, torch.zeros_like(codes))
 
 
 class OneHot(nn.Module):

@@ -390,19 +390,20 @@ def _frame_from_columns(found: dict, columns: _Columns, signature, objects: bool
         if columns.uniform is not None:
             block = np.array([found[n] for n in columns.names], dtype=_COLUMN_TYPES[columns.uniform][1])
             return pd.DataFrame(block.T, columns=columns.index, copy=False), None
-        if objects:
-            arrays = [
-                np.array(found[name], dtype=_COLUMN_TYPES[kind][1] or object)
-                for name, kind in zip(columns.names, columns.kinds, strict=True)
-            ]
-            return frame_of_arrays(arrays, columns.index), None
-        built = {}
+        # A string column (dtype None) is a numpy array of objects when the model reads them as
+        # objects (strings_as_objects), else a list that pandas' constructor makes its `str` of.
+        built = []
         for name, kind in zip(columns.names, columns.kinds, strict=True):
             dtype = _COLUMN_TYPES[kind][1]
-            built[name] = list(found[name]) if dtype is None else np.array(found[name], dtype=dtype)
+            if dtype is None and not objects:
+                built.append(list(found[name]))
+            else:
+                built.append(np.array(found[name], dtype=dtype or object))
+        if objects:
+            return frame_of_arrays(built, columns.index), None
     except (OverflowError, ValueError, TypeError):
         return None, None
-    return pd.DataFrame(built), None
+    return pd.DataFrame(dict(zip(columns.names, built, strict=True))), None
 
 
 def frame_of_arrays(arrays: list, index):

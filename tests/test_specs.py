@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import DEBUG_SPEC, REPO
-from raymaas.specs import SpecError, apply_overrides, flatten, load_spec
+from raymaas.specs import SpecError, apply_overrides, describe_fields, flatten, load_spec
 from raymaas.supervised import SupervisedSpec
 
 
@@ -86,6 +86,24 @@ def test_overrides_parse_yaml_values_and_nest():
 
 def test_flatten_for_params():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": []}) == {"a.b": 1, "a.c.d": 2, "e": []}
+
+
+def test_a_config_of_several_families_is_described_once():
+    """RNNConfig is the config of both lstm and gru: `raymaas explain supervised` lists its
+    fields once, under a section naming both tags, not once per tag."""
+    from raymaas.supervised.models import FAMILIES
+
+    names = [name for name, _, _ in describe_fields(SupervisedSpec)]
+    assert len(names) == len(set(names))
+    assert "model (lstm | gru)" in names and "model (lstm)" not in names and "model (gru)" not in names
+    assert [n for n in names if n.endswith(".hidden_size")] == ["model (lstm | gru).hidden_size"]
+    assert "model (lstm | gru).num_layers" in names and "model (mlp).hidden_sizes" in names
+    # a section per config, each tag (the families and factory) named by exactly one of them
+    sections = [
+        n.removeprefix("model (").removesuffix(")") for n in names if n.startswith("model (") and n.endswith(")")
+    ]
+    assert sorted(tag for section in sections for tag in section.split(" | ")) == sorted([*FAMILIES, "factory"])
+    assert len(sections) == len({family.config for family in FAMILIES.values()}) + 1
 
 
 def test_file_source_label_column_checked_before_ray(tmp_path):

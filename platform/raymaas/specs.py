@@ -259,7 +259,8 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted name, default, description) for every field of a spec, sections expanded; a
     section that is one of several models (a tagged union: the supervised `model`) shows the
-    fields they share once, then each member's own as `section (tag).field`."""
+    fields they share once, then each member's own as `section (tag).field`; a model that
+    several tags name (lstm and gru: RNNConfig) is described once, as `section (tag | tag).field`."""
     rows = []
     for name, field in model.model_fields.items():
         dotted = f"{prefix}{name}"
@@ -287,8 +288,13 @@ def _describe_members(dotted: str, members: dict[str, type[BaseModel]], default:
         (f"{dotted}.{name}", repr(getattr(default, name, None)), f"which section below applies: {', '.join(listed)}")
         for name in sorted(shared)
     ]
+    # The tags of each model, in the order the first of them is listed: a model under several
+    # tags has the same fields under each, so it is described once, naming them all.
+    tags_of: dict[type[BaseModel], list[str]] = {}
     for tag, cls in listed.items():
-        section = f"{dotted} ({tag})"
+        tags_of.setdefault(cls, []).append(tag)
+    for cls, tags in tags_of.items():
+        section = f"{dotted} ({' | '.join(tags)})"
         rows.append((section, "", " ".join((cls.__doc__ or "").split())))
         rows.extend(
             row for row in describe_fields(cls, f"{section}.") if row[0] not in {f"{section}.{s}" for s in shared}

@@ -20,7 +20,10 @@ The rules (the README's batch section should say the same):
   input columns are ignored unless passed through). A model whose signature is one tensor
   `[-1, n]` (the digits MLP: float32 `[-1, 64]`) gets `feature_columns`, by default every
   input column except the pass-through ones, in file order; their number must be n (the
-  product of the tensor's dimensions after the first).
+  product of the tensor's dimensions after the first). A sequence model's tensor
+  `[-1, length, channels]` is built from Parquet list columns instead: one column of lists of
+  lists (steps x channels), or `channels` columns of lists of numbers, one a channel in the
+  order named; a row whose sequence is null, of another length, or missing a step is rejected.
 - **Types.** Integer and float columns feed float inputs, integer columns integer inputs,
   booleans boolean, strings string; anything else exits 2 naming the column. A CSV feature
   column is read as text and converted per batch, so one bad value rejects its row, not the
@@ -169,20 +172,32 @@ def check_probabilities(model: ModelRef) -> None:
 class Features:
     """How a batch's columns become the model's input; each model actor gets one."""
 
-    kind: str  # "tensor" (one array) or "columns" (a DataFrame of named columns)
+    # "tensor" (one array of scalar columns), "sequence" (one array of list columns) or
+    # "columns" (a DataFrame of named columns)
+    kind: str
     columns: tuple[str, ...]  # the input columns fed to the model, in the model's order
     dtypes: tuple[str, ...]  # the numpy dtype each is converted to ("str" for strings)
-    tensor_shape: tuple[int, ...] | None = None  # kind "tensor": the signature's shape, -1 first
+    tensor_shape: tuple[int, ...] | None = None  # kinds "tensor", "sequence": the signature's shape, -1 first
+    # kind "sequence": the shape of one row's value of each column: the tensor's row shape for a
+    # single column holding it all (lists of lists: steps x channels), the row shape without its
+    # last dimension for columns that are one channel each
+    column_shape: tuple[int, ...] | None = None
 
     def expected(self, dtype: str) -> str:
         """A dtype as the signature names it: MLflow's column types, numpy's for a tensor."""
-        if self.kind == "tensor":
+        if self.kind in ("tensor", "sequence"):
             return dtype
         return {v: k for k, v in COLUMN_DTYPES.items()}[dtype]
 
     def describe(self) -> str:
         if self.kind == "tensor":
             return f"tensor {self.dtypes[0]} {list(self.tensor_shape)} from {len(self.columns)} columns"
+        if self.kind == "sequence":
+            tensor = f"tensor {self.dtypes[0]} {list(self.tensor_shape)}"
+            if self.column_shape == self.tensor_shape[1:]:
+                return f"{tensor} from list column {self.columns[0]!r}"
+            s = "s" if len(self.columns) > 1 else ""
+            return f"{tensor} from {len(self.columns)} list column{s}, one channel each"
         return f"{len(self.columns)} named columns"
 
 
@@ -387,6 +402,8 @@ def _features(signature, schema: _Schema, passthrough: list[str], feature_column
         missing = [c for c in columns if c not in schema.names]
         if missing:
             raise SpecError(f"feature_columns {missing} are not columns of {file}")
+        if any(is_list_type(schema.types[c]) for c in columns):
+            return _sequence_features(schema, columns, dtype, shape, bool(feature_columns), file)
         if len(columns) != width:
             rule = "feature_columns" if feature_columns else "every column except the pass-through ones"
             raise SpecError(
@@ -412,6 +429,98 @@ def _features(signature, schema: _Schema, passthrough: list[str], feature_column
     return Features("columns", tuple(columns), tuple(dtypes))
 
 
+def is_list_type(t) -> bool:
+    """A pyarrow list type: what a Parquet column of sequences is (CSV has none)."""
+    import pyarrow.types as pat
+
+    return pat.is_list(t) or pat.is_large_list(t) or pat.is_fixed_size_list(t)
+
+
+def _sequence_features(schema: _Schema, columns: list[str], dtype, shape: tuple, named: bool, file: Path) -> Features:
+    """A tensor built from list columns: one column whose rows hold the tensor's whole row
+    (lists of lists for [-1, length, channels]), or one column per channel (the tensor's last
+    dimension), each row a list of `length` numbers. SpecError naming the column otherwise."""
+    tensor = f"the model takes a {dtype} tensor {list(shape)}"
+    rule = "feature_columns" if named else "every column except the pass-through ones"
+    lists = [c for c in columns if is_list_type(schema.types[c])]
+    scalars = [c for c in columns if c not in lists]
+    if scalars:
+        raise SpecError(
+            f"{tensor}, built from list columns or from scalar columns, not both: {file} gives list column(s) "
+            f"{', '.join(map(repr, lists))} and scalar column(s) {', '.join(map(repr, scalars))} as features "
+            f"({rule}); set feature_columns or passthrough_columns"
+        )
+    row = tuple(shape[1:])
+    depths = {c: _list_depth(schema.types[c]) for c in lists}
+    channel_depth = len(row) - 1  # the list levels of a column that is one channel of the tensor
+    if len(lists) == 1 and depths[lists[0]] == len(row):
+        column_shape = row
+    elif channel_depth and len(lists) == row[-1] and all(d == channel_depth for d in depths.values()):
+        column_shape = row[:-1]
+    else:
+        want = len(row) if len(lists) == 1 else channel_depth
+        odd = [c for c in lists if depths[c] != want] if want else []
+        if odd:
+            gives = f"list column {odd[0]!r} ({schema.types[odd[0]]})"
+        else:
+            gives = f"{len(lists)} list columns ({', '.join(map(repr, lists))})"
+        raise SpecError(
+            f"{tensor}, built from {_sequence_forms(row)}; but {file} gives {gives} as features ({rule}): "
+            "set feature_columns or passthrough_columns"
+        )
+    for c in lists:
+        problem = _sequence_problem(schema.types[c], column_shape, str(dtype))
+        if problem:
+            raise SpecError(f"input file {file}: column {c!r} {problem} ({tensor})")
+    return Features("sequence", tuple(lists), (str(dtype),) * len(lists), tuple(shape), column_shape)
+
+
+def _sequence_forms(row: tuple[int, ...]) -> str:
+    """The list columns a tensor of that row shape is built from, in words."""
+    if len(row) == 1:
+        return f"one list column of {row[0]} numbers a row"
+    dims = " x ".join(map(str, row))
+    if len(row) == 2:
+        whole = f"one column of lists of lists ({row[0]} steps x {row[1]} channels)"
+        return f"{whole} or {row[1]} list column{'s' if row[1] > 1 else ''} of {row[0]} steps, one a channel"
+    inner = " x ".join(map(str, row[:-1]))
+    return (
+        f"one column of lists nested {len(row)} deep ({dims}) or {row[-1]} columns nested {len(row) - 1} deep ({inner})"
+    )
+
+
+def _list_depth(t) -> int:
+    """How many list levels a type has: 0 for a scalar, 2 for lists of lists."""
+    depth = 0
+    while is_list_type(t):
+        t, depth = t.value_type, depth + 1
+    return depth
+
+
+def _sequence_problem(t, column_shape: tuple[int, ...], dtype: str) -> str | None:
+    """Why a column cannot feed a sequence tensor of numpy dtype, a row's value being of
+    column_shape, or None. Lengths are checked per row by the scorer; a fixed-size list's here."""
+    import pyarrow.types as pat
+
+    if pat.is_null(t):
+        return None  # no values (yet): its rows are rejected as null
+    if _list_depth(t) != len(column_shape):
+        levels = " of ".join(["lists"] * len(column_shape))
+        return f"is {t}, where the model needs {levels} of numbers"
+    leaf = t
+    for size in column_shape:
+        if pat.is_fixed_size_list(leaf) and leaf.list_size != size:
+            return f"is {t}: lists of exactly {leaf.list_size} values where the model takes {size}"
+        leaf = leaf.value_type
+    if dtype == "bool":
+        ok = pat.is_boolean(leaf)
+    elif dtype.startswith(("int", "uint")):
+        ok = pat.is_integer(leaf)
+    else:  # booleans as 0 and 1, as the sequence trainer reads them
+        ok = pat.is_integer(leaf) or pat.is_floating(leaf) or pat.is_boolean(leaf)
+    return None if ok else f"holds lists of {leaf}, not numbers the model takes as {dtype}"
+
+
 def _check_file(file: Path, schema: _Schema, features: Features, passthrough: list[str], fmt: str) -> None:
     if PATH_COLUMN in schema.names:
         raise SpecError(
@@ -428,7 +537,10 @@ def _check_file(file: Path, schema: _Schema, features: Features, passthrough: li
             f"(its columns: {', '.join(schema.names)})"
         )
     for name, dtype in zip(features.columns, features.dtypes):
-        problem = _type_problem(schema, name, dtype, features.expected(dtype), fmt)
+        if features.kind == "sequence":
+            problem = _sequence_problem(schema.types[name], features.column_shape, dtype)
+        else:
+            problem = _type_problem(schema, name, dtype, features.expected(dtype), fmt)
         if problem:
             raise SpecError(f"input file {file}: column {name!r} {problem}")
 

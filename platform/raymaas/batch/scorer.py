@@ -13,6 +13,8 @@ A row is rejected, not the batch, when
 - a feature is missing (null), unless the model fills it in itself (a categorical column's
   unknown slot, an imputed number: `nullable_columns`), or, read from CSV text, not a number of
   the input's type;
+- a sequence (a list column feeding a tensor [-1, length, channels]) is null, has another number
+  of steps or channels than the tensor, or misses a step (null or NaN);
 - the model raises on it: a batch that fails is split in halves until the rows that fail on
   their own are found (a few extra calls per bad row; models score rows independently). Only
   when the model fails on every row of an actor's first batch does the job fail instead: that
@@ -24,6 +26,7 @@ A row is rejected, not the batch, when
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -112,7 +115,10 @@ def score_table(
     reasons: list[str | None] = [None] * n
     columns = []
     for name, dtype in zip(features.columns, features.dtypes):
-        values, problems = convert_column(batch.column(name), dtype, name, name in nullable)
+        if features.kind == "sequence":
+            values, problems = convert_sequence(batch.column(name), dtype, name, features.column_shape)
+        else:
+            values, problems = convert_column(batch.column(name), dtype, name, name in nullable)
         columns.append(values)
         for i, why in problems:
             if reasons[i] is None:
@@ -178,6 +184,94 @@ def convert_column(column, dtype: str, name: str, nullable: bool = False) -> tup
     return filled.to_numpy(zero_copy_only=False), problems
 
 
+def convert_sequence(column, dtype: str, name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """A batch's list column as a numpy array [n, *shape] of dtype (zeros where a row is bad),
+    and the bad rows with why: a null sequence or step, a list of another length than the
+    shape's, a value that is null or NaN (or, for an integer tensor, not one of its integers).
+
+    Level by level with pyarrow (list lengths, flatten), not row by row: each level's elements
+    keep the row they belong to, and where in it, for the reasons. The rows whose every list
+    has its length then own exactly prod(shape) values each, in order, and are gathered at once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(array)
+    if pa.types.is_null(array.type):  # a column with no values at all
+        return np.zeros((n, *shape), dtype=dtype), [(i, f"null in column {name!r}") for i in range(n)]
+    reasons: dict[int, str] = {}
+    level, owner = array, np.arange(n)  # the elements of one list level, and the row of each
+    trail: list[tuple[np.ndarray, np.ndarray]] = []  # per level below the rows: each element's parent and place in it
+    for depth, size in enumerate(shape):
+        nulls = level.is_null().to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(level).fill_null(0).to_numpy(zero_copy_only=False)
+        wrong = ~nulls & (lengths != size)
+        for e in _first_per_row(np.flatnonzero(nulls | wrong), owner, reasons):
+            counted = f"{lengths[e]} {_count_word(depth, shape)}, the model takes {size}"
+            if depth == 0:
+                why = f"null in column {name!r}" if nulls[e] else f"column {name!r}: {counted}"
+            else:
+                place = f"column {name!r}: {_place(trail, e, shape)}"
+                why = f"{place} is null" if nulls[e] else f"{place} has {counted}"
+            reasons[int(owner[e])] = why
+        starts = np.cumsum(lengths) - lengths
+        parent = np.repeat(np.arange(len(level)), lengths)
+        trail.append((parent, np.arange(len(parent)) - starts[parent]))
+        owner = owner[parent]
+        level = level.flatten()  # the values of the non-null lists: as many as their lengths add up to
+    nulls = level.is_null().to_numpy(zero_copy_only=False)
+    missing = pc.is_null(level, nan_is_null=True).to_numpy(zero_copy_only=False)
+    if level.null_count:
+        level = level.fill_null(False if pa.types.is_boolean(level.type) else 0)
+    flat = level.to_numpy(zero_copy_only=False)
+    values = flat.astype(dtype)
+    # An integer tensor takes the values its dtype holds exactly (the plan has checked the type).
+    lost = (values.astype(flat.dtype) != flat) & ~missing if values.dtype.kind in "biu" else np.zeros(len(flat), bool)
+    for e in _first_per_row(np.flatnonzero(missing | lost), owner, reasons):
+        place = f"column {name!r}: {_place(trail, e, shape)}"
+        if missing[e]:
+            reasons[int(owner[e])] = f"{place} is {'null' if nulls[e] else 'NaN'}"
+        else:
+            reasons[int(owner[e])] = f"{place} is {flat[e].item()!r}, not {_kind_name(dtype)}"
+    if not reasons:  # every row has its prod(shape) values, in order
+        return values.reshape(n, *shape), []
+    out = np.zeros((n, *shape), dtype=dtype)
+    rows = np.setdiff1d(np.arange(n), np.fromiter(reasons, int, len(reasons)))
+    if len(rows):
+        counts = np.bincount(owner, minlength=n)  # values per row: prod(shape) for the good ones
+        first = np.cumsum(counts) - counts
+        out[rows] = values[first[rows, None] + np.arange(math.prod(shape))].reshape(len(rows), *shape)
+    return out, sorted(reasons.items())
+
+
+def _first_per_row(elements: np.ndarray, owner: np.ndarray, reasons: dict):
+    """The first of the (ascending) elements in each row not yet rejected: one reason a row."""
+    if not len(elements):
+        return []
+    _, first = np.unique(owner[elements], return_index=True)
+    return [int(e) for e in elements[first] if int(owner[e]) not in reasons]
+
+
+def _place(trail: list, element: int, shape: tuple[int, ...]) -> str:
+    """Where an element of the level below `trail` is in its row: `step 5`, `step 5, channel 1`,
+    or for tensors of more dimensions `value [5, 1, 0]`."""
+    index = []
+    for parent, place in reversed(trail):
+        index.append(int(place[element]))
+        element = parent[element]
+    index.reverse()
+    if len(shape) <= 2:
+        return ", ".join(f"{word} {i}" for word, i in zip(("step", "channel"), index))
+    return f"value {index}"
+
+
+def _count_word(depth: int, shape: tuple[int, ...]) -> str:
+    """What the lists of a level hold, in words."""
+    if len(shape) > 2:
+        return "values"
+    return "steps" if depth == 0 else "channels"
+
+
 def _convert_values(values: list, dtype: str, name: str, problems: list) -> tuple[np.ndarray, list]:
     out = np.zeros(len(values), dtype=dtype)
     bad = dict(problems)
@@ -216,6 +310,12 @@ def _kind_name(dtype: str) -> str:
 
 def model_input(features: Features, columns: list[np.ndarray], rows: np.ndarray):
     """The model's input for the good rows: one tensor, or a DataFrame of named columns."""
+    if features.kind == "sequence":
+        whole = len(rows) == len(columns[0])
+        parts = [values if whole else values[rows] for values in columns]
+        if features.column_shape == features.tensor_shape[1:]:
+            return parts[0]  # one column holds the whole row: lists of lists
+        return np.stack(parts, axis=-1).astype(features.dtypes[0], copy=False)  # one column a channel
     if features.kind == "tensor":
         x = np.empty((len(rows), len(columns)), dtype=features.dtypes[0])
         whole = len(rows) == len(columns[0])

@@ -476,15 +476,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_sample_data(args: argparse.Namespace) -> int:
     """Write a generated table to a Parquet or CSV file (by its suffix), to train a shipped
     spec on: `loans` is what jobs/specs/loans.yaml reads (numbers with missing values, text
-    and integer categories, a boolean, the label `default`)."""
+    and integer categories, a boolean, the label `default`); `load` an hourly electricity
+    load with the temperature, rows shuffled (jobs/specs/load_lstm.yaml forecasts it);
+    `waveforms` labelled sensor traces in a list column, Parquet only
+    (jobs/specs/waveforms_gru.yaml)."""
     from pathlib import Path
 
-    from raymaas.supervised.data import make_loans
+    from raymaas.supervised.data import make_load_series, make_loans, make_waveforms
 
     path = Path(args.output)
     if path.suffix.lower() not in (".parquet", ".csv"):
         raise CliError(f"{args.output}: name a .parquet or .csv file", exit_code=2)
-    frame = make_loans(args.rows, seed=args.seed)
+    if args.name == "waveforms" and path.suffix.lower() == ".csv":
+        raise CliError(f"{args.output}: waveforms are a list column, which CSV cannot hold: name a .parquet file", 2)
+    make = {"loans": make_loans, "load": make_load_series, "waveforms": make_waveforms}[args.name]
+    frame = make(args.rows, seed=args.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
         frame.to_csv(path, index=False)
@@ -690,7 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser(
         "sample-data", help="write a generated table to train a shipped spec on", description=cmd_sample_data.__doc__
     )
-    sample.add_argument("name", choices=["loans"], help="the table: loans (jobs/specs/loans.yaml)")
+    sample.add_argument(
+        "name",
+        choices=["loans", "load", "waveforms"],
+        help="the table: loans (jobs/specs/loans.yaml), load (load_lstm.yaml), waveforms (waveforms_gru.yaml)",
+    )
     sample.add_argument("output", help="the .parquet or .csv file to write")
     sample.add_argument("--rows", type=positive_int, default=20_000, help="rows to write (default: 20000)")
     sample.add_argument("--seed", type=int, default=0, help="the generator's seed (default: 0)")

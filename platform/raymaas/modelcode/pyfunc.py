@@ -176,7 +176,7 @@ def _encoding(encoding: dict):
 
 
 def classifier_signature(
-    n_features: int,
+    n_features: int | tuple[int, ...],
     feature_columns: list[str] | None,
     classes: list | None = None,
     probabilities: bool = True,
@@ -194,7 +194,10 @@ def classifier_signature(
 
 
 def regressor_signature(
-    n_features: int, feature_columns: list[str] | None, n_outputs: int, column_types: dict[str, str] | None = None
+    n_features: int | tuple[int, ...],
+    feature_columns: list[str] | None,
+    n_outputs: int,
+    column_types: dict[str, str] | None = None,
 ) -> ModelSignature:
     shape = (-1,) if n_outputs == 1 else (-1, n_outputs)
     return ModelSignature(
@@ -228,10 +231,14 @@ def feature_types(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def _input_schema(
-    n_features: int, feature_columns: list[str] | None, column_types: dict[str, str] | None = None
+    n_features: int | tuple[int, ...], feature_columns: list[str] | None, column_types: dict[str, str] | None = None
 ) -> Schema:
+    """A column signature, or a float32 tensor of n_features per row (an int), or of one
+    example's shape (a tuple: (length, channels) for a sequence model, declared [-1, length,
+    channels])."""
     if not feature_columns:
-        return Schema([TensorSpec(np.dtype(np.float32), (-1, n_features))])
+        shape = (n_features,) if isinstance(n_features, int) else tuple(int(d) for d in n_features)
+        return Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))])
     types = dict(column_types or {})
     unknown = sorted(set(types) - set(feature_columns))
     if unknown:
@@ -265,7 +272,7 @@ def log_classifier(
     type of feature columns (`feature_types` of the training rows); a column not named is
     `double`. encoding: the categorical columns' vocabularies and the imputed columns
     (raymaas.modelcode.tabular.TabularEncoding.to_dict()); example then holds encoded rows."""
-    n = example.shape[1]
+    n = example.shape[1] if example.ndim == 2 else tuple(example.shape[1:])
     named = classes if classes is not None and classes != list(range(len(classes))) else None
     model = TorchClassifier(feature_columns, named, encoding)
     signature = classifier_signature(n, feature_columns, named, probabilities, column_types)
@@ -286,7 +293,8 @@ def log_regressor(
     """Export module (predictions in the targets' units out) and log it to the active MLflow
     run as a TorchRegressor, with its reference profile and explanation baseline if given;
     return MLflow's ModelInfo. column_types, encoding: as for log_classifier."""
-    signature = regressor_signature(example.shape[1], feature_columns, n_outputs, column_types)
+    n = example.shape[1] if example.ndim == 2 else tuple(example.shape[1:])
+    signature = regressor_signature(n, feature_columns, n_outputs, column_types)
     model = TorchRegressor(feature_columns, n_outputs, encoding)
     return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline, encoding)
 

@@ -403,6 +403,7 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
     from raymaas.rl.export import PARITY_OBSERVATIONS, action_scores_network, check_parity
     from raymaas.runtime.driver import TrainedModel
     from raymaas.tracking import plots
+    from raymaas.tracking.publish import log_as_classifier
     from raymaas.tracking.runs import log_metrics
 
     client, run_id, progress = job.client, job.run_id, loop.progress
@@ -449,6 +450,8 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
         dicts={"evaluation.json": {**ev.to_dict(), "env_steps": progress.env_steps}},
         figures={"plots/return_curve.png": figure},
         check=check,
+        # action ids; a policy's action scores are no logits to take probabilities of
+        log_model=log_as_classifier(probabilities=False),
         profile=profile,
         baseline=obs.mean(axis=0),  # the mean observation of the parity episodes
         explain_rows=obs[:256],

@@ -70,6 +70,10 @@ class TrainedModel:
     column_types: dict[str, str] | None = None
     # categorical columns' vocabularies and imputed columns (raymaas.modelcode.tabular, to_dict())
     encoding: dict | None = None
+    # logs this model to the active MLflow run, returning MLflow's ModelInfo: the kind picks its
+    # pyfunc class and signature (raymaas.tracking.publish.log_as_classifier, log_as_regressor)
+    log_model: Callable[[TrainedModel], Any] | None = None
+    classifier: bool = True  # its outputs are class scores (explanations follow the predicted class), else values
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from raymaas.specs import SpecError, SpecModel
+from raymaas.supervised.windows import WindowSpec
 
 if TYPE_CHECKING:
     from raymaas.supervised.checks import TableFacts
@@ -64,6 +65,16 @@ class DataSpec(SpecModel):
     max_categories: int = Field(
         32, ge=1, description="files: a categorical column of up to this many values is one-hot encoded, else embedded"
     )
+    order_by: str | None = Field(
+        None,
+        description="files: the column that orders a time series (with window): rows are sorted by it, and the "
+        "validation split is the last share in time",
+    )
+    window: WindowSpec | None = Field(
+        None,
+        description="files, with order_by: examples are `length` consecutive rows of the feature columns (default: "
+        "every numeric column but order_by, the label's past included), the target the label `horizon` rows later",
+    )
     validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of rows held out for validation")
     n_samples: int = Field(20_000, gt=10, description="synthetic: number of rows")
     n_features: int = Field(32, gt=0, description="synthetic: number of features")
@@ -91,7 +102,11 @@ class DataSpec(SpecModel):
 
     @model_validator(mode="after")
     def _check_file_schema(self) -> DataSpec:
+        if (self.order_by is None) != (self.window is None):
+            raise ValueError("order_by and window go together: a time series is cut into windows by its order")
         if self.source in BUILTIN_DATASETS:
+            if self.window is not None:
+                raise ValueError(f"window is for a time series in a file, not the built-in set {self.source!r}")
             return self
         self.format = infer_format(Path(self.source), self.format)
         try:
@@ -109,6 +124,13 @@ class DataSpec(SpecModel):
         overlap = [c for c in (self.feature_columns or []) if c in self.label_columns]
         if overlap:
             raise ValueError(f"feature_columns {overlap} are also label columns")
+        if self.order_by is not None:
+            if self.order_by not in columns:
+                raise ValueError(
+                    f"order_by {self.order_by!r} is not a column of {self.source} (columns: {', '.join(columns)})"
+                )
+            if not isinstance(self.label_column, str):
+                raise ValueError("label_column: a window forecasts one column, not a list")
         features = self.feature_columns or [c for c in columns if c not in self.label_columns]
         stray = [c for c in self.categorical_columns if c not in features]
         if stray:
@@ -120,12 +142,22 @@ class DataSpec(SpecModel):
         return [self.label_column] if isinstance(self.label_column, str) else list(self.label_column)
 
 
-def check_files(spec: DataSpec, task: str) -> TableFacts:
+def check_files(spec: DataSpec, task: str) -> TableFacts | None:
     """A file source's one cheap scan (raymaas.supervised.checks) before Ray starts: a
-    ValueError naming each problem's file, column and count, else what the scan found."""
+    ValueError naming each problem's file, column and count, else what the scan found. A
+    sequence source (list columns, or a time series cut into windows) is read whole here, as
+    the job will read it (None: no table facts)."""
     # Imported here: pyarrow.dataset, .csv and .parquet take about 1 s to import, and the
     # workers and the CLI that import this module never scan.
+    from raymaas.supervised import sequences
     from raymaas.supervised.checks import scan_table
+
+    if sequences.layout(spec) is not None:
+        try:
+            sequences.read_sequences(spec, task, 0)
+        except sequences.SequenceError as err:
+            raise ValueError(f"the data in {spec.source} cannot train as it is: {err}") from None
+        return None
 
     return scan_table(
         spec.source, spec.format, spec.label_columns, spec.feature_columns, task, spec.impute, spec.categorical_columns
@@ -185,6 +217,34 @@ class BuiltinData(SpecModel):
     n_features: int = Field(..., gt=0)
     targets: Targets
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n_features,)
+
+
+class SequenceData(SpecModel):
+    """A sequence source (raymaas.supervised.sequences): each worker reads the file and cuts
+    the same split from it, by the seed (list columns) or by time (windows)."""
+
+    source: Literal["sequences"] = "sequences"
+    spec: DataSpec
+    input_shape: tuple[int, int]  # (length, channels): one example's
+    channels: list[str] = Field(..., min_length=1)
+    targets: Targets
+    # each channel's mean and standard deviation over the training split's steps
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _one_statistic_per_channel(self) -> SequenceData:
+        if not len(self.channels) == len(self.mean) == len(self.std) == self.input_shape[1]:
+            raise ValueError("channels, mean and std must have one entry per channel")
+        return self
+
+    @property
+    def n_features(self) -> int:
+        return self.input_shape[0] * self.input_shape[1]
+
 
 class FileShards(SpecModel):
     """A file source: each worker reads its shards of Ray Data's `train` and `validation`."""
@@ -206,8 +266,12 @@ class FileShards(SpecModel):
             raise ValueError("feature_columns, mean and std must have n_features entries each")
         return self
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n_features,)
 
-WorkerData = Annotated[Union[BuiltinData, FileShards], Field(discriminator="source")]
+
+WorkerData = Annotated[Union[BuiltinData, SequenceData, FileShards], Field(discriminator="source")]
 
 
 class DataError(SpecError):
@@ -242,6 +306,25 @@ def load_builtin(spec: DataSpec, seed: int, task: str = "classification") -> Arr
     else:
         x, y = make_synthetic(spec.n_samples, spec.n_features, spec.n_classes, seed)
     return split_arrays(x, y, spec.validation_fraction, seed)
+
+
+def array_split(data: BuiltinData | SequenceData, seed: int) -> ArraySplit:
+    """The split of a source held in memory, as the network trains on it: float32 features,
+    int64 class ids (a validation row whose label the training split lacks is left out) or
+    float32 targets [n, k]."""
+    if isinstance(data, BuiltinData):
+        return load_builtin(data.spec, seed, data.targets.task)
+    from raymaas.supervised.sequences import read_sequences
+
+    split = read_sequences(data.spec, data.targets.task, seed)
+    if data.targets.task == "regression":
+        return ArraySplit(split.x_train, split.y_train, split.x_val, split.y_val)
+    import pandas as pd
+
+    index = pd.Index(data.targets.classes)
+    y_train, y_val = index.get_indexer(split.y_train), index.get_indexer(split.y_val)
+    known = y_val >= 0
+    return ArraySplit(split.x_train, y_train.astype(np.int64), split.x_val[known], y_val[known].astype(np.int64))
 
 
 def make_synthetic(n_samples: int, n_features: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -312,6 +395,72 @@ def make_loans(n_samples: int = 4000, seed: int = 0):
     return frame
 
 
+def make_load_series(n_rows: int = 20_000, seed: int = 0):
+    """An hourly electricity load as such series arrive (a DataFrame, rows in no particular
+    order): `timestamp`, the outside `temperature` (a daily and a yearly cycle, weather noise)
+    and the `load` in MW, which follows the hour of day, the day of week, the temperature
+    (heating below 15 degrees, cooling above 22) and a slowly wandering level. What the window
+    spec (jobs/specs/load_lstm.yaml) forecasts; generated, never downloaded."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    hours = np.arange(n_rows)
+    day, week, year = 2 * np.pi * hours / 24, 2 * np.pi * hours / 168, 2 * np.pi * hours / 8766
+    weather = np.zeros(n_rows)
+    level = np.zeros(n_rows)
+    shocks, drift = rng.normal(0.0, 0.6, n_rows), rng.normal(0.0, 0.4, n_rows)
+    for t in range(1, n_rows):  # weather fronts and the load's level persist for hours
+        weather[t] = 0.97 * weather[t - 1] + shocks[t]
+        level[t] = 0.995 * level[t - 1] + drift[t]
+    temperature = 12.0 - 9.0 * np.cos(year) - 4.0 * np.cos(day - 0.6) + weather
+    load = (
+        500.0
+        + 60.0 * np.sin(day - 2.0)
+        + 25.0 * np.sin(2 * day - 1.0)
+        - 40.0 * (np.cos(week) > 0.62)  # the weekend
+        + 6.0 * np.maximum(15.0 - temperature, 0.0)
+        + 9.0 * np.maximum(temperature - 22.0, 0.0)
+        + 5.0 * level
+        + rng.normal(0.0, 4.0, n_rows)
+    )
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(hours, unit="h"),
+            "temperature": temperature.round(2),
+            "load": load.round(1),
+        }
+    )
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+WAVEFORMS = ("sine", "square", "sawtooth", "chirp")
+
+
+def make_waveforms(n_rows: int = 20_000, seed: int = 0, steps: int = 64):
+    """A labelled set of waveforms (a DataFrame): `signal`, a list of `steps` float values (a
+    sensor's trace), and `shape`, one of WAVEFORMS, each with its own random frequency, phase,
+    amplitude, offset and noise. What the list-column spec (jobs/specs/waveforms_gru.yaml)
+    classifies; generated, never downloaded."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    shape = rng.integers(0, len(WAVEFORMS), n_rows)
+    t = np.linspace(0.0, 1.0, steps)[None, :]
+    cycles = rng.uniform(1.5, 4.0, (n_rows, 1))
+    phase = rng.uniform(0.0, 2 * np.pi, (n_rows, 1))
+    angle = 2 * np.pi * cycles * t + phase
+    chirp = 2 * np.pi * cycles * (t + 1.5 * t * t) + phase
+    waves = np.stack(
+        [np.sin(angle), np.sign(np.sin(angle)), 2.0 * ((angle / (2 * np.pi)) % 1.0) - 1.0, np.sin(chirp)], axis=0
+    )
+    signal = waves[shape, np.arange(n_rows)]
+    signal = rng.uniform(0.5, 2.0, (n_rows, 1)) * signal + rng.normal(0.0, 0.5, (n_rows, 1))
+    signal = signal + rng.normal(0.0, 0.25, signal.shape)
+    return pd.DataFrame(
+        {"signal": list(signal.astype(np.float32).round(4)), "shape": np.asarray(WAVEFORMS, dtype=object)[shape]}
+    )
+
+
 def split_arrays(x: np.ndarray, y: np.ndarray, validation_fraction: float, seed: int) -> ArraySplit:
     order = np.random.default_rng(seed).permutation(len(x))
     n_val = max(1, int(round(len(x) * validation_fraction)))
@@ -337,6 +486,8 @@ class PreparedData:
     notes: dict[str, str] = field(default_factory=dict)  # facts found in the data, as run tags
     # files: each feature column's type in the signature (example_rows); built-in: None
     column_types: dict[str, str] | None = None
+    # figures of the data logged with the run once, e.g. a forecast's naive baseline (val_rmse_naive)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def prepare_data(spec: DataSpec, seed: int, task: str = "classification") -> PreparedData:
@@ -345,7 +496,54 @@ def prepare_data(spec: DataSpec, seed: int, task: str = "classification") -> Pre
         split = load_builtin(spec, seed, task)
         worker = BuiltinData(spec=spec, n_features=split.x_train.shape[1], targets=builtin_targets(split, task))
         return PreparedData(worker, {}, split.x_val[:8], None)
+    from raymaas.supervised.sequences import layout
+
+    if layout(spec) is not None:
+        return prepare_sequences(spec, seed, task)
     return read_files(spec, seed, task)
+
+
+def prepare_sequences(spec: DataSpec, seed: int, task: str) -> PreparedData:
+    """A sequence source read once in the driver: the targets and the per-channel statistics
+    fitted on the training split, the example, and for a forecast the naive baseline's error."""
+    from raymaas.supervised.sequences import SequenceError, describe, read_sequences
+
+    try:
+        split = read_sequences(spec, task, seed)
+    except SequenceError as err:
+        raise DataError(str(err)) from None
+    notes = {"raymaas.sequences": describe(spec, split)}
+    print(f"raymaas: {notes['raymaas.sequences']}", flush=True)
+    if task == "classification":
+        classes = sort_classes(np.unique(split.y_train))
+        if len(classes) < 2:
+            raise DataError(f"label_column {spec.label_columns[0]!r}: the training split holds {len(classes)} class")
+        unseen = unseen_labels(split.y_val, classes)
+        if unseen:
+            notes["raymaas.unseen_validation_labels"] = ", ".join(f"{k!r}: {n} rows" for k, n in unseen.items())
+        targets = Targets(task=task, classes=classes)
+    else:
+        std = split.y_train.std(0)
+        targets = Targets(
+            task=task,
+            names=spec.label_columns,
+            mean=split.y_train.mean(0).tolist(),
+            std=np.where(std > 0, std, 1.0).tolist(),
+        )
+    _, length, channels = split.x_train.shape
+    worker = SequenceData(
+        spec=spec,
+        input_shape=(length, channels),
+        channels=split.channels,
+        targets=targets,
+        mean=split.x_train.mean(axis=(0, 1)).tolist(),
+        std=split.x_train.std(axis=(0, 1)).tolist(),
+    )
+    metrics = {}
+    if split.naive_val is not None and task == "regression":
+        # the last known value as the forecast: the error a forecaster must beat
+        metrics["val_rmse_naive"] = float(np.sqrt(np.mean((split.naive_val - split.y_val[:, 0]) ** 2)))
+    return PreparedData(worker, {}, split.x_val[:8], None, notes, None, metrics)
 
 
 def builtin_targets(split: ArraySplit, task: str) -> Targets:

@@ -237,8 +237,8 @@ def _run_trainer(job, prepared, in_tune: bool = False):
     with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs):
         result = call_interruptibly(trainer.fit)
     last = result.metrics or {}
-    if "epoch" in last and int(last["epoch"]) + 1 < spec.train_loop_config.epochs:
-        stopping = spec.train_loop_config.early_stopping
+    stopping = spec.train_loop_config.early_stopping
+    if stopping is not None and "epoch" in last and int(last["epoch"]) + 1 < spec.train_loop_config.epochs:
         job.client.set_tag(job.run_id, "raymaas.stopped_early", f"after epoch {int(last['epoch']) + 1}")
         print(
             f"raymaas: stopped early after epoch {int(last['epoch']) + 1} of {spec.train_loop_config.epochs}: "
@@ -271,6 +271,7 @@ def _model_of(job, prepared, checkpoint):
     from raymaas.supervised.loop import STATE_FILE
     from raymaas.supervised.models import build_model
     from raymaas.tracking import plots
+    from raymaas.tracking.publish import log_as_classifier, log_as_regressor
 
     spec: SupervisedSpec = job.spec
     data = prepared[0]
@@ -278,15 +279,15 @@ def _model_of(job, prepared, checkpoint):
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
     worker = data.worker
     targets = worker.targets
-    n_features = worker.n_features
+    statistics = worker.input_shape[-1]  # the Standardize layer's: one per feature, or per channel
     regression = targets.task == "regression"
     encoding = getattr(worker, "encoding", None)
     module = build_model(
         spec.model,
-        n_features,
+        worker.input_shape,
         targets.n_outputs,
-        np.zeros(n_features),
-        np.ones(n_features),
+        np.zeros(statistics),
+        np.ones(statistics),
         np.zeros(targets.n_outputs) if regression else None,
         np.ones(targets.n_outputs) if regression else None,
         encoding=encoding,
@@ -335,10 +336,12 @@ def _model_of(job, prepared, checkpoint):
     from raymaas.tracking.runs import log_metrics
 
     best = {f"best_{k}": float(v) for k, v in state["metrics"].items() if k.startswith("val_")}
-    log_metrics(job.client, job.run_id, {"best_epoch": epochs, **best}, step=0)
+    log_metrics(job.client, job.run_id, {"best_epoch": epochs, **best, **data.metrics}, step=0)
     summary = f"{gate.metric} {value:.4f} after {epochs} epochs"
     if epochs < trained_epochs:
         summary = f"{gate.metric} {value:.4f} at epoch {epochs}, the best of {trained_epochs}"
+    if "val_rmse_naive" in data.metrics:  # a forecast: the baseline it must beat
+        summary += f" (the naive forecast's val_rmse: {data.metrics['val_rmse_naive']:.4f})"
     return TrainedModel(
         module=module,
         example=np.asarray(data.example, dtype=np.float32),
@@ -354,6 +357,8 @@ def _model_of(job, prepared, checkpoint):
         details={"epochs": trained_epochs, "best_epoch": epochs},
         column_types=data.column_types,
         encoding=encoding,
+        log_model=log_as_regressor(targets.n_outputs) if regression else log_as_classifier(targets.classes),
+        classifier=not regression,
     )
 
 
@@ -408,7 +413,7 @@ def per_class_table(confusion, labels: list[str]) -> dict:
 def _split_rows(data, spec, split: str, limit: int):
     """Up to limit rows of a split ("train" or "validation"): (features as float32, targets as
     they are: class labels of any type, or values)."""
-    from raymaas.supervised.data import load_builtin
+    from raymaas.supervised.data import SequenceData, load_builtin
 
     worker = data.worker
     if split in data.datasets:
@@ -422,7 +427,12 @@ def _split_rows(data, spec, split: str, limit: int):
             x = frame[worker.feature_columns].to_numpy(dtype=np.float32)
         y = frame[worker.label_columns].to_numpy()
         return x, y
-    rows = load_builtin(spec.data, spec.train_loop_config.seed, spec.task)
+    if isinstance(worker, SequenceData):
+        from raymaas.supervised.sequences import read_sequences
+
+        rows = read_sequences(spec.data, spec.task, spec.train_loop_config.seed)
+    else:
+        rows = load_builtin(spec.data, spec.train_loop_config.seed, spec.task)
     if split == "train":
         return rows.x_train[:limit], rows.y_train[:limit]
     return rows.x_val[:limit], rows.y_val[:limit]

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from raymaas.specs import SpecModel
 from raymaas.supervised import metrics as task_metrics
-from raymaas.supervised.data import BuiltinData, DataSpec, FileShards, Targets, WorkerData, load_builtin, shard_rows
+from raymaas.supervised.data import ArraySplit, BuiltinData, FileShards, Targets, WorkerData, array_split, shard_rows
 from raymaas.supervised.models import ModelSpec, build_model
 
 STATE_FILE = "state.pt"
@@ -89,18 +89,20 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(loop.seed)
 
+    if isinstance(data, FileShards):
+        batches = _ShardBatches(data, loop, device)
+    else:  # a built-in set or a sequence file: held in memory
+        batches = _ArrayBatches(array_split(data, loop.seed), loop, rank, world, device)
     if isinstance(data, BuiltinData):
-        batches = _ArrayBatches(data.spec, data.targets, loop, rank, world, device)
         mean, std = batches.stats
     else:
-        batches = _ShardBatches(data, loop, device)
         mean, std = data.mean, data.std
     targets = data.targets
     regression = targets.task == "regression"
 
     model = build_model(
         cfg.model,
-        data.n_features,
+        data.input_shape,
         targets.n_outputs,
         np.asarray(mean),
         np.asarray(std),
@@ -222,10 +224,10 @@ def _loss(loop: TrainLoopConfig, targets: Targets, batches, device):
 
 
 class _ArrayBatches:
-    """A built-in data set held in memory; each rank takes an equal slice, reshuffled per epoch."""
+    """A data set held in memory (a built-in set, a sequence file); each rank takes an equal
+    slice, reshuffled per epoch."""
 
-    def __init__(self, spec: DataSpec, targets: Targets, loop: TrainLoopConfig, rank: int, world: int, device):
-        split = load_builtin(spec, loop.seed, targets.task)
+    def __init__(self, split: ArraySplit, loop: TrainLoopConfig, rank: int, world: int, device):
         self.stats = (split.x_train.mean(0), split.x_train.std(0))
         self._x = torch.from_numpy(split.x_train).to(device)
         self._y = torch.from_numpy(split.y_train).to(device)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 
 from raymaas.specs import SpecModel
@@ -37,7 +36,7 @@ class Windows(NamedTuple):
 
 
 def cut_windows(
-    frame: pd.DataFrame,
+    frame,
     order_by: str,
     feature_columns: list[str] | None,
     label_column: str,
@@ -61,6 +60,8 @@ def cut_windows(
     Raises ValueError naming the problem: a missing column, a non-numeric or null feature or
     label column, a null order_by, or a series too short for one example in each split.
     """
+    import pandas as pd
+
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be between 0 and 1 (exclusive), not {validation_fraction}")
     if order_by not in frame.columns:

@@ -22,7 +22,6 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
     spec's registered model name, gated on gate (raymaas.specs.Gate: metric and direction)."""
     import mlflow
 
-    from raymaas.modelcode.pyfunc import log_classifier, log_regressor
     from raymaas.tracking import registry
 
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
@@ -33,33 +32,10 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
     for path, folder in trained.artifact_dirs.items():
         client.log_artifacts(run_id, folder, path)
 
-    targets = trained.targets
+    if trained.log_model is None:
+        raise ValueError("the trained model does not say how it is logged (TrainedModel.log_model)")
     with mlflow.start_run(run_id=run_id):
-        if targets is not None and targets.task == "regression":
-            info = log_regressor(
-                trained.module,
-                trained.example,
-                targets.n_outputs,
-                trained.feature_columns,
-                profile=trained.profile,
-                baseline=trained.baseline,
-                column_types=trained.column_types,
-                encoding=trained.encoding,
-            )
-        else:
-            classes = targets.classes if targets is not None else None
-            # probabilities for a supervised classifier's logits, not for an RL policy's action scores
-            info = log_classifier(
-                trained.module,
-                trained.example,
-                trained.feature_columns,
-                classes=classes,
-                probabilities=targets is not None,
-                profile=trained.profile,
-                baseline=trained.baseline,
-                column_types=trained.column_types,
-                encoding=trained.encoding,
-            )
+        info = trained.log_model(trained)
     if trained.explain_rows is not None:
         try:
             log_feature_importance(client, run_id, spec.name, trained)
@@ -73,6 +49,49 @@ def publish_model(client, run_id: str, spec, gate, trained) -> Publication:
     return Publication(name, version, info.model_uri, decision.promoted, decision.reason)
 
 
+def log_as_classifier(classes: list | None = None, probabilities: bool = True):
+    """A TrainedModel.log_model for class scores: a TorchClassifier answering classes' labels
+    (None: class ids); probabilities: it takes the `probabilities` param (a softmax of the
+    scores; not for scores that are no logits, such as a DQN policy's Q-values)."""
+
+    def log(trained):
+        from raymaas.modelcode.pyfunc import log_classifier
+
+        return log_classifier(
+            trained.module,
+            trained.example,
+            trained.feature_columns,
+            classes=classes,
+            probabilities=probabilities,
+            profile=trained.profile,
+            baseline=trained.baseline,
+            column_types=trained.column_types,
+            encoding=trained.encoding,
+        )
+
+    return log
+
+
+def log_as_regressor(n_outputs: int):
+    """A TrainedModel.log_model for values: a TorchRegressor of n_outputs outputs."""
+
+    def log(trained):
+        from raymaas.modelcode.pyfunc import log_regressor
+
+        return log_regressor(
+            trained.module,
+            trained.example,
+            n_outputs,
+            trained.feature_columns,
+            profile=trained.profile,
+            baseline=trained.baseline,
+            column_types=trained.column_types,
+            encoding=trained.encoding,
+        )
+
+    return log
+
+
 def log_feature_importance(client, run_id: str, title: str, trained, n_steps: int = 32) -> dict:
     """The model's global feature importance, the mean absolute Integrated Gradients
     attribution of its answer over trained.explain_rows, to the run: feature_importance.json
@@ -82,10 +101,12 @@ def log_feature_importance(client, run_id: str, title: str, trained, n_steps: in
     from raymaas.explain.attribution import IntegratedGradients, global_importance
     from raymaas.tracking import plots
 
-    targets = trained.targets
-    regression = targets is not None and targets.task == "regression"
     explainer = IntegratedGradients(
-        trained.module, not regression, trained.feature_columns, baseline=trained.baseline, encoding=trained.encoding
+        trained.module,
+        trained.classifier,
+        trained.feature_columns,
+        baseline=trained.baseline,
+        encoding=trained.encoding,
     )
     rows = np.asarray(trained.explain_rows, dtype=np.float32)
     if trained.feature_columns and trained.encoding is None:  # encoded rows stay an array
@@ -96,7 +117,7 @@ def log_feature_importance(client, run_id: str, title: str, trained, n_steps: in
     names = trained.feature_columns or [f"input[{i}]" for i in range(int(np.prod(explanation.attributions.shape[1:])))]
     table = global_importance(explanation, names)
     client.log_dict(run_id, table, "feature_importance.json")
-    what = "the predicted class's score" if not regression else "output 0"
+    what = "the predicted class's score" if trained.classifier else "output 0"
     client.log_figure(
         run_id,
         plots.importance_figure(table, f"{title}: integrated gradients of {what}"),

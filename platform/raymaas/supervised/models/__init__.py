@@ -111,7 +111,7 @@ def build_network(spec: SpecModel, input_shape: tuple[int, ...], n_outputs: int)
 
 def build_model(
     spec: SpecModel,
-    n_features: int,
+    input_shape: int | tuple[int, ...],
     n_outputs: int,
     mean,
     std,
@@ -119,12 +119,15 @@ def build_model(
     target_std=None,
     encoding: dict | None = None,
 ) -> nn.Module:
-    """The network named by spec, behind a Standardize layer fitted to the training data and,
-    for regression (target_mean and target_std given), before an Unstandardize layer. With an
-    encoding (raymaas.modelcode.tabular.TabularEncoding.to_dict(): categorical or imputed
-    columns) a TabularInput layer takes the encoded rows instead of Standardize: it fills in
-    missing numbers, standardises them and one-hot encodes or embeds each categorical column;
-    the network's input is that layer's width."""
+    """The network named by spec for inputs of input_shape (one example's: (n_features,) for a
+    row, (length, channels) for a sequence; an int is a row's width), behind a Standardize
+    layer fitted to the training data (mean and std per feature, or per channel: the last
+    axis) and, for regression (target_mean and target_std given), before an Unstandardize
+    layer. With an encoding (raymaas.modelcode.tabular.TabularEncoding.to_dict(): categorical
+    or imputed columns) a TabularInput layer takes the encoded rows instead of Standardize: it
+    fills in missing numbers, standardises them and one-hot encodes or embeds each categorical
+    column; the network's input is that layer's width."""
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     first: nn.Module
     if encoding is not None:
         if getattr(spec, "input_is_image", False):
@@ -132,10 +135,10 @@ def build_model(
                 f"model {spec.name} takes images (square, numeric features), not categorical or imputed columns"
             )
         first = TabularInput(TabularEncoding.from_dict(encoding))
-        n_features = first.width
+        shape = (first.width,)
     else:
         first = Standardize(torch.as_tensor(mean), torch.as_tensor(std))
-    layers = [first, build_network(spec, (n_features,), n_outputs)]
+    layers = [first, build_network(spec, shape, n_outputs)]
     if target_mean is not None:
         layers.append(Unstandardize(torch.as_tensor(target_mean), torch.as_tensor(target_std)))
     return nn.Sequential(*layers)

@@ -479,17 +479,23 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     and integer categories, a boolean, the label `default`); `load` an hourly electricity
     load with the temperature, rows shuffled (jobs/specs/load_lstm.yaml forecasts it);
     `waveforms` labelled sensor traces in a list column, Parquet only
-    (jobs/specs/waveforms_gru.yaml)."""
+    (jobs/specs/waveforms_gru.yaml); `transactions` card payments, a few of them fraud
+    (jobs/specs/transactions_autoencoder.yaml, task anomaly)."""
     from pathlib import Path
 
-    from raymaas.supervised.data import make_load_series, make_loans, make_waveforms
+    from raymaas.supervised.data import make_load_series, make_loans, make_transactions, make_waveforms
 
     path = Path(args.output)
     if path.suffix.lower() not in (".parquet", ".csv"):
         raise CliError(f"{args.output}: name a .parquet or .csv file", exit_code=2)
     if args.name == "waveforms" and path.suffix.lower() == ".csv":
         raise CliError(f"{args.output}: waveforms are a list column, which CSV cannot hold: name a .parquet file", 2)
-    make = {"loans": make_loans, "load": make_load_series, "waveforms": make_waveforms}[args.name]
+    make = {
+        "loans": make_loans,
+        "load": make_load_series,
+        "waveforms": make_waveforms,
+        "transactions": make_transactions,
+    }[args.name]
     frame = make(args.rows, seed=args.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
@@ -698,8 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "name",
-        choices=["loans", "load", "waveforms"],
-        help="the table: loans (jobs/specs/loans.yaml), load (load_lstm.yaml), waveforms (waveforms_gru.yaml)",
+        choices=["loans", "load", "waveforms", "transactions"],
+        help="the table: loans (jobs/specs/loans.yaml), load (load_lstm.yaml), waveforms (waveforms_gru.yaml), "
+        "transactions (transactions_autoencoder.yaml)",
     )
     sample.add_argument("output", help="the .parquet or .csv file to write")
     sample.add_argument("--rows", type=positive_int, default=20_000, help="rows to write (default: 20000)")

@@ -2,10 +2,11 @@
 
 Two methods, by what the model is:
 
-- The platform's torch models (`raymaas.modelcode.pyfunc.TorchClassifier`/`TorchRegressor`,
-  RL policies included): Integrated Gradients (Captum) of the explained output, which is the
-  predicted class's score (its logit; for a policy, the chosen action's), the class named in
-  `target`, or a regression output, against the baseline stored with the model at training
+- The platform's torch models (`raymaas.modelcode.pyfunc.TorchClassifier`/`TorchRegressor`/
+  `TorchAnomalyScorer`, RL policies included): Integrated Gradients (Captum) of the explained
+  output, which is the predicted class's score (its logit; for a policy, the chosen action's),
+  the class named in `target`, a regression output, or an anomaly scorer's score (its
+  reconstruction error: which features make the row look unusual), against the baseline stored with the model at training
   time (the training split's mean). Completeness: a row's attributions sum to
   f(x) - f(baseline) within Captum's convergence delta, reported per row.
 - Any other MLflow model (a scikit-learn model registered by hand): Kernel SHAP (shap) of the
@@ -85,7 +86,7 @@ def explainer_for(
     models, else Kernel SHAP over background rows (given; up to background_rows of them) or
     as many drawn from the reference profile's bins; ExplainError when the model has neither."""
     python_model = _python_model(pyfunc_model)
-    if python_model is not None and type(python_model).__name__ in ("TorchClassifier", "TorchRegressor"):
+    if python_model is not None and type(python_model).__name__ in TORCH_MODELS:
         return IntegratedGradients.of(python_model)
     columns = _signature_columns(pyfunc_model)
     if background is not None:
@@ -118,6 +119,10 @@ def _signature_columns(pyfunc_model) -> list[str] | None:
 # --------------------------------------------------------------------------- torch models
 
 
+# The pyfunc classes of raymaas.modelcode.pyfunc, by name: a model loaded without this
+# package's classes importable (its own code folder) is one of them all the same. Every one
+# but the classifier is explained as a regressor, at output 0 (an anomaly scorer's score).
+TORCH_MODELS = ("TorchClassifier", "TorchRegressor", "TorchAnomalyScorer")
 MAX_CODE_STEPS = 4096  # Integrated Gradients steps for categorical paths, at most
 STEPS_PER_CODE = 40  # steps for each code a categorical path crosses
 
@@ -155,7 +160,8 @@ class IntegratedGradients:
 
     @classmethod
     def of(cls, python_model) -> IntegratedGradients:
-        """The explainer of a loaded TorchClassifier or TorchRegressor."""
+        """The explainer of a loaded TorchClassifier, TorchRegressor or TorchAnomalyScorer
+        (the last like a regressor: its module's one output is the score)."""
         classifier = type(python_model).__name__ == "TorchClassifier"
         return cls(
             python_model._module,

@@ -6,6 +6,10 @@ dynamic. The model's code folder holds this package (see `_model_code`), so the 
 where raymaas is not installed; `raymaas/pyfunc.py` keeps the name that models registered
 before this package existed pickled.
 
+Three kinds: TorchClassifier (class scores to labels), TorchRegressor (values), and
+TorchAnomalyScorer (an autoencoder's reconstruction error of a row, its anomaly score, and
+whether it exceeds the threshold fitted at training time, which a request may override).
+
 A model of named columns declares the column types MLflow's schema enforcement takes from the
 frame pandas reads of a table (float64, int64, bool; see `_input_schema`) and casts to float32
 itself: `load_model(...).predict(pd.read_csv(...))` works. Models registered before declared
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -32,6 +37,7 @@ _BASELINE = "explain_baseline"  # the input explanations measure against (the tr
 BASELINE_FILE = "explain_baseline.npy"
 PROFILE_FILE = "reference_profile.json"  # the model's reference profile (raymaas.monitoring.profile)
 PROBABILITIES = "probabilities"  # the inference param that asks a classifier for class probabilities
+THRESHOLD = "threshold"  # the inference param that overrides an anomaly scorer's fitted threshold
 
 
 class TorchClassifier(mlflow.pyfunc.PythonModel):
@@ -101,6 +107,38 @@ class TorchRegressor(mlflow.pyfunc.PythonModel):
         with torch.inference_mode():
             out = self._module(torch.from_numpy(x)).numpy().astype(np.float32)
         return out[:, 0] if self.n_outputs == 1 else out
+
+
+class TorchAnomalyScorer(mlflow.pyfunc.PythonModel):
+    """Maps a batch of feature rows to a frame of their anomaly scores (`anomaly_score`,
+    float64: the autoencoder's mean squared reconstruction error of the row, >= 0) and
+    whether each exceeds the threshold (`is_anomaly`, bool). The threshold is the one fitted
+    at training time unless the request's `threshold` param says another: where to draw the
+    line is the caller's trade of false alarms against misses, the score is the model's."""
+
+    # The input is checked against the signature (MLflow's enforcement, raymaas.serving.protocol),
+    # not by type hints on predict: MLflow skips its type-hint wrapper for such a class, and
+    # with it the advice to add hints that every job and replica would print.
+    _skip_type_hint_validation = True
+
+    def __init__(self, feature_columns: list[str] | None = None, *, threshold: float, encoding=None):
+        self.feature_columns = feature_columns
+        self.threshold = float(threshold)
+        self.encoding = encoding  # as TorchClassifier's
+
+    def load_context(self, context):
+        self._module = torch.export.load(context.artifacts[_PROGRAM]).module()
+        self.reference_profile = _read_profile(context)
+        self.explain_baseline = _read_baseline(context)
+
+    def predict(self, context, model_input, params=None):
+        x = _to_float32(model_input, self.feature_columns, getattr(self, "encoding", None))
+        with torch.inference_mode():
+            out = self._module(torch.from_numpy(x))
+        scores = out.reshape(len(x), -1)[:, 0].numpy().astype(np.float64)
+        threshold = (params or {}).get(THRESHOLD)
+        threshold = self.threshold if threshold is None else float(threshold)
+        return pd.DataFrame({"anomaly_score": scores, "is_anomaly": scores > threshold})
 
 
 def _read_profile(context) -> dict | None:
@@ -206,6 +244,21 @@ def regressor_signature(
     )
 
 
+def anomaly_signature(
+    n_features: int | tuple[int, ...],
+    feature_columns: list[str] | None,
+    threshold: float,
+    column_types: dict[str, str] | None = None,
+) -> ModelSignature:
+    """The inputs as a classifier's or regressor's; out, the score and the verdict as named
+    columns; the `threshold` param, whose default is the fitted threshold."""
+    return ModelSignature(
+        inputs=_input_schema(n_features, feature_columns, column_types),
+        outputs=Schema([ColSpec("double", "anomaly_score"), ColSpec("boolean", "is_anomaly")]),
+        params=ParamSchema([ParamSpec(THRESHOLD, "double", float(threshold))]),
+    )
+
+
 # The column types a model of named columns may declare, and the dtype of each in its input
 # example. MLflow's enforcement widens but never narrows: `double` takes float64 and float32
 # (and integers up to int32), not int64, except all-0/1 columns; `long` takes any integer
@@ -216,9 +269,10 @@ COLUMN_TYPES = {"double": "float64", "long": "int64", "boolean": "bool", "string
 
 def feature_types(frame: pd.DataFrame) -> dict[str, str]:
     """The column types to declare for rows of a training table (`column_types` of
-    log_classifier and log_regressor): `long` for an integer column, `boolean` for a boolean
-    one, `double` for anything else, so that the frame pandas reads of such a table (int64,
-    bool, float64) is one the signature takes, as MLflow's infer_signature would type it."""
+    log_classifier, log_regressor and log_anomaly_scorer): `long` for an integer column,
+    `boolean` for a boolean one, `double` for anything else, so that the frame pandas reads of
+    such a table (int64, bool, float64) is one the signature takes, as MLflow's
+    infer_signature would type it."""
     types = {}
     for name, dtype in frame.dtypes.items():
         if pd.api.types.is_bool_dtype(dtype):
@@ -299,6 +353,27 @@ def log_regressor(
     return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline, encoding)
 
 
+def log_anomaly_scorer(
+    module: torch.nn.Module,
+    example: np.ndarray,
+    threshold: float,
+    feature_columns: list[str] | None = None,
+    name: str = "model",
+    profile: dict | None = None,
+    baseline: np.ndarray | None = None,
+    column_types: dict[str, str] | None = None,
+    encoding: dict | None = None,
+):
+    """Export module (a row's anomaly score out: float32 [n, 1], its mean squared
+    reconstruction error) and log it to the active MLflow run as a TorchAnomalyScorer that
+    flags a score above threshold, with its reference profile and explanation baseline if
+    given; return MLflow's ModelInfo. column_types, encoding: as for log_classifier."""
+    n = example.shape[1] if example.ndim == 2 else tuple(example.shape[1:])
+    signature = anomaly_signature(n, feature_columns, threshold, column_types)
+    model = TorchAnomalyScorer(feature_columns, threshold=threshold, encoding=encoding)
+    return _log_torch(module, example, feature_columns, name, model, signature, profile, baseline, encoding)
+
+
 def _log_torch(
     module, example, feature_columns, name, python_model, signature, profile=None, baseline=None, encoding=None
 ):
@@ -306,7 +381,13 @@ def _log_torch(
 
     module = module.eval().cpu()
     example_t = torch.as_tensor(example[: max(2, min(len(example), 8))], dtype=torch.float32)
-    program = torch.export.export(module, (example_t,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    with warnings.catch_warnings():
+        # torch.export's note on an LSTM's or GRU's flat weights, which it rebuilds while tracing:
+        # the exported program holds them (its predictions are the module's), the note is noise
+        warnings.filterwarnings(
+            "ignore", message=r"The tensor attributes .*_flat_weights.* were assigned during export"
+        )
+        program = torch.export.export(module, (example_t,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt2"
         torch.export.save(program, path)

@@ -91,10 +91,10 @@ def load_serving_model(client, spec: ModelEndpointSpec, version: str) -> LoadedM
 def reads_strings_as_objects(model) -> bool:
     """Whether a loaded pyfunc model is one of this platform's (raymaas.modelcode.pyfunc),
     whose tabular encoding reads string columns as Python objects whatever their dtype."""
-    from raymaas.modelcode.pyfunc import TorchClassifier, TorchRegressor
+    from raymaas.modelcode.pyfunc import TorchAnomalyScorer, TorchClassifier, TorchRegressor
 
     try:
-        return isinstance(model.unwrap_python_model(), (TorchClassifier, TorchRegressor))
+        return isinstance(model.unwrap_python_model(), (TorchClassifier, TorchRegressor, TorchAnomalyScorer))
     except Exception:  # not a python_function model of a PythonModel (e.g. scikit-learn's flavour)
         return False
 

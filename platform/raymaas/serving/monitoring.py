@@ -84,12 +84,17 @@ def profile_of(loaded, reference: str | None) -> tuple[dict | None, str | None]:
 
 
 def prediction_values(result) -> list:
-    """One JSON-able value per row of a model's output (a list for several outputs)."""
+    """One JSON-able value per row of a model's output (a list for several outputs): of a
+    frame, its `prediction` column (a classifier asked for probabilities) or its
+    `anomaly_score` (an anomaly scorer: the score's distribution is what drifts, not the
+    verdict at one threshold)."""
     import pandas as pd
 
     if isinstance(result, pd.DataFrame):
         if "prediction" in result.columns:
             return result["prediction"].tolist()
+        if "anomaly_score" in result.columns:
+            return result["anomaly_score"].tolist()
         return result.to_numpy().tolist()
     if isinstance(result, pd.Series):
         return result.tolist()

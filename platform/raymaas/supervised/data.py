@@ -31,7 +31,7 @@ BUILTIN_TASKS = {
     "synthetic": ("classification", "regression"),
     "diabetes": ("regression",),
 }
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "anomaly")
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 
@@ -42,10 +42,15 @@ class DataSpec(SpecModel):
     format: Literal["auto", "parquet", "csv"] = Field(
         "auto", description="file format; auto infers it from the file names"
     )
-    label_column: str | list[str] = Field(
+    label_column: str | list[str] | None = Field(
         "label",
         description="files: the target column (classification: any labels, e.g. strings; regression: "
-        "numbers, or a list of columns for several outputs)",
+        "numbers, or a list of columns for several outputs; anomaly: optional, null for none)",
+    )
+    normal_label: str | bool | int | float | None = Field(
+        None,
+        description="files, task anomaly: train on the rows whose label equals this value (the validation split "
+        "keeps every row, and val_roc_auc scores the others as anomalies); without it, on all rows",
     )
     feature_columns: list[str] | None = Field(
         None, description="files: feature columns (default: every column but the label)"
@@ -139,6 +144,8 @@ class DataSpec(SpecModel):
 
     @property
     def label_columns(self) -> list[str]:
+        if self.label_column is None:
+            return []
         return [self.label_column] if isinstance(self.label_column, str) else list(self.label_column)
 
 
@@ -185,14 +192,19 @@ class Targets(SpecModel):
     """What the model predicts, fixed on the training split: the class list (classification;
     index i of the network's output is classes[i]) or the targets' statistics (regression)."""
 
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression", "anomaly"]
     classes: list[str | bool | int | float] | None = None
     names: list[str] | None = None  # regression: the target columns (None for a built-in set)
     mean: list[float] | None = None
     std: list[float] | None = None
+    # anomaly: the label column and the text of its normal value (None: no labels to score against)
+    label: str | None = None
+    normal: str | None = None
 
     @model_validator(mode="after")
     def _task_fields(self) -> Targets:
+        if self.task == "anomaly":
+            return self
         if self.task == "classification" and (self.classes is None or len(self.classes) < 2):
             raise ValueError("classification needs at least 2 classes in the training split")
         if self.task == "regression" and (self.mean is None or self.std is None or len(self.mean) != len(self.std)):
@@ -201,7 +213,14 @@ class Targets(SpecModel):
 
     @property
     def n_outputs(self) -> int:
+        if self.task == "anomaly":
+            return 1  # the score
         return len(self.classes) if self.task == "classification" else len(self.mean)
+
+    @property
+    def labelled(self) -> bool:
+        """anomaly: whether validation rows carry labels that say which are anomalies."""
+        return self.label is not None and self.normal is not None
 
     @property
     def named_classes(self) -> bool:
@@ -251,7 +270,7 @@ class FileShards(SpecModel):
 
     source: Literal["files"] = "files"
     feature_columns: list[str] = Field(..., min_length=1)
-    label_columns: list[str] = Field(..., min_length=1)
+    label_columns: list[str]  # none for an unlabelled anomaly job
     n_features: int = Field(..., gt=0)
     targets: Targets
     mean: list[float]
@@ -433,6 +452,53 @@ def make_load_series(n_rows: int = 20_000, seed: int = 0):
     return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
+def make_transactions(n_rows: int = 20_000, seed: int = 0, fraud_share: float = 0.03):
+    """Card payments as such tables arrive (a DataFrame): the `amount`, the `hour` of day, the
+    `distance_km` from the card holder's home, the payments of the last 24 hours
+    (`payments_24h`), the `merchant` category (text, a few nulls) and whether the card was
+    `present`; `fraud` ("yes"/"no") marks about fraud_share of them, which are larger, at night,
+    far from home, in bursts, online and at other merchants. What the anomaly spec
+    (jobs/specs/transactions_autoencoder.yaml) learns normal payments from; generated, never
+    downloaded."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    fraud = rng.random(n_rows) < fraud_share
+    merchants = np.array(["grocery", "fuel", "restaurant", "travel", "electronics", "online", "pharmacy"])
+    normal_mix = np.array([0.34, 0.18, 0.2, 0.05, 0.05, 0.12, 0.06])
+    fraud_mix = np.array([0.15, 0.1, 0.1, 0.15, 0.2, 0.25, 0.05])
+    merchant = np.where(
+        fraud, rng.choice(len(merchants), n_rows, p=fraud_mix), rng.choice(len(merchants), n_rows, p=normal_mix)
+    )
+    amount = np.where(fraud, rng.lognormal(4.2, 1.0, n_rows), rng.lognormal(3.4, 0.8, n_rows))
+    hour = np.where(fraud, rng.choice(24, n_rows, p=_night(heavy=True)), rng.choice(24, n_rows, p=_night(heavy=False)))
+    distance = np.where(fraud, rng.lognormal(2.6, 1.3, n_rows), rng.lognormal(1.5, 1.0, n_rows))
+    burst = np.where(fraud, rng.poisson(3.0, n_rows), rng.poisson(1.5, n_rows))
+    present = np.where(fraud, rng.random(n_rows) < 0.4, rng.random(n_rows) < 0.7)
+    frame = pd.DataFrame(
+        {
+            "amount": amount.round(2),
+            "hour": hour.astype(np.int64),
+            "distance_km": distance.round(1),
+            "payments_24h": burst.astype(np.int64),
+            "merchant": merchants[merchant].astype(object),
+            "present": present,
+            "fraud": np.where(fraud, "yes", "no"),
+        }
+    )
+    frame.loc[rng.random(n_rows) < 0.01, "merchant"] = None
+    return frame
+
+
+def _night(heavy: bool) -> np.ndarray:
+    """Shares of the 24 hours: daytime-heavy payments, or night-heavy ones."""
+    hours = np.arange(24)
+    day = np.exp(-0.5 * ((hours - 14) / 4.0) ** 2)
+    night = np.exp(-0.5 * ((np.minimum(hours, 24 - hours) - 2) / 2.0) ** 2)
+    weights = (day + night) if heavy else (day + 0.05)
+    return weights / weights.sum()
+
+
 WAVEFORMS = ("sine", "square", "sawtooth", "chirp")
 
 
@@ -562,6 +628,7 @@ SMALL_SPLIT_BYTES = 64 * 2**20
 def read_files(spec: DataSpec, seed: int, task: str = "classification") -> PreparedData:
     """Read a file source with Ray Data, split it by seed, and fit the feature statistics and
     the targets (the class list, or the targets' statistics) on the training split."""
+    import functools
     import logging
 
     import ray.data
@@ -574,8 +641,8 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     reader = ray.data.read_parquet if spec.format == "parquet" else ray.data.read_csv
     labels = spec.label_columns
-    if task == "classification" and len(labels) > 1:
-        raise DataError(f"label_column: classification takes one label column, not {len(labels)} ({labels})")
+    if task in ("classification", "anomaly") and len(labels) > 1:
+        raise DataError(f"label_column: {task} takes one label column, not {len(labels)} ({labels})")
     # Columns from the files' own schema (no Ray task), then one read: the split and the
     # statistics work on the materialized blocks instead of reading the files again.
     features = spec.feature_columns or [c for c in file_columns(spec.source, spec.format) if c not in labels]
@@ -587,7 +654,15 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
     if task == "regression":
         _check_numeric(ds.schema(), labels, "label_column", "a regression target is a number")
     train, validation = ds.train_test_split(test_size=spec.validation_fraction, shuffle=True, seed=seed)
+    if task == "anomaly" and spec.normal_label is not None:
+        # an autoencoder learns what normal rows look like: it trains on those alone
+        keep = functools.partial(_normal_rows, label=labels[0], normal=label_text(spec.normal_label))
+        train = train.map_batches(keep, batch_format="pandas")
     train = train.materialize()
+    if task == "anomaly" and train.count() == 0:
+        raise DataError(
+            f"data.normal_label {spec.normal_label!r}: no training row has it in label_column {labels[0]!r}"
+        )
     notes: dict[str, str] = {}
     moments = [*numeric, *labels] if task == "regression" else numeric
     encoding = None
@@ -598,7 +673,7 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
             **{f"std:{c}": frame[c].std() for c in moments},
         }
         if encoded:
-            encoding = fit_encoding(frame, features, categorical, spec.impute, spec.max_categories)
+            encoding = fit_encoding(frame, features, categorical, spec.impute, _max_categories(spec, task))
         example, column_types = example_rows(frame, features, encoding)
         train_labels = frame[labels[0]].unique().tolist() if task == "classification" else []
     else:
@@ -610,7 +685,7 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
             # the categories and medians of a large split from its first rows (a value first seen
             # later takes the unknown slot), the means and deviations from all of it
             fit_frame = train.select_columns(features).limit(LARGE_FIT_ROWS).to_pandas()
-            encoding = fit_encoding(fit_frame, features, categorical, spec.impute, spec.max_categories)
+            encoding = fit_encoding(fit_frame, features, categorical, spec.impute, _max_categories(spec, task))
             for column in encoding.columns:
                 if column.kind == "numeric":
                     column.mean = float(stats[f"mean:{column.name}"] or 0.0)
@@ -632,6 +707,9 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
                 flush=True,
             )
         targets = Targets(task=task, classes=classes)
+    elif task == "anomaly":
+        normal = None if spec.normal_label is None else label_text(spec.normal_label)
+        targets = Targets(task=task, label=labels[0] if labels else None, normal=normal if labels else None)
     else:
         targets = Targets(
             task=task,
@@ -653,6 +731,34 @@ def read_files(spec: DataSpec, seed: int, task: str = "classification") -> Prepa
             f"{c.name} ({len(c.categories)})" for c in encoding.columns if c.kind == "categorical"
         )
     return PreparedData(worker, {"train": train, "validation": validation}, example, features, notes, column_types)
+
+
+def _max_categories(spec: DataSpec, task: str) -> int:
+    """An anomaly model one-hot encodes every categorical column: an embedding learned together
+    with the reconstruction it is judged by would shrink towards nothing to reconstruct."""
+    return 2**31 - 1 if task == "anomaly" else spec.max_categories
+
+
+def label_text(value) -> str:
+    """A label as text, to compare a normal_label with a column's values whatever their types:
+    1.0 as "1" (an integer column pandas made float), True as "True"."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def anomaly_flags(labels, normal: str) -> np.ndarray:
+    """1 for each label that is not the normal one (an anomaly), else 0: int64."""
+    import pandas as pd
+
+    return (pd.Series(labels).map(label_text, na_action="ignore") != normal).to_numpy(dtype=np.int64)
+
+
+def _normal_rows(frame, label: str, normal: str):
+    """A Ray Data batch function: the rows whose label is the normal one."""
+    return frame[anomaly_flags(frame[label], normal) == 0]
 
 
 EXAMPLE_ROWS = 8  # training rows logged as the model's input example

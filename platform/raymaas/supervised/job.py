@@ -52,8 +52,10 @@ class TrainCheckpointSpec(SpecModel):
 
 class SupervisedSpec(TrainingJobSpec):
     kind: Literal["supervised"] = Field("supervised", description="job kind: picks the entrypoint `raymaas train` runs")
-    task: Literal["classification", "regression"] = Field(
-        "classification", description="classification (a label per row) or regression (one or more numbers per row)"
+    task: Literal["classification", "regression", "anomaly"] = Field(
+        "classification",
+        description="classification (a label per row), regression (one or more numbers per row) or anomaly "
+        "(an autoencoder scores how unlike the training rows a row is)",
     )
     data: DataSpec = Field(default_factory=DataSpec, description="where the rows come from")
     model: ModelSpec = Field(
@@ -76,10 +78,24 @@ class SupervisedSpec(TrainingJobSpec):
             raise ValueError(f"data.source {data.source!r} is a data set for {' or '.join(tasks)}, not {task}")
         if task == "classification" and isinstance(data.label_column, list) and len(data.label_column) > 1:
             raise ValueError("data.label_column: classification takes one label column (a list is for regression)")
+        if (task == "anomaly") != (self.model.name == "autoencoder") and self.model.name in BUILTIN_MODELS:
+            raise ValueError(
+                "task anomaly trains model autoencoder (or a factory of yours answering a score per row)"
+                if task == "anomaly"
+                else f"model autoencoder is for task anomaly, not {task}"
+            )
+        if data.label_column is None and task != "anomaly":
+            raise ValueError(f"data.label_column: a {task} job needs a label column")
+        if data.normal_label is not None and (task != "anomaly" or data.label_column is None):
+            raise ValueError("data.normal_label is for task anomaly, with the label_column it is a value of")
+        if task == "anomaly" and data.window is not None:
+            raise ValueError("task anomaly scores table rows, not windows of a series")
         loss = loop.loss_name(task)
-        if (task == "classification") != (loss == "cross_entropy"):
+        if task == "anomaly" and loop.loss not in ("auto", "mse"):
+            raise ValueError("train_loop_config.loss: task anomaly minimises the reconstruction error (mse)")
+        if task != "anomaly" and (task == "classification") != (loss == "cross_entropy"):
             raise ValueError(f"train_loop_config.loss {loss!r} is not a {task} loss")
-        if task == "regression" and loop.class_weight != "none":
+        if task != "classification" and loop.class_weight != "none":
             raise ValueError("train_loop_config.class_weight is for classification")
         logged = task_metric_names(task)
         for where, metric in (
@@ -93,6 +109,9 @@ class SupervisedSpec(TrainingJobSpec):
         return self
 
     def default_gate_metric(self, kind) -> str:
+        if self.task == "anomaly":  # with labels, how well the score separates them; else how well it reconstructs
+            labelled = self.data.normal_label is not None and self.data.label_column is not None
+            return "val_roc_auc" if labelled else "val_reconstruction_error"
         return "val_rmse" if self.task == "regression" else kind.gate_metric
 
 
@@ -271,7 +290,7 @@ def _model_of(job, prepared, checkpoint):
     from raymaas.supervised.loop import STATE_FILE
     from raymaas.supervised.models import build_model
     from raymaas.tracking import plots
-    from raymaas.tracking.publish import log_as_classifier, log_as_regressor
+    from raymaas.tracking.publish import log_as_anomaly_scorer, log_as_classifier, log_as_regressor
 
     spec: SupervisedSpec = job.spec
     data = prepared[0]
@@ -306,7 +325,10 @@ def _model_of(job, prepared, checkpoint):
         ),
     }
     tables = {}
-    if regression:
+    anomaly = targets.task == "anomaly"
+    if anomaly:
+        pass  # the scores' threshold and distribution below, once the training rows are read
+    elif regression:
         actual, predicted = _validation_predictions(module, data, spec)
         names = targets.names or ["target"]
         figures["plots/predicted_vs_actual.png"] = plots.predicted_vs_actual_figure(actual, predicted, names, title)
@@ -316,7 +338,12 @@ def _model_of(job, prepared, checkpoint):
         figures["plots/confusion_matrix.png"] = plots.confusion_matrix_figure(state["confusion"], title, labels)
         tables["per_class_metrics.json"] = per_class_table(state["confusion"], labels)
     x_train, _ = _split_rows(data, spec, "train", PROFILE_ROWS)
-    x_val, _ = _split_rows(data, spec, "validation", PROFILE_ROWS)
+    x_val, y_val = _split_rows(data, spec, "validation", PROFILE_ROWS)
+    threshold = None
+    if anomaly:
+        # is_anomaly: a score above the training split's (normal rows') anomaly_quantile
+        threshold = float(np.quantile(_forward(module, x_train).reshape(-1), spec.model.anomaly_quantile))
+        figures["plots/anomaly_scores.png"] = _score_figure(module, x_val, y_val, targets, threshold, title)
     # the profile keeps the missing numbers (their share is part of what served rows drift from)
     try:
         profile = reference_profile(module, data, x_train, x_val)
@@ -336,10 +363,13 @@ def _model_of(job, prepared, checkpoint):
     from raymaas.tracking.runs import log_metrics
 
     best = {f"best_{k}": float(v) for k, v in state["metrics"].items() if k.startswith("val_")}
-    log_metrics(job.client, job.run_id, {"best_epoch": epochs, **best, **data.metrics}, step=0)
+    extra = {"anomaly_threshold": threshold} if anomaly else {}
+    log_metrics(job.client, job.run_id, {"best_epoch": epochs, **best, **data.metrics, **extra}, step=0)
     summary = f"{gate.metric} {value:.4f} after {epochs} epochs"
     if epochs < trained_epochs:
         summary = f"{gate.metric} {value:.4f} at epoch {epochs}, the best of {trained_epochs}"
+    if anomaly:
+        summary += f"; is_anomaly above {threshold:.4g} (the training scores' {spec.model.anomaly_quantile:g} quantile)"
     if "val_rmse_naive" in data.metrics:  # a forecast: the baseline it must beat
         summary += f" (the naive forecast's val_rmse: {data.metrics['val_rmse_naive']:.4f})"
     return TrainedModel(
@@ -357,8 +387,14 @@ def _model_of(job, prepared, checkpoint):
         details={"epochs": trained_epochs, "best_epoch": epochs},
         column_types=data.column_types,
         encoding=encoding,
-        log_model=log_as_regressor(targets.n_outputs) if regression else log_as_classifier(targets.classes),
-        classifier=not regression,
+        log_model=(
+            log_as_anomaly_scorer(threshold)
+            if anomaly
+            else log_as_regressor(targets.n_outputs)
+            if regression
+            else log_as_classifier(targets.classes)
+        ),
+        classifier=not (regression or anomaly),
     )
 
 
@@ -461,6 +497,10 @@ def reference_profile(module, data, x_train, x_val) -> dict:
     targets = data.worker.targets
     out = _forward(module, x_val)
     rows, categorical = _drift_rows(x_train, getattr(data.worker, "encoding", None))
+    if targets.task == "anomaly":  # the scores' distribution, as served answers are watched
+        return build_profile(
+            rows, data.feature_columns, out, "regression", output_names=["anomaly_score"], categorical=categorical
+        )
     if targets.task == "regression":
         return build_profile(
             rows, data.feature_columns, out, "regression", output_names=targets.names or None, categorical=categorical
@@ -468,6 +508,31 @@ def reference_profile(module, data, x_train, x_val) -> dict:
     classes = targets.classes
     labels = [classes[i] for i in out.argmax(axis=1)]
     return build_profile(rows, data.feature_columns, labels, "classification", classes=classes, categorical=categorical)
+
+
+def _score_figure(module, x_val, y_val, targets, threshold: float, title: str):
+    """The validation rows' anomaly scores as histograms (normal and anomalous rows apart when
+    labelled), with the threshold."""
+    import matplotlib.pyplot as plt
+
+    scores = _forward(module, x_val).reshape(-1)
+    figure, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0.0, float(np.quantile(scores, 0.995)) * 1.1 + 1e-9, 50)
+    if targets.labelled:
+        from raymaas.supervised.data import anomaly_flags
+
+        flags = anomaly_flags(y_val[:, 0], targets.normal)
+        ax.hist(scores[flags == 0], bins=bins, alpha=0.6, label=f"{targets.label} = {targets.normal}")
+        ax.hist(scores[flags == 1], bins=bins, alpha=0.6, label="other labels")
+        ax.legend()
+    else:
+        ax.hist(scores, bins=bins)
+    ax.axvline(threshold, color="black", linestyle="--")
+    ax.set_xlabel("anomaly score (reconstruction error)")
+    ax.set_ylabel("rows")
+    ax.set_title(title)
+    figure.tight_layout()
+    return figure
 
 
 def _drift_rows(x: np.ndarray, encoding: dict | None) -> tuple[np.ndarray, dict | None]:
@@ -497,7 +562,16 @@ class _EpochPrinter:
     """Prints each epoch as the Train controller logs it to MLflow: the job's progress lines,
     in the job's own output (Ray's processes print to Ray's log folder)."""
 
-    KEYS = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "val_r2", "epoch_seconds")
+    KEYS = (
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "val_rmse",
+        "val_r2",
+        "val_reconstruction_error",
+        "val_roc_auc",
+        "epoch_seconds",
+    )
 
     def __init__(self, client, run_id: str, epochs: int, interval_s: float = 1.0):
         import threading

@@ -200,6 +200,12 @@ def _loss(loop: TrainLoopConfig, targets: Targets, batches, device):
     """The summed loss of a batch. Regression losses compare standardised values: the model
     answers in the targets' units, and mse on prices in the thousands would swamp Adam's steps."""
     name = loop.loss_name(targets.task)
+    if targets.task == "anomaly":  # the network answers each row's reconstruction error: the loss itself
+
+        def reconstruction_loss(out, y):
+            return out.sum()
+
+        return reconstruction_loss
     if targets.task == "classification":
         weight = None
         if loop.class_weight == "balanced":
@@ -277,6 +283,9 @@ class _ShardBatches:
         self._features, self._labels, self._loop, self._device = data.feature_columns, data.label_columns, loop, device
         # classification: label -> index in the class list (-1 for a label the training split lacks)
         self._classes = pd.Index(data.targets.classes) if data.targets.task == "classification" else None
+        # anomaly: which label is normal (None: no labels; every row counts as normal)
+        self._normal = data.targets.normal if data.targets.task == "anomaly" else None
+        self._anomaly = data.targets.task == "anomaly"
         self._encoding = None
         if data.encoding is not None:  # categorical or imputed columns: encoded as the served model does
             from raymaas.modelcode.tabular import TabularEncoding
@@ -290,7 +299,14 @@ class _ShardBatches:
             x = self._encoding.encode(pd.DataFrame({c: batch[c] for c in self._features}))
         else:
             x = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._features], axis=1)
-        if self._classes is not None:
+        if self._anomaly:
+            from raymaas.supervised.data import anomaly_flags
+
+            if self._normal is None:
+                y = np.zeros(len(x), dtype=np.int64)
+            else:
+                y = anomaly_flags(batch[self._labels[0]], self._normal)
+        elif self._classes is not None:
             y = self._classes.get_indexer(np.asarray(batch[self._labels[0]])).astype(np.int64)
             known = y >= 0  # validation rows of an unseen label: reported by the driver, left out here
             if not known.all():

@@ -8,6 +8,9 @@ Classification: val_loss (the training objective), val_accuracy, val_precision_m
 val_recall_macro, val_f1_macro (over the classes that occur in the labels or the
 predictions), val_log_loss (unweighted cross-entropy) and, for two classes, val_roc_auc
 (from 1,024-bin histograms of the positive class's probability: exact up to ties within a bin).
+Anomaly (an autoencoder's score, the reconstruction error): val_loss (the mean score),
+val_reconstruction_error (the mean score of the normal rows) and, when the validation rows are
+labelled, val_roc_auc of the score against them (anomalies positive).
 Regression: val_loss, val_rmse and val_mae (in the targets' units, over all outputs),
 val_r2 (the mean of each output's R^2); with several outputs also each output's own, in its
 own units: val_rmse/NAME, val_mae/NAME, val_r2/NAME (NAME: the target column).
@@ -34,11 +37,14 @@ CLASSIFICATION_METRICS = (
     "val_roc_auc",
 )
 REGRESSION_METRICS = ("val_loss", "val_rmse", "val_mae", "val_r2")
+ANOMALY_METRICS = ("val_loss", "val_reconstruction_error", "val_roc_auc")
 
 
 def task_metric_names(task: str, n_classes: int | None = None) -> tuple[str, ...]:
     if task == "regression":
         return REGRESSION_METRICS
+    if task == "anomaly":
+        return ANOMALY_METRICS
     if n_classes is not None and n_classes != 2:
         return tuple(m for m in CLASSIFICATION_METRICS if m != "val_roc_auc")
     return CLASSIFICATION_METRICS
@@ -49,8 +55,14 @@ class Tally:
 
     def __init__(self, targets, device):
         self.regression = targets.task == "regression"
+        self.anomaly = targets.task == "anomaly"
         f64 = {"dtype": torch.float64, "device": device}
-        if self.regression:
+        if self.anomaly:
+            # rows, loss (the summed scores), normal rows, their summed scores; score histograms
+            # of normal (0) and anomalous (1) rows, for val_roc_auc
+            self.sums = torch.zeros(4, **f64)
+            self.histograms = torch.zeros(2, AUC_BINS, **f64)
+        elif self.regression:
             k = targets.n_outputs
             # rows, loss, then per output: squared error, absolute error, sum y, sum y^2
             self.sums = torch.zeros(2 + 4 * k, **f64)
@@ -65,6 +77,15 @@ class Tally:
     def add(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         self.sums[0] += len(y)
         self.sums[1] += loss.detach()
+        if self.anomaly:
+            score = out.detach().double().reshape(-1)
+            normal = y == 0
+            self.sums[2] += normal.sum()
+            self.sums[3] += score[normal].sum()
+            # s / (1 + s) keeps the scores' order in [0, 1): the bins' resolution is finest near 0
+            bins = (score / (1 + score) * AUC_BINS).long().clamp_(0, AUC_BINS - 1)
+            self.histograms.index_put_((y.long(), bins), torch.ones_like(score), accumulate=True)
+            return
         if self.regression:
             err = out - y
             k = self.k
@@ -87,12 +108,19 @@ class Tally:
                 torch.distributed.all_reduce(t)
 
     def confusion_matrix(self) -> np.ndarray | None:
-        return None if self.regression else self.confusion.cpu().numpy()
+        return None if self.regression or self.anomaly else self.confusion.cpu().numpy()
 
     def metrics(self) -> dict[str, float]:
         s = self.sums.cpu().numpy()
         n = max(s[0], 1.0)
         out = {"val_loss": s[1] / n}
+        if self.anomaly:
+            # the mean score of the normal rows (all rows when none is labelled an anomaly)
+            out["val_reconstruction_error"] = float(s[3] / s[2]) if s[2] else float(s[1] / n)
+            auc = roc_auc_from_histograms(self.histograms.cpu().numpy())
+            if not np.isnan(auc):  # only with labelled rows of both kinds
+                out["val_roc_auc"] = auc
+            return out
         if self.regression:
             k = self.k
             sse, sae, sy, syy = s[2 : 2 + k], s[2 + k : 2 + 2 * k], s[2 + 2 * k : 2 + 3 * k], s[2 + 3 * k :]

@@ -92,6 +92,27 @@ def log_as_regressor(n_outputs: int):
     return log
 
 
+def log_as_anomaly_scorer(threshold: float):
+    """A TrainedModel.log_model for reconstruction errors: a TorchAnomalyScorer that flags a
+    row whose score exceeds threshold (fitted on the training rows; a request may override it)."""
+
+    def log(trained):
+        from raymaas.modelcode.pyfunc import log_anomaly_scorer
+
+        return log_anomaly_scorer(
+            trained.module,
+            trained.example,
+            threshold,
+            trained.feature_columns,
+            profile=trained.profile,
+            baseline=trained.baseline,
+            column_types=trained.column_types,
+            encoding=trained.encoding,
+        )
+
+    return log
+
+
 def log_feature_importance(client, run_id: str, title: str, trained, n_steps: int = 32) -> dict:
     """The model's global feature importance, the mean absolute Integrated Gradients
     attribution of its answer over trained.explain_rows, to the run: feature_importance.json

@@ -1,4 +1,5 @@
-"""The networks a supervised job trains: built-in families (linear, mlp, cnn, lstm, gru) and user
+"""The networks a supervised job trains: built-in families (linear, mlp, cnn, lstm, gru; autoencoder
+for task anomaly) and user
 factories named `package.module:factory`.
 
 A family is one module here: its config (a SpecModel whose `name` is a Literal of the family's
@@ -22,7 +23,8 @@ from torch import nn
 
 from raymaas.modelcode.tabular import TabularEncoding, TabularInput
 from raymaas.specs import SpecModel
-from raymaas.supervised.models import cnn, factory, linear, mlp, rnn
+from raymaas.supervised.models import autoencoder, cnn, factory, linear, mlp, rnn
+from raymaas.supervised.models.autoencoder import AutoencoderConfig
 from raymaas.supervised.models.cnn import CNNConfig, SmallCNN
 from raymaas.supervised.models.factory import FactoryConfig, resolve_factory
 from raymaas.supervised.models.linear import LinearConfig
@@ -45,6 +47,7 @@ FAMILIES: dict[str, Family] = {
     "cnn": Family(CNNConfig, cnn.build),
     "lstm": Family(RNNConfig, rnn.build),
     "gru": Family(RNNConfig, rnn.build),
+    "autoencoder": Family(AutoencoderConfig, autoencoder.build),
 }
 BUILTIN_MODELS = tuple(FAMILIES)
 DEFAULT_MODEL = "mlp"
@@ -145,6 +148,7 @@ def build_model(
 
 
 __all__ = [
+    "AutoencoderConfig",
     "BUILTIN_MODELS",
     "CNNConfig",
     "DEFAULT_MODEL",

@@ -256,6 +256,23 @@ def run_job(args: list[str], env: dict, timeout: float = 600, **kwargs) -> subpr
 
 
 _exit_status: int | None = None
+_module_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    module = report.nodeid.split("::", 1)[0]
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Each module's seconds (setup, calls and teardown), so every log says where the time went
+    module by module as well as in the slowest tests."""
+    if not _module_seconds:
+        return
+    terminalreporter.section("seconds per module")
+    for module, seconds in sorted(_module_seconds.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f}s {module}")
+    terminalreporter.write_line(f"{sum(_module_seconds.values()):8.1f}s in all")
 
 
 def pytest_sessionfinish(session, exitstatus):

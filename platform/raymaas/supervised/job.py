@@ -217,7 +217,7 @@ def _run_trainer(job, prepared, in_tune: bool = False):
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raymaas.runtime.lifecycle import call_interruptibly
-    from raymaas.supervised.logger import make_mlflow_callback
+    from raymaas.supervised.logger import log_unlogged_epochs, make_mlflow_callback
     from raymaas.supervised.loop import WorkerConfig, train_loop_per_worker
 
     spec: SupervisedSpec = job.spec
@@ -252,9 +252,12 @@ def _run_trainer(job, prepared, in_tune: bool = False):
         datasets=data.datasets,
     )
     if in_tune:  # a trial's progress is the sweep driver's to print
-        return _best_checkpoint(trainer.fit(), selection)
+        result = trainer.fit()
+        log_unlogged_epochs(job.client, job.run_id, result)
+        return _best_checkpoint(result, selection)
     with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs):
         result = call_interruptibly(trainer.fit)
+    log_unlogged_epochs(job.client, job.run_id, result)
     last = result.metrics or {}
     stopping = spec.train_loop_config.early_stopping
     if stopping is not None and "epoch" in last and int(last["epoch"]) + 1 < spec.train_loop_config.epochs:

@@ -9,6 +9,41 @@ from __future__ import annotations
 import sys
 
 
+def epoch_of(metrics: dict) -> tuple[int, int, dict]:
+    """A reported epoch's number, the epoch its attempt started at, and what is logged of it."""
+    m = dict(metrics)
+    return int(m.pop("epoch")), int(m.pop("start_epoch", 0)), m
+
+
+def log_unlogged_epochs(client, run_id: str, result) -> list[int]:
+    """The kept checkpoints' epochs that never reached run_id, logged from what each reported.
+
+    The controller logs an epoch after its checkpoint is persisted; a driver stopped between
+    the two leaves the epoch in storage but not in MLflow, and the resumed run starts after it
+    (it may have been the last: then nothing trains again). Which epochs are logged is read
+    from train_loss, which every epoch reports."""
+    from raymaas.tracking.runs import FROM_CHECKPOINTS_TAG, log_metrics
+
+    reported = [m for _, m in (result.best_checkpoints or [])] + [result.metrics or {}]
+    logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+    filled = []
+    for metrics in reported:
+        if "epoch" not in metrics or "train_loss" not in metrics:
+            continue
+        epoch, _, values = epoch_of(metrics)
+        if epoch in logged:
+            continue
+        values = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        log_metrics(client, run_id, values, step=epoch)
+        logged.add(epoch)
+        filled.append(epoch)
+    if filled:  # the run says which epochs came from storage, across attempts
+        earlier = client.get_run(run_id).data.tags.get(FROM_CHECKPOINTS_TAG, "")
+        epochs = sorted({int(e) for e in earlier.split(",") if e} | set(filled))
+        client.set_tag(run_id, FROM_CHECKPOINTS_TAG, ",".join(map(str, epochs)))
+    return sorted(filled)
+
+
 def make_mlflow_callback(tracking_uri: str, run_id: str):
     """A Ray Train UserCallback that logs each reported epoch to run_id."""
     from ray.train import UserCallback
@@ -54,9 +89,7 @@ def make_mlflow_callback(tracking_uri: str, run_id: str):
         def after_report(self, run_context, metrics, checkpoint):
             from raymaas.tracking.runs import log_metrics
 
-            m = dict(metrics[0])
-            epoch = int(m.pop("epoch"))
-            start_epoch = int(m.pop("start_epoch", 0))
+            epoch, start_epoch, m = epoch_of(metrics[0])
             try:
                 if start_epoch and start_epoch != self._resumed_at:
                     self._resumed_at = start_epoch

@@ -340,7 +340,7 @@ def _make_trainable(kind_name, base, tracking_uri, storage_path, parent_run_id, 
         from raymaas.kinds import get_kind
         from raymaas.runtime.driver import Job
         from raymaas.tracking import get_client
-        from raymaas.tracking.runs import end_job_run, find_job_run, start_job_run
+        from raymaas.tracking.runs import end_job_run, epochs_from_checkpoints, find_job_run, start_job_run
         from raymaas.tracking.store import ensure_experiment
 
         kind = get_kind(kind_name)
@@ -368,7 +368,10 @@ def _make_trainable(kind_name, base, tracking_uri, storage_path, parent_run_id, 
                 "ray_version": ray.__version__,
             },
         )
-        logged_before = len(client.get_metric_history(run.run_id, metric))
+        # Tune needs a report from this attempt; epochs logged from their checkpoints were not one
+        logged_before = len(client.get_metric_history(run.run_id, metric)) - epochs_from_checkpoints(
+            client.get_run(run.run_id)
+        )
         # An exception ends the run in the driver, on Tune's verdict: one raised because Tune
         # stopped this trial (its Train controller gone: ActorDiedError) is not a failure, and
         # reaches MLflow, if at all, after the driver has closed the sweep's runs.
@@ -380,7 +383,7 @@ def _make_trainable(kind_name, base, tracking_uri, storage_path, parent_run_id, 
         final = {"reports": logged, "checkpoint_path": checkpoint_path}
         client.set_tag(run.run_id, FINAL_REPORT_TAG, json.dumps(final))
         end_job_run(client, run.run_id, "FINISHED")
-        if logged == logged_before:
+        if logged - epochs_from_checkpoints(client.get_run(run.run_id)) == logged_before:
             tune.report({**client.get_run(run.run_id).data.metrics, **final})
 
     return run_trial

@@ -83,6 +83,15 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
     client.log_batch(run_id, metrics=batch)
 
 
+FROM_CHECKPOINTS_TAG = "raymaas.epochs_logged_from_checkpoints"
+
+
+def epochs_from_checkpoints(run) -> int:
+    """How many of run's epochs were logged from their persisted checkpoints (the driver stopped
+    between persisting an epoch and logging it) rather than as Train reported them."""
+    return len([e for e in run.data.tags.get(FROM_CHECKPOINTS_TAG, "").split(",") if e])
+
+
 def end_job_run(client: MlflowClient, run_id: str, status: str, error: str | None = None) -> None:
     """Set the run's final status (FINISHED, FAILED or KILLED), with the error if any."""
     assert status in ("FINISHED", "FAILED", "KILLED"), status

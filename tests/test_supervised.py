@@ -236,56 +236,11 @@ def test_parquet_folder_and_user_model_factory(tmp_path, ray_head, mlflow_client
     assert (pred == frame["species"].head(50).to_numpy()).mean() > 0.7
 
 
-def test_regression_job_answers_in_the_targets_units(ray_head, mlflow_client):
-    """The diabetes table, linear model: per-epoch RMSE/MAE/R^2, the regression plots, a float
-    signature, a model whose answers are in the target's units, and a gate on val_rmse."""
-    import mlflow
-
-    from raymaas.supervised.data import DataSpec, load_builtin
-
-    proc = run_job(
-        ["jobs.supervised", str(REPO / "jobs/specs/diabetes_debug.yaml"), "--set", "name=test-diabetes"],
-        env=ray_head.env,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    run_id = _run_id(proc.stdout)
-    run = mlflow_client.get_run(run_id)
-    assert run.data.tags["task"] == "regression"
-    for key in ("train_loss", "val_loss", "val_rmse", "val_mae", "val_r2"):
-        assert sorted(m.step for m in mlflow_client.get_metric_history(run_id, key)) == list(range(20)), key
-    assert "val_accuracy" not in run.data.metrics
-    assert run.data.metrics["val_r2"] > 0.3  # linear regression on this table: about 0.5
-    plots = {a.path for a in mlflow_client.list_artifacts(run_id, "plots")}
-    assert plots == {
-        "plots/loss_curve.png",
-        "plots/predicted_vs_actual.png",
-        "plots/residuals.png",
-        "plots/feature_importance.png",
-    }
-    table = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/feature_importance.json")
-    assert len(table["data"]) == 10 and all(v >= 0 for _, v in table["data"])
-
-    (found,) = mlflow_client.search_model_versions(f"name='test-diabetes' and run_id='{run_id}'")
-    assert found.tags["raymaas.gate_metric"] == "val_rmse"
-    # the version is the best epoch's (the lowest val_rmse), which need not be the last
-    best_rmse = min(m.value for m in mlflow_client.get_metric_history(run_id, "val_rmse"))
-    assert run.data.metrics["best_val_rmse"] == pytest.approx(best_rmse)
-    assert float(found.tags["raymaas.gate_value"]) == pytest.approx(best_rmse)
-    info = mlflow.models.get_model_info("models:/test-diabetes@champion")
-    assert info.signature.outputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1,)}
-    model = mlflow.pyfunc.load_model("models:/test-diabetes@champion")
-    split = load_builtin(DataSpec(source="diabetes"), 0, "regression")
-    pred = model.predict(split.x_val)
-    assert pred.dtype == np.float32 and pred.shape == (len(split.x_val),)
-    rmse = float(np.sqrt(np.mean((pred - split.y_val[:, 0]) ** 2)))
-    assert rmse == pytest.approx(best_rmse, rel=1e-3)  # the same model, in the same units
-    assert abs(pred.mean() - split.y_val.mean()) < 30  # not standardised: the target's mean is ~150
-
-
 def test_best_epoch_is_registered_and_early_stopping_ends_the_job(ray_head, mlflow_client):
     """The issue's case: an MLP on the diabetes table overfits after a dozen epochs. The version
     registered and gated is the best epoch's by val_rmse, and early stopping ends the job
-    `patience` epochs after it."""
+    `patience` epochs after it. A single-output regression: an importance per feature, a
+    [n] float32 signature, and a model that answers in the target's units."""
     import mlflow
 
     from raymaas.supervised.data import DataSpec, load_builtin
@@ -309,6 +264,8 @@ def test_best_epoch_is_registered_and_early_stopping_ends_the_job(ray_head, mlfl
     # stopped `patience` epochs after the best, well before the spec's 60
     assert len(rmse) == best + 1 + patience < 60, rmse
     run = mlflow_client.get_run(run_id)
+    assert run.data.tags["task"] == "regression"
+    assert "val_accuracy" not in run.data.metrics
     assert run.data.tags["raymaas.stopped_early"] == f"after epoch {len(rmse)}"
     assert f"raymaas: stopped early after epoch {len(rmse)} of 60" in proc.stdout
     metrics = run.data.metrics
@@ -316,14 +273,23 @@ def test_best_epoch_is_registered_and_early_stopping_ends_the_job(ray_head, mlfl
     assert metrics["best_val_rmse"] == pytest.approx(rmse[best])
     r2 = {m.step: m.value for m in mlflow_client.get_metric_history(run_id, "val_r2")}
     assert metrics["best_val_r2"] == pytest.approx(r2[best])  # every validation metric at that epoch
+    assert metrics["best_val_r2"] > 0.3  # an MLP on this table: about 0.5
+    table = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/feature_importance.json")
+    assert len(table["data"]) == 10 and all(v >= 0 for _, v in table["data"])  # one per feature
     (version,) = mlflow_client.search_model_versions(f"name='test-best-epoch' and run_id='{run_id}'")
     assert float(version.tags["raymaas.gate_value"]) == pytest.approx(rmse[best])
     assert f"val_rmse {rmse[best]:.4f} at epoch {best + 1}, the best of {len(rmse)}" in proc.stdout
     # the weights registered are that epoch's: the model scores its validation RMSE, not the last one's
-    model = mlflow.pyfunc.load_model(f"models:/test-best-epoch/{version.version}")
+    uri = f"models:/test-best-epoch/{version.version}"
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1,)}
+    model = mlflow.pyfunc.load_model(uri)
     split = load_builtin(DataSpec(source="diabetes", validation_fraction=0.2), 0, "regression")
     pred = model.predict(split.x_val)
+    assert pred.dtype == np.float32 and pred.shape == (len(split.x_val),)
+    # the same model, in the same units
     assert float(np.sqrt(np.mean((pred - split.y_val[:, 0]) ** 2))) == pytest.approx(rmse[best], rel=1e-3)
+    assert abs(pred.mean() - split.y_val.mean()) < 30  # not standardised: the target's mean is ~150
     assert rmse[-1] > rmse[best]
 
 
@@ -349,9 +315,10 @@ def _two_targets(n: int, seed: int):
 
 def test_multi_output_regression_trains_and_answers_each_target_in_its_units(tmp_path, ray_head, mlflow_client):
     """Two target columns of a Parquet file (data.label_column a list), trained with the
-    diabetes debug spec: each output's validation metrics in its own units beside the overall
-    ones, a [n, 2] float32 signature, and predictions of rows it never saw close to the true
-    function of each target."""
+    diabetes debug spec (linear model, default gate): every epoch's losses and validation
+    metrics, each output's in its own units beside the overall ones, the regression plots, a
+    version gated on val_rmse at its best epoch, a [n, 2] float32 signature, and predictions of
+    rows it never saw close to the true function of each target."""
     import mlflow
 
     x, _, noisy = _two_targets(1200, seed=0)
@@ -375,8 +342,18 @@ def test_multi_output_regression_trains_and_answers_each_target_in_its_units(tmp
     run = mlflow_client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["task"] == "regression"
     metrics = run.data.metrics
-    for key in ("val_rmse/price_eur", "val_rmse/temperature_c", "val_rmse", "val_mae/temperature_c"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_rmse",
+        "val_mae",
+        "val_r2",
+        "val_rmse/price_eur",
+        "val_rmse/temperature_c",
+        "val_mae/temperature_c",
+    ):
         assert sorted(m.step for m in mlflow_client.get_metric_history(run_id, key)) == list(range(20)), key
+    assert "val_accuracy" not in metrics
     # each output in its own units: its error about its noise, far from the other's
     for target, noise in zip(("price_eur", "temperature_c"), MULTI_OUTPUT_NOISE):
         assert 0.8 * noise < metrics[f"val_rmse/{target}"] < 1.5 * noise, (target, metrics)
@@ -388,7 +365,22 @@ def test_multi_output_regression_trains_and_answers_each_target_in_its_units(tmp
     assert metrics["val_mae"] == pytest.approx((metrics["val_mae/price_eur"] + metrics["val_mae/temperature_c"]) / 2)
     assert metrics["val_r2"] == pytest.approx((metrics["val_r2/price_eur"] + metrics["val_r2/temperature_c"]) / 2)
     plots = {a.path for a in mlflow_client.list_artifacts(run_id, "plots")}
-    assert {"plots/predicted_vs_actual.png", "plots/residuals.png"} <= plots, plots
+    assert plots == {
+        "plots/loss_curve.png",
+        "plots/predicted_vs_actual.png",
+        "plots/residuals.png",
+        "plots/feature_importance.png",
+    }, plots
+    table = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/feature_importance.json")
+    assert sorted(name for name, _ in table["data"]) == ["f0", "f1", "f2", "f3"]  # one per feature column
+    assert all(v >= 0 for _, v in table["data"])
+
+    # the spec names no gate: a regression's default, val_rmse, at the best epoch (not necessarily the last)
+    (found,) = mlflow_client.search_model_versions(f"name='test-two-targets' and run_id='{run_id}'")
+    assert found.tags["raymaas.gate_metric"] == "val_rmse"
+    best_rmse = min(m.value for m in mlflow_client.get_metric_history(run_id, "val_rmse"))
+    assert metrics["best_val_rmse"] == pytest.approx(best_rmse)
+    assert float(found.tags["raymaas.gate_value"]) == pytest.approx(best_rmse)
 
     info = mlflow.models.get_model_info("models:/test-two-targets@champion")
     assert info.signature.outputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 2)}

@@ -46,11 +46,20 @@ class Stage:
 
 
 # Four trials of a small digits MLP (a learning rate drawn twice for each of two layer sizes),
-# two at a time, ASHA stopping the weak ones: about a minute and a half on 2 cores.
+# ASHA stopping the weak ones. On 2 cores the trials run one at a time (each holds a core for
+# its Train worker and one for itself), about a minute each; the debug demo draws the learning
+# rate once per layer size: two trials.
 _SWEEP_STAGE = Stage(
     "a sweep of the digits classifier on Ray Tune (4 trials, ASHA)",
     "supervised",
     "jobs/specs/digits_sweep_debug.yaml",
+    sweep=True,
+)
+_DEBUG_SWEEP_STAGE = Stage(
+    "a sweep of the digits classifier on Ray Tune (2 trials, ASHA, debug)",
+    "supervised",
+    "jobs/specs/digits_sweep_debug.yaml",
+    ("tune_config.num_samples=1",),
     sweep=True,
 )
 
@@ -66,7 +75,7 @@ STAGES = {
     # Small and fast: what the test runs (the RL policies do not solve CartPole here).
     "debug": (
         Stage("digits classifier on Ray Train (2 workers, debug)", "supervised", "jobs/specs/digits_debug.yaml"),
-        _SWEEP_STAGE,
+        _DEBUG_SWEEP_STAGE,
         Stage("PPO on CartPole-v1 (RLlib, debug)", "rl", "jobs/specs/cartpole_ppo_debug.yaml"),
         Stage("DQN on CartPole-v1 (RLlib, debug)", "rl", "jobs/specs/cartpole_dqn_debug.yaml"),
     ),

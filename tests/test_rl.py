@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_job, wait_for
+from raymaas.kinds import get_kind
 from raymaas.rl import PolicyExportError, RLSpec, check_parity
 from raymaas.specs import SpecError, load_spec
 from raymaas.tracking import JOB_KEY_TAG
@@ -139,18 +140,39 @@ def test_registered_policy_without_ray_scores_as_the_rllib_module(solved, ray_he
     assert np.mean(out["returns"]) >= SOLVED
 
 
+def _entries(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
 @pytest.mark.slow
-def test_worse_policy_stays_candidate(solved_ppo, ray_head, mlflow_client):
-    """The debug spec under the same model name: a new version, `candidate` only."""
-    proc = run_job(["jobs.rl", str(DEBUG_SPEC), "--set", "name=test-rl-ppo"], env=ray_head.env, timeout=600)
+def test_worse_policy_stays_candidate(solved_ppo, ray_head, mlflow_client, tmp_path):
+    """The debug spec under the same model name: a new version, `candidate` only. Its RLlib
+    checkpoints go to the job's checkpoint storage (RAYMAAS_STORAGE_PATH), as supervised jobs'
+    do, not under RAYMAAS_HOME: on a cluster that is the storage every node reaches."""
+    storage, default_storage = tmp_path / "shared-storage", ray_head.home / "ray_results"
+    default_before = _entries(default_storage)  # earlier jobs on this head keep theirs there
+    proc = run_job(
+        ["jobs.rl", str(DEBUG_SPEC), "--set", "name=test-rl-ppo", "--set", "checkpoint_config.checkpoint_frequency=1"],
+        env=ray_head.job_env(RAYMAAS_STORAGE_PATH=str(storage)),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_id = _run_id(proc.stdout)
-    assert mlflow_client.get_run(run_id).data.tags["raymaas.stopped_by"] == "max_env_steps"
+    run = mlflow_client.get_run(run_id)
+    assert run.data.tags["raymaas.stopped_by"] == "max_env_steps"
     (found,) = mlflow_client.search_model_versions(f"name='test-rl-ppo' and run_id='{run_id}'")
     mv = mlflow_client.get_model_version("test-rl-ppo", found.version)
     assert "candidate" in mv.aliases and "champion" not in mv.aliases
     assert "does not beat champion" in mv.tags["raymaas.promotion_reason"]
     assert mlflow_client.get_model_version_by_alias("test-rl-ppo", "champion").run_id == solved_ppo
+
+    # checkpoints: STORAGE/RUN_NAME, the newest one only, named by latest.json
+    folder = storage / run.data.tags[JOB_KEY_TAG]
+    latest = json.loads((folder / "latest.json").read_text())
+    assert (folder / latest["checkpoint"]).is_dir()
+    assert _entries(folder) == {latest["checkpoint"], "latest.json"}
+    assert latest["progress"]["iteration"] == int(run.data.metrics["training_iteration"]) >= 1
+    assert _entries(default_storage) == default_before
 
 
 # --------------------------------------------------------------------------- stop and resubmit
@@ -262,50 +284,21 @@ def test_ray_job_submit_stop_and_resubmit_continues_the_run(ray_head, mlflow_cli
     assert version.run_id == run.info.run_id
 
 
-@pytest.mark.slow  # a training run: not for make test-fast
-def test_checkpoints_go_where_raymaas_storage_path_says(tmp_path):
-    """RL jobs keep their checkpoints in the job's checkpoint storage, as supervised jobs do,
-    not under the project folder: on a cluster that is the storage every node reaches."""
-    home, storage = tmp_path / "home", tmp_path / "shared-storage"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
-    env.update(
-        RAYMAAS_HOME=str(home), RAYMAAS_STORAGE_PATH=str(storage), MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}"
-    )
-    proc = run_job(
-        [
-            "jobs.rl",
-            str(DEBUG_SPEC),
-            "--set",
-            "mlflow.run_name=rl-storage",
-            "--set",
-            "stop.max_env_steps=1000",
-            "--set",
-            "checkpoint_config.checkpoint_frequency=1",
-        ],
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    latest = json.loads((storage / "rl-storage" / "latest.json").read_text())
-    assert (storage / "rl-storage" / latest["checkpoint"]).is_dir()
-    assert latest["progress"]["iteration"] >= 1
-    assert not (home / "ray_results").exists()
-
-
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("env=NoSuchEnv-v0", "gymnasium does not know env 'NoSuchEnv-v0'"),
-        ("env=Pendulum-v1", "env 'Pendulum-v1' has a continuous action space"),
-        ("training.learning_rate=0.1", "unknown RLlib field 'learning_rate'"),
-        ("model.fcnet_hidden=[8]", "unknown RLlib field 'fcnet_hidden' (did you mean 'fcnet_hiddens'?)"),
-    ],
-)
-def test_bad_spec_is_rejected_before_any_ray_work(override, message, tmp_path):
+BAD_SPECS = [
+    ("env=NoSuchEnv-v0", "gymnasium does not know env 'NoSuchEnv-v0'"),
+    ("env=Pendulum-v1", "env 'Pendulum-v1' has a continuous action space"),
+    ("training.learning_rate=0.1", "unknown RLlib field 'learning_rate'"),
+    ("model.fcnet_hidden=[8]", "unknown RLlib field 'fcnet_hidden' (did you mean 'fcnet_hiddens'?)"),
+]
+
+
+def test_bad_spec_is_rejected_before_any_ray_work(tmp_path):
+    """One bad spec through the job's entrypoint: exit code 2, the message, no Ray, nothing
+    written (the other bad specs go through the same validation below, in this process)."""
+    override, message = BAD_SPECS[0]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["RAYMAAS_HOME"] = str(tmp_path)
     proc = run_job(["jobs.rl", str(DQN_SPEC), "--set", "name=test-rl-bad", "--set", override], env=env, timeout=300)
@@ -313,6 +306,20 @@ def test_bad_spec_is_rejected_before_any_ray_work(override, message, tmp_path):
     assert message in proc.stderr
     assert "Started a local Ray" not in proc.stderr + proc.stdout
     assert list(tmp_path.iterdir()) == []  # no MLflow store, no run, no checkpoint
+
+
+@pytest.mark.parametrize("override, message", BAD_SPECS)
+def test_bad_spec_messages(override, message, tmp_path, monkeypatch):
+    """What `python -m jobs.rl` validates before it starts Ray (raymaas.runtime.entrypoint.main:
+    the rl kind's spec model through load_spec), and the message it prints after `error: `."""
+    import ray
+
+    monkeypatch.setenv("RAYMAAS_HOME", str(tmp_path))
+    with pytest.raises(SpecError) as err:
+        load_spec(get_kind("rl").load_spec_model(), DQN_SPEC, ["name=test-rl-bad", override])
+    assert message in str(err.value)
+    assert not ray.is_initialized()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dqn_needs_a_discrete_action_space():

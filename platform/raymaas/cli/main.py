@@ -480,12 +480,22 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     load with the temperature, rows shuffled (jobs/specs/load_lstm.yaml forecasts it);
     `waveforms` labelled sensor traces in a list column, Parquet only
     (jobs/specs/waveforms_gru.yaml); `transactions` card payments, a few of them fraud
-    (jobs/specs/transactions_autoencoder.yaml, task anomaly)."""
+    (jobs/specs/transactions_autoencoder.yaml, task anomaly). `digit-images` is a folder, not a
+    table: scikit-learn's bundled digits as 16x16 grayscale PNGs, one sub-folder per digit
+    (jobs/specs/digit_images_cnn.yaml); --rows caps the number of images (1797 at most)."""
     from pathlib import Path
 
     from raymaas.supervised.data import make_load_series, make_loans, make_transactions, make_waveforms
 
     path = Path(args.output)
+    if args.name == "digit-images":
+        from raymaas.supervised.images import write_digit_images
+
+        if path.exists() and not path.is_dir():
+            raise CliError(f"{args.output}: digit-images are written to a folder, and this is a file", exit_code=2)
+        n = write_digit_images(path, args.rows)
+        print(f"raymaas: wrote {n} digit images (16x16, grayscale PNG) to {path}/<digit>/")
+        return 0
     if path.suffix.lower() not in (".parquet", ".csv"):
         raise CliError(f"{args.output}: name a .parquet or .csv file", exit_code=2)
     if args.name == "waveforms" and path.suffix.lower() == ".csv":
@@ -700,16 +710,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=cmd_explain)
 
     sample = sub.add_parser(
-        "sample-data", help="write a generated table to train a shipped spec on", description=cmd_sample_data.__doc__
+        "sample-data",
+        help="write a generated table (or image folder) to train a shipped spec on",
+        description=cmd_sample_data.__doc__,
     )
     sample.add_argument(
         "name",
-        choices=["loans", "load", "waveforms", "transactions"],
+        choices=["loans", "load", "waveforms", "transactions", "digit-images"],
         help="the table: loans (jobs/specs/loans.yaml), load (load_lstm.yaml), waveforms (waveforms_gru.yaml), "
-        "transactions (transactions_autoencoder.yaml)",
+        "transactions (transactions_autoencoder.yaml); or digit-images, a folder (digit_images_cnn.yaml)",
     )
-    sample.add_argument("output", help="the .parquet or .csv file to write")
-    sample.add_argument("--rows", type=positive_int, default=20_000, help="rows to write (default: 20000)")
+    sample.add_argument("output", help="the .parquet or .csv file to write (digit-images: the folder)")
+    sample.add_argument(
+        "--rows", type=positive_int, default=20_000, help="rows to write (default: 20000; digit-images: all 1797)"
+    )
     sample.add_argument("--seed", type=int, default=0, help="the generator's seed (default: 0)")
     sample.set_defaults(func=cmd_sample_data)
 

@@ -3,10 +3,11 @@
 Built-in sets (`digits` and `synthetic` for classification, `diabetes` and `synthetic` for
 regression) are small and generated deterministically, so each worker builds its own shard in
 memory. Files (Parquet or CSV, a file or a folder) are read
-with Ray Data and streamed to the workers as dataset shards.
+with Ray Data and streamed to the workers as dataset shards; so are the images of an image
+folder (one sub-folder per class, raymaas.supervised.images).
 
 What the driver hands each worker about its data is one typed model per source
-(`BuiltinData`, `FileShards`), validated again in the worker.
+(`BuiltinData`, `SequenceData`, `FileShards`, `ImageData`), validated again in the worker.
 """
 
 from __future__ import annotations
@@ -33,14 +34,18 @@ BUILTIN_TASKS = {
 }
 TASKS = ("classification", "regression", "anomaly")
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+# data.augment's transforms of an image folder's training batches (raymaas.supervised.images)
+Augmentation = Literal["flip", "crop"]
 
 
 class DataSpec(SpecModel):
     source: str = Field(
-        "digits", description="digits, synthetic, diabetes (regression), or the path of a Parquet/CSV file or folder"
+        "digits",
+        description="digits, synthetic, diabetes (regression), the path of a Parquet/CSV file or folder, or of an "
+        "image folder (one sub-folder of PNG or JPEG files per class)",
     )
-    format: Literal["auto", "parquet", "csv"] = Field(
-        "auto", description="file format; auto infers it from the file names"
+    format: Literal["auto", "parquet", "csv", "images"] = Field(
+        "auto", description="file format; auto infers it from the file names (image files in sub-folders: images)"
     )
     label_column: str | list[str] | None = Field(
         "label",
@@ -80,7 +85,21 @@ class DataSpec(SpecModel):
         description="files, with order_by: examples are `length` consecutive rows of the feature columns (default: "
         "every numeric column but order_by, the label's past included), the target the label `horizon` rows later",
     )
-    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of rows held out for validation")
+    image_size: int | tuple[int, int] | None = Field(
+        None,
+        description="image folder (required): the size every image is resized to, an int (a square) or [height, width]",
+    )
+    image_mode: Literal["L", "RGB"] = Field(
+        "RGB", description="image folder: L (grayscale, 1 channel) or RGB (3 channels); images are converted to it"
+    )
+    augment: list[Augmentation] = Field(
+        [],
+        description="image folder: random transforms of the training batches, on the workers (never of validation): "
+        "flip (left-right, half of the images), crop (shifted by up to 1/8 of the side, edges repeated)",
+    )
+    validation_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share of rows held out for validation (image folder: of each class's images)"
+    )
     n_samples: int = Field(20_000, gt=10, description="synthetic: number of rows")
     n_features: int = Field(32, gt=0, description="synthetic: number of features")
     n_classes: int = Field(4, ge=2, description="synthetic: number of classes")
@@ -92,6 +111,13 @@ class DataSpec(SpecModel):
             raise ValueError("must be a column name or a non-empty list of distinct column names")
         return value
 
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, value):
+        if value is not None and min((value,) if isinstance(value, int) else value) < 1:
+            raise ValueError("an int > 0 (a square), or [height, width] of ints > 0")
+        return value
+
     @field_validator("source")
     @classmethod
     def _known_source(cls, source: str) -> str:
@@ -99,7 +125,10 @@ class DataSpec(SpecModel):
             return source
         looks_like_path = "/" in source or Path(source).suffix in _FORMATS
         if not looks_like_path:
-            raise ValueError(f"unknown dataset {source!r}: use {', '.join(BUILTIN_DATASETS)} or a Parquet/CSV path")
+            raise ValueError(
+                f"unknown dataset {source!r}: use {', '.join(BUILTIN_DATASETS)}, a Parquet/CSV path or an image "
+                "folder's path"
+            )
         path = Path(source).expanduser()
         if not path.exists():
             raise ValueError(f"data file or folder {source!r} does not exist")
@@ -112,8 +141,12 @@ class DataSpec(SpecModel):
         if self.source in BUILTIN_DATASETS:
             if self.window is not None:
                 raise ValueError(f"window is for a time series in a file, not the built-in set {self.source!r}")
+            self._no_image_fields()
             return self
         self.format = infer_format(Path(self.source), self.format)
+        if self.format == "images":
+            return self._check_image_folder_fields()
+        self._no_image_fields()
         try:
             columns = file_columns(self.source, self.format)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
@@ -142,6 +175,36 @@ class DataSpec(SpecModel):
             raise ValueError(f"categorical_columns {stray} are not feature columns of {self.source}")
         return self
 
+    def _no_image_fields(self) -> None:
+        used = [f"data.{f}" for f in ("image_size", "augment") if getattr(self, f)]
+        if used:
+            source = f"the built-in set {self.source!r}" if self.source in BUILTIN_DATASETS else f"{self.format} files"
+            raise ValueError(f"{' and '.join(used)}: for an image folder (format images), not {source}")
+
+    def _check_image_folder_fields(self) -> DataSpec:
+        """An image folder's spec: its size given, and none of the fields of a table."""
+        if not Path(self.source).is_dir():
+            raise ValueError(f"format images: {self.source} is not a folder (one sub-folder of images per class)")
+        if self.image_size is None:
+            raise ValueError(
+                "data.image_size: an image folder needs the size its images are resized to "
+                "(an int for a square, or [height, width])"
+            )
+        if self.label_column != "label":
+            raise ValueError("data.label_column: an image folder's labels are its sub-folder names, not a column")
+        table_fields = {
+            "feature_columns": self.feature_columns is not None,
+            "order_by": self.order_by is not None,
+            "window": self.window is not None,
+            "normal_label": self.normal_label is not None,
+            "impute": self.impute != "none",
+            "categorical_columns": bool(self.categorical_columns),
+        }
+        used = [f"data.{f}" for f, is_set in table_fields.items() if is_set]
+        if used:
+            raise ValueError(f"{', '.join(used)}: for a table, not an image folder ({self.source})")
+        return self
+
     @property
     def label_columns(self) -> list[str]:
         if self.label_column is None:
@@ -156,9 +219,19 @@ def check_files(spec: DataSpec, task: str) -> TableFacts | None:
     the job will read it (None: no table facts)."""
     # Imported here: pyarrow.dataset, .csv and .parquet take about 1 s to import, and the
     # workers and the CLI that import this module never scan.
-    from raymaas.supervised import sequences
+    from raymaas.supervised import images, sequences
     from raymaas.supervised.checks import scan_table
 
+    if spec.format == "images":
+        if task != "classification":
+            raise ValueError(
+                f"an image folder trains task classification (its sub-folders are the classes), not {task}"
+            )
+        try:
+            images.scan_image_folder(spec.source, spec.image_size, spec.image_mode)
+        except images.ImageFolderError as err:
+            raise ValueError(f"the images in {spec.source} cannot train as they are: {err}") from None
+        return None
     if sequences.layout(spec) is not None:
         try:
             sequences.read_sequences(spec, task, 0)
@@ -174,10 +247,17 @@ def check_files(spec: DataSpec, task: str) -> TableFacts | None:
 def infer_format(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
+    from raymaas.supervised.images import holds_images
+
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     found = {_FORMATS[p.suffix.lower()] for p in files if p.suffix.lower() in _FORMATS}
+    if not found and path.is_dir() and holds_images(path):
+        return "images"
     if len(found) != 1:
-        raise ValueError(f"cannot infer the format of {path}: name files *.parquet or *.csv, or set data.format")
+        raise ValueError(
+            f"cannot infer the format of {path}: name files *.parquet or *.csv, put images (*.png, *.jpg, *.jpeg) "
+            "in one sub-folder per class, or set data.format"
+        )
     return found.pop()
 
 
@@ -290,7 +370,32 @@ class FileShards(SpecModel):
         return (self.n_features,)
 
 
-WorkerData = Annotated[Union[BuiltinData, SequenceData, FileShards], Field(discriminator="source")]
+class ImageData(SpecModel):
+    """An image folder (raymaas.supervised.images): each worker reads its shards of Ray Data's
+    `train` and `validation` images (the class as the folder's name), as of a table."""
+
+    source: Literal["images"] = "images"
+    input_shape: tuple[int, int, int]  # (channels, height, width): one example's
+    targets: Targets
+    # each channel's mean and standard deviation over the training split's pixels (0-255)
+    mean: list[float]
+    std: list[float]
+    augment: list[Augmentation] = []
+
+    @model_validator(mode="after")
+    def _one_statistic_per_channel(self) -> ImageData:
+        if not len(self.mean) == len(self.std) == self.input_shape[0]:
+            raise ValueError("mean and std must have one entry per channel")
+        return self
+
+    def scaling(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mean and std as the model's Standardize layer holds them: shaped (channels, 1, 1),
+        so that they broadcast over a [n, channels, height, width] batch's channel axis."""
+        shape = (self.input_shape[0], 1, 1)
+        return np.asarray(self.mean).reshape(shape), np.asarray(self.std).reshape(shape)
+
+
+WorkerData = Annotated[Union[BuiltinData, SequenceData, FileShards, ImageData], Field(discriminator="source")]
 
 
 class DataError(SpecError):
@@ -545,7 +650,7 @@ def shard_rows(n_rows: int, rank: int, world_size: int, epoch_seed: int | None) 
 class PreparedData:
     """What the driver learns of its data before training starts."""
 
-    worker: BuiltinData | FileShards  # what each worker gets
+    worker: BuiltinData | SequenceData | FileShards | ImageData  # what each worker gets
     datasets: dict  # Ray Data datasets for Ray Train ({} for a built-in set)
     example: np.ndarray  # a few validation rows: the model's input example
     feature_columns: list[str] | None  # files: the signature's columns; built-in: a tensor signature
@@ -562,11 +667,61 @@ def prepare_data(spec: DataSpec, seed: int, task: str = "classification") -> Pre
         split = load_builtin(spec, seed, task)
         worker = BuiltinData(spec=spec, n_features=split.x_train.shape[1], targets=builtin_targets(split, task))
         return PreparedData(worker, {}, split.x_val[:8], None)
+    if spec.format == "images":
+        return prepare_images(spec, seed, task)
     from raymaas.supervised.sequences import layout
 
     if layout(spec) is not None:
         return prepare_sequences(spec, seed, task)
     return read_files(spec, seed, task)
+
+
+def prepare_images(spec: DataSpec, seed: int, task: str) -> PreparedData:
+    """An image folder: the files the spec's check decoded, split by class, each split read with
+    Ray Data's image reader (held in Ray's object store while the job runs); the per-channel
+    pixel statistics fitted on the training split, and the example."""
+    import logging
+
+    import ray.data
+
+    from raymaas.supervised import images
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if task != "classification":
+        raise DataError(f"an image folder trains task classification, not {task}")
+    try:  # the check's scan, cached in this process unless a file changed since
+        facts = images.scan_image_folder(spec.source, spec.image_size, spec.image_mode)
+        split = images.split_files(facts, spec.validation_fraction, seed)
+    except images.ImageFolderError as err:
+        raise DataError(str(err)) from None
+    notes = {}
+    if facts.undecodable:
+        # left out, and said so before training starts: one bad file does not cost the job
+        print(f"raymaas: {facts.undecodable_line()}", flush=True)
+        n = len(facts.undecodable)
+        listed = ", ".join(p for p, _ in facts.undecodable[:UNDECODABLE_TAGGED])
+        if n > UNDECODABLE_TAGGED:
+            listed += f" and {n - UNDECODABLE_TAGGED} more"
+        notes["raymaas.undecodable_files"] = f"{n}: {listed}"
+    shape = images.input_shape(spec.image_size, spec.image_mode)
+    train = images.read_split(facts.root, split.train, spec.image_size, spec.image_mode).materialize()
+    validation = images.read_split(facts.root, split.validation, spec.image_size, spec.image_mode).materialize()
+    mean, std = images.channel_statistics(train, shape[0])
+    notes["raymaas.images"] = images.describe(facts, split, shape, spec.image_mode)
+    print(f"raymaas: {notes['raymaas.images']}", flush=True)
+    worker = ImageData(
+        input_shape=shape,
+        targets=Targets(task=task, classes=list(facts.classes)),
+        mean=mean,
+        std=std,
+        augment=list(spec.augment),
+    )
+    example, _ = images.dataset_rows(validation, EXAMPLE_ROWS)
+    return PreparedData(worker, {"train": train, "validation": validation}, example, None, notes)
+
+
+UNDECODABLE_TAGGED = 20  # undecodable files named in the run's tag
 
 
 def prepare_sequences(spec: DataSpec, seed: int, task: str) -> PreparedData:

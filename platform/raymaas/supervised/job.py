@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from raymaas.runtime.driver import TrainedModel
 from raymaas.specs import SpecModel, TrainingJobSpec
-from raymaas.supervised.data import BUILTIN_TASKS, DataSpec, check_files
+from raymaas.supervised.data import BUILTIN_TASKS, DataSpec, ImageData, check_files
 from raymaas.supervised.loop import Selection, TrainLoopConfig
 from raymaas.supervised.metrics import task_metric_names
 from raymaas.supervised.models import BUILTIN_MODELS, MLPConfig, ModelSpec
@@ -90,6 +90,11 @@ class SupervisedSpec(TrainingJobSpec):
             raise ValueError("data.normal_label is for task anomaly, with the label_column it is a value of")
         if task == "anomaly" and data.window is not None:
             raise ValueError("task anomaly scores table rows, not windows of a series")
+        if data.format == "images" and self.model.name in ("lstm", "gru"):
+            raise ValueError(
+                f"model {self.model.name} reads sequences, not images: an image folder trains cnn, mlp, linear or a "
+                "factory of yours (given input_shape (channels, height, width))"
+            )
         loss = loop.loss_name(task)
         if task == "anomaly" and loop.loss not in ("auto", "mse"):
             raise ValueError("train_loop_config.loss: task anomaly minimises the reconstruction error (mse)")
@@ -301,7 +306,9 @@ def _model_of(job, prepared, checkpoint):
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
     worker = data.worker
     targets = worker.targets
-    statistics = worker.input_shape[-1]  # the Standardize layer's: one per feature, or per channel
+    # the Standardize layer's shape: one per feature, or per channel (a sequence's last axis; an
+    # image's first, held as (channels, 1, 1))
+    statistics = (worker.input_shape[0], 1, 1) if isinstance(worker, ImageData) else worker.input_shape[-1]
     regression = targets.task == "regression"
     encoding = getattr(worker, "encoding", None)
     module = build_model(
@@ -428,6 +435,7 @@ def _filled(x: np.ndarray, encoding: dict | None) -> np.ndarray:
 
 
 PROFILE_ROWS = 20_000  # training and validation rows the reference profile is built from, at most
+PROFILE_IMAGE_BYTES = 64 * 2**20  # an image folder's: as many images as this many bytes of pixels, at most
 IMPORTANCE_ROWS = 256  # validation rows the logged feature importance is averaged over
 
 
@@ -455,6 +463,12 @@ def _split_rows(data, spec, split: str, limit: int):
     from raymaas.supervised.data import SequenceData, load_builtin
 
     worker = data.worker
+    if isinstance(worker, ImageData):
+        from raymaas.supervised.images import dataset_rows
+
+        # images are wide rows: as many as PROFILE_IMAGE_BYTES of float32 pixels hold
+        per_image = 4 * int(np.prod(worker.input_shape))
+        return dataset_rows(data.datasets[split], max(1, min(limit, PROFILE_IMAGE_BYTES // per_image)))
     if split in data.datasets:
         frame = data.datasets[split].limit(limit).to_pandas()
         encoding = getattr(worker, "encoding", None)

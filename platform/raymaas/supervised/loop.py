@@ -14,7 +14,17 @@ from pydantic import Field
 
 from raymaas.specs import SpecModel
 from raymaas.supervised import metrics as task_metrics
-from raymaas.supervised.data import ArraySplit, BuiltinData, FileShards, Targets, WorkerData, array_split, shard_rows
+from raymaas.supervised.data import (
+    ArraySplit,
+    BuiltinData,
+    FileShards,
+    ImageData,
+    Targets,
+    WorkerData,
+    array_split,
+    shard_rows,
+)
+from raymaas.supervised.images import CLASS_COLUMN, augment_batch, channels_first
 from raymaas.supervised.models import ModelSpec, build_model
 
 STATE_FILE = "state.pt"
@@ -91,10 +101,14 @@ def train_loop_per_worker(config: dict) -> None:
 
     if isinstance(data, FileShards):
         batches = _ShardBatches(data, loop, device)
+    elif isinstance(data, ImageData):
+        batches = _ImageBatches(data, loop, rank, device)
     else:  # a built-in set or a sequence file: held in memory
         batches = _ArrayBatches(array_split(data, loop.seed), loop, rank, world, device)
     if isinstance(data, BuiltinData):
         mean, std = batches.stats
+    elif isinstance(data, ImageData):
+        mean, std = data.scaling()  # per channel
     else:
         mean, std = data.mean, data.std
     targets = data.targets
@@ -259,8 +273,9 @@ class _ArrayBatches:
             yield self._xv[i : i + 1024], self._yv[i : i + 1024]
 
 
-class _ShardBatches:
-    """A file data set read by Ray Data: this worker's shard of `train` and `validation`.
+class _StreamedBatches:
+    """A data set read by Ray Data: this worker's shard of `train` and `validation`, each
+    batch made tensors by the subclass's `_collate`.
 
     The first epoch streams the shards; when they are small (at most CACHE_BYTES on this
     worker) their rows are kept, and later epochs reshuffle the kept rows instead of running
@@ -271,8 +286,7 @@ class _ShardBatches:
 
     CACHE_BYTES = 256 * 2**20
 
-    def __init__(self, data: FileShards, loop: TrainLoopConfig, device):
-        import pandas as pd
+    def __init__(self, loop: TrainLoopConfig, device):
         import ray.train
 
         self._shards = {
@@ -280,45 +294,15 @@ class _ShardBatches:
             "validation": ray.train.get_dataset_shard("validation"),
         }
         self._kept: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
-        self._features, self._labels, self._loop, self._device = data.feature_columns, data.label_columns, loop, device
-        # classification: label -> index in the class list (-1 for a label the training split lacks)
-        self._classes = pd.Index(data.targets.classes) if data.targets.task == "classification" else None
-        # anomaly: which label is normal (None: no labels; every row counts as normal)
-        self._normal = data.targets.normal if data.targets.task == "anomaly" else None
-        self._anomaly = data.targets.task == "anomaly"
-        self._encoding = None
-        if data.encoding is not None:  # categorical or imputed columns: encoded as the served model does
-            from raymaas.modelcode.tabular import TabularEncoding
-
-            self._encoding = TabularEncoding.from_dict(data.encoding)
+        self._loop, self._device = loop, device
 
     def _collate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._encoding is not None:
-            import pandas as pd
-
-            x = self._encoding.encode(pd.DataFrame({c: batch[c] for c in self._features}))
-        else:
-            x = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._features], axis=1)
-        if self._anomaly:
-            from raymaas.supervised.data import anomaly_flags
-
-            if self._normal is None:
-                y = np.zeros(len(x), dtype=np.int64)
-            else:
-                y = anomaly_flags(batch[self._labels[0]], self._normal)
-        elif self._classes is not None:
-            y = self._classes.get_indexer(np.asarray(batch[self._labels[0]])).astype(np.int64)
-            known = y >= 0  # validation rows of an unseen label: reported by the driver, left out here
-            if not known.all():
-                x, y = x[known], y[known]
-        else:
-            y = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._labels], axis=1)
-        return torch.from_numpy(x).to(self._device), torch.from_numpy(y).to(self._device)
+        raise NotImplementedError
 
     def class_counts(self, n_classes: int) -> np.ndarray:
         """Rows of each class in the training split, summed over the workers' shards."""
         counts = torch.zeros(n_classes, dtype=torch.float64, device=self._device)
-        for _, y in self.train(0):
+        for _, y in self._batches("train", self._loop.batch_size, None):
             counts += torch.bincount(y, minlength=n_classes).to(counts)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)
@@ -353,3 +337,74 @@ class _ShardBatches:
             yield x, y
         if xs:
             self._kept[name] = (torch.cat(xs), torch.cat(ys))
+
+
+class _ShardBatches(_StreamedBatches):
+    """A file data set read by Ray Data: rows of feature and label columns."""
+
+    def __init__(self, data: FileShards, loop: TrainLoopConfig, device):
+        import pandas as pd
+
+        super().__init__(loop, device)
+        self._features, self._labels = data.feature_columns, data.label_columns
+        # classification: label -> index in the class list (-1 for a label the training split lacks)
+        self._classes = pd.Index(data.targets.classes) if data.targets.task == "classification" else None
+        # anomaly: which label is normal (None: no labels; every row counts as normal)
+        self._normal = data.targets.normal if data.targets.task == "anomaly" else None
+        self._anomaly = data.targets.task == "anomaly"
+        self._encoding = None
+        if data.encoding is not None:  # categorical or imputed columns: encoded as the served model does
+            from raymaas.modelcode.tabular import TabularEncoding
+
+            self._encoding = TabularEncoding.from_dict(data.encoding)
+
+    def _collate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._encoding is not None:
+            import pandas as pd
+
+            x = self._encoding.encode(pd.DataFrame({c: batch[c] for c in self._features}))
+        else:
+            x = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._features], axis=1)
+        if self._anomaly:
+            from raymaas.supervised.data import anomaly_flags
+
+            if self._normal is None:
+                y = np.zeros(len(x), dtype=np.int64)
+            else:
+                y = anomaly_flags(batch[self._labels[0]], self._normal)
+        elif self._classes is not None:
+            y = self._classes.get_indexer(np.asarray(batch[self._labels[0]])).astype(np.int64)
+            known = y >= 0  # validation rows of an unseen label: reported by the driver, left out here
+            if not known.all():
+                x, y = x[known], y[known]
+        else:
+            y = np.stack([np.asarray(batch[c], dtype=np.float32) for c in self._labels], axis=1)
+        return torch.from_numpy(x).to(self._device), torch.from_numpy(y).to(self._device)
+
+
+class _ImageBatches(_StreamedBatches):
+    """An image folder read by Ray Data: float32 [n, channels, height, width] pixels (0-255)
+    and class ids. data.augment transforms the training batches, afresh each epoch (the kept
+    rows stay as read); validation batches never."""
+
+    def __init__(self, data: ImageData, loop: TrainLoopConfig, rank: int, device):
+        import pandas as pd
+
+        super().__init__(loop, device)
+        self._classes = pd.Index(data.targets.classes)
+        self._augment, self._rank = list(data.augment), rank
+
+    def _collate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        x = channels_first(batch["image"])
+        y = self._classes.get_indexer(np.asarray(batch[CLASS_COLUMN])).astype(np.int64)
+        return torch.from_numpy(x).to(self._device), torch.from_numpy(y).to(self._device)
+
+    def train(self, epoch: int):
+        if not self._augment:
+            yield from super().train(epoch)
+            return
+        # the same draws after a restart from a checkpoint; another stream on each rank
+        generator = torch.Generator(device=self._device)
+        generator.manual_seed((self._loop.seed * 100_003 + epoch) * 1_009 + self._rank)
+        for x, y in super().train(epoch):
+            yield augment_batch(x, self._augment, generator), y

@@ -360,3 +360,105 @@ def test_the_image_folder_trains_and_registers_a_pixel_signature(trained, digit_
     predictions = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(x)
     truth = np.asarray([p.parent.name for p in paths])
     assert (np.asarray(predictions) == truth).mean() > 0.8, list(zip(predictions, truth))
+
+
+@pytest.mark.slow
+def test_served_images_answer_png_jpeg_and_multipart_bodies(trained, digit_folder, ray_head):
+    """Over HTTP on the session head: a PNG body of another size and mode (resized and converted
+    as training read the folder), a JPEG, a multipart form of three files answered in order, the
+    same answers as the pyfunc on the pixels read_images gives; a body that does not decode is a
+    422 naming it; /explain takes the image with ?target= and answers per pixel."""
+    import io
+    import json
+    import urllib.error
+    import urllib.request
+
+    import ray
+    from ray import serve
+
+    from conftest import free_port
+    from raymaas.runtime.cluster import connect
+    from raymaas.serving import ServeSpec, build_model_app
+
+    def encoded(path: Path, fmt: str, size: tuple[int, int] | None = None, mode: str = "L") -> bytes:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+            if size is not None:
+                image = image.resize(size, Image.NEAREST)
+            out = io.BytesIO()
+            image.save(out, format=fmt)
+            return out.getvalue()
+
+    def as_trained(data: bytes) -> np.ndarray:  # what Ray Data's read_images makes of it: 16x16, mode L
+        with Image.open(io.BytesIO(data)) as image:
+            if image.size != (16, 16):
+                image = image.resize((16, 16), Image.BILINEAR)
+            return np.asarray(image.convert("L"), dtype=np.float32)[None]
+
+    def post(path: str, body: bytes, content_type: str):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/models/{NAME}/{path}",
+            data=body,
+            headers={"content-type": content_type},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    paths = [sorted((digit_folder / str(d)).glob("*.png"))[0] for d in (1, 4, 7)]
+    bodies = [
+        ("image/png", encoded(paths[0], "PNG", (40, 40), "RGB")),  # bigger, in colour: resized, made grey
+        ("image/jpeg", encoded(paths[1], "JPEG")),
+    ]
+    boundary = "raymaas-test-boundary"
+    parts = b"".join(
+        f'--{boundary}\r\ncontent-disposition: form-data; name="files"; filename="{p.parent.name}-{p.name}"\r\n'
+        "content-type: image/png\r\n\r\n".encode()
+        + p.read_bytes()
+        + b"\r\n"
+        for p in paths
+    )
+    multipart = parts + f"--{boundary}--\r\n".encode()
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAYMAAS_HOME")}
+    os.environ.update({k: ray_head.env[k] for k in saved})
+    connect(ray_head.address)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    spec = ServeSpec.model_validate(
+        {
+            "models": [{"name": NAME}],
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+            "ray_actor_options": {"num_cpus": 0.25},
+        }
+    )
+    try:
+        serve.run(build_model_app(spec), name="images", route_prefix=spec.route_prefix)
+        for content_type, body in bodies:
+            status, out = post("invocations", body, content_type)
+            assert status == 200, (content_type, out)
+            assert out["predictions"] == list(pyfunc.predict(as_trained(body)[None])), (content_type, out)
+        status, out = post("invocations", multipart, f"multipart/form-data; boundary={boundary}")
+        assert status == 200, out
+        x = np.stack([as_trained(p.read_bytes()) for p in paths])
+        assert out["predictions"] == list(pyfunc.predict(x)), out  # one answer a file, in the order sent
+
+        status, out = post("invocations", BROKEN, "image/png")
+        assert status == 422 and "does not decode" in out["message"], out
+
+        status, out = post(f"explain?target={paths[0].parent.name}", paths[0].read_bytes(), "image/png")
+        assert status == 200, out
+        (row,) = out["explanations"]
+        assert row["target"] == "1" and np.asarray(row["attributions"]).shape == (1, 16, 16), row
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -7,7 +7,8 @@
                             the output folder: what cannot work exits 2 here (raymaas.batch.plan)
     connect                 a local Ray, or the cluster at address / RAY_ADDRESS
     one MLflow run          in the model's experiment; continued by mlflow.run_name
-    Ray Data                read_parquet / read_csv -> map_batches(BatchScorer, a pool of N actors)
+    Ray Data                read_parquet / read_csv / read_binary_files (images)
+                            -> map_batches(BatchScorer, a pool of N actors)
                             -> the driver writes each file's part once all its rows are back
     final status            FINISHED, FAILED or KILLED (raymaas.runtime.lifecycle)
 
@@ -35,6 +36,9 @@ from pydantic import Field, field_validator, model_validator
 from raymaas.specs import EXIT_INVALID_SPEC, JobSpec, MlflowSpec, SpecError
 
 EXIT_NO_RESOURCES = 3
+# An image model's default batch: as many images as decode to this many bytes (at most
+# batch_size's default). 4096 RGB images of 224x224 would be 2.4 GB of float32 in each actor.
+IMAGE_BATCH_BYTES = 64 << 20
 # Ray's own floor (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES).
 MIN_OBJECT_STORE_BYTES = 75 * 1024 * 1024
 _SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20}
@@ -61,9 +65,15 @@ class PredictSpec(JobSpec):
         ...,
         description="registered model: NAME (its champion), NAME@ALIAS, NAME/VERSION, or a models:/ URI of those",
     )
-    input: str = Field(..., description="a Parquet or CSV file, or a folder of them (each file is resumed as a whole)")
+    input: str = Field(
+        ...,
+        description="a Parquet or CSV file, or a folder of them (each file is resumed as a whole), or a folder of "
+        "PNG/JPEG images for an image model (each folder's images resumed as a whole)",
+    )
     output: str = Field(..., description="Parquet folder of part files; rejected rows go to OUTPUT-errors beside it")
-    format: Literal["auto", "parquet", "csv"] = Field("auto", description="input format; auto: from the file names")
+    format: Literal["auto", "parquet", "csv", "images"] = Field(
+        "auto", description="input format; auto: from the file names (images: a folder of them and no table)"
+    )
     passthrough_columns: list[str] = Field([], description="input columns copied to the output as they are (an id)")
     feature_columns: list[str] | None = Field(
         None,
@@ -75,7 +85,12 @@ class PredictSpec(JobSpec):
         False, description="also class probabilities: only models whose signature declares a `probabilities` param"
     )
     overwrite: bool = Field(False, description="replace an output folder that exists and is not empty")
-    batch_size: int = Field(4096, ge=1, description="rows per model call (map_batches batch_size)")
+    batch_size: int = Field(
+        4096,
+        ge=1,
+        description="rows per model call (map_batches batch_size); unset, an image model's is as many images as "
+        "decode to 64 MiB, up to 4096",
+    )
     concurrency: int = Field(
         2, ge=1, description="model actors, each loading the model once (map_batches' ActorPoolStrategy size)"
     )
@@ -153,18 +168,21 @@ class PredictOutcome:
     units_skipped: int
     seconds: float
     rows_per_second: float
+    unit_noun: str = "file"  # what a unit is: an input file, or a folder of images
 
     def lines(self) -> list[str]:
         """What the job prints at its end."""
         skipped = (
-            f"; {_count(self.units_skipped, 'file')} ({self.rows_skipped:,} rows) done by an earlier attempt, skipped"
+            f"; {_count(self.units_skipped, self.unit_noun)} ({self.rows_skipped:,} rows) done by an earlier attempt, "
+            "skipped"
             if self.units_skipped
             else ""
         )
         rejected = f"; {self.rows_rejected:,} rejected, in {self.errors}" if self.rows_rejected else "; none rejected"
         return [
             f"raymaas: {self.model_uri} scored {self.rows_scored:,} rows into {self.output}{rejected}{skipped}",
-            f"raymaas: {_count(self.units_scored, 'file')} in {self.seconds:.1f} s ({self.rows_per_second:,.0f} rows/s)",
+            f"raymaas: {_count(self.units_scored, self.unit_noun)} in {self.seconds:.1f} s "
+            f"({self.rows_per_second:,.0f} rows/s)",
             f"raymaas: run {self.run_id} in {self.tracking_uri}",
         ]
 
@@ -176,6 +194,18 @@ class _Plan:
     output: object  # plan.OutputPlan
     experiment_name: str
     run_name: str
+    batch_size: int  # rows per model call: the spec's, or an image model's default
+
+
+def batch_rows(spec: PredictSpec, features) -> int:
+    """spec.batch_size, or for an image model that was not given one, as many images as decode
+    to IMAGE_BATCH_BYTES (at most the default)."""
+    import numpy as np
+
+    if features.kind != "image" or "batch_size" in spec.model_fields_set:
+        return spec.batch_size
+    row = math.prod(features.tensor_shape[1:]) * np.dtype(features.dtypes[0]).itemsize
+    return max(1, min(spec.batch_size, IMAGE_BATCH_BYTES // row))
 
 
 def run_and_report(spec: PredictSpec, address: str | None = None) -> int:
@@ -212,7 +242,7 @@ def plan_job(spec: PredictSpec, client) -> _Plan:
         _check_run_unfinished(client, experiment_name, spec.mlflow.run_name, spec.output)
     output = plan.plan_output(spec.output, spec.mlflow.run_name, model, inputs.root, spec.overwrite)
     run_name = spec.mlflow.run_name or tracking.new_run_name(spec.name)
-    return _Plan(model, inputs, output, experiment_name, run_name)
+    return _Plan(model, inputs, output, experiment_name, run_name, batch_rows(spec, inputs.features))
 
 
 def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome:
@@ -248,7 +278,7 @@ def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome
             client,
             job.experiment_name,
             job.run_name,
-            params=flatten(spec.model_dump(mode="json")),
+            params={**flatten(spec.model_dump(mode="json")), "batch_size": job.batch_size},
             tags={
                 "raymaas.job_kind": "predict",
                 "raymaas.model_name": model.name,
@@ -284,6 +314,7 @@ def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome
         model_uri=job.model.uri,
         output=job.output.output,
         errors=job.output.errors,
+        unit_noun=_unit_noun(job.input),
         **tally,
     )
 
@@ -307,7 +338,8 @@ def score(spec: PredictSpec, job: _Plan, per_actor: dict, tracking_uri: str, cli
     prior_scored, prior_rejected = sum(s for s, _ in before), sum(r for _, r in before)
     if skipped:
         print(
-            f"raymaas: {len(skipped)} of {_count(len(inputs.units), 'file')} scored by an earlier attempt", flush=True
+            f"raymaas: {len(skipped)} of {_count(len(inputs.units), _unit_noun(inputs))} scored by an earlier attempt",
+            flush=True,
         )
     writer = OutputWriter(output, pending, list(inputs.passthrough), _empty_schema(job, spec.prediction_column))
     meter = _Meter(client, run_id, log_metrics, sum(u.num_rows for u in pending), prior_scored, prior_rejected)
@@ -327,8 +359,9 @@ def score(spec: PredictSpec, job: _Plan, per_actor: dict, tracking_uri: str, cli
                     "passthrough": list(inputs.passthrough),
                     "prediction_column": spec.prediction_column,
                     "probabilities": spec.probabilities,
+                    "input_root": inputs.root,
                 },
-                batch_size=spec.batch_size,
+                batch_size=job.batch_size,
                 batch_format="pyarrow",
                 # `concurrency=N` before Ray 2.51; a fixed pool of N actors
                 compute=ray.data.ActorPoolStrategy(size=spec.concurrency),
@@ -336,8 +369,8 @@ def score(spec: PredictSpec, job: _Plan, per_actor: dict, tracking_uri: str, cli
                 num_gpus=per_actor["GPU"],
             )
             print(
-                f"raymaas: scoring {_count(len(todo), 'file')} ({sum(u.num_rows for u in todo):,} rows) with "
-                f"{job.model.uri} on {_count(spec.concurrency, 'actor')}, batches of {spec.batch_size}",
+                f"raymaas: scoring {_count(len(todo), _unit_noun(inputs))} ({sum(u.num_rows for u in todo):,} rows) "
+                f"with {job.model.uri} on {_count(spec.concurrency, 'actor')}, batches of {job.batch_size}",
                 flush=True,
             )
             for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -453,8 +486,19 @@ def _read(inputs, units, spec: PredictSpec):
     columns are the files' own, as checked."""
     import ray.data
 
-    from raymaas.batch.plan import csv_options
+    from raymaas.batch.plan import IMAGES, csv_options
 
+    if inputs.format == IMAGES:
+        # The files' bytes, decoded by the actors (BatchScorer): read_images would fail the
+        # whole read on one file that does not decode. About 64 files a read task, as the
+        # supervised job reads images (not measured here).
+        files = [f for u in units for f in u.files]
+        return ray.data.read_binary_files(
+            files,
+            include_paths=True,
+            partitioning=None,
+            override_num_blocks=max(1, min(200, math.ceil(len(files) / 64))),
+        )
     paths = [u.path for u in units]
     columns = list(dict.fromkeys([*inputs.features.columns, *inputs.passthrough]))
     if inputs.format == "parquet":
@@ -488,6 +532,8 @@ def _empty_schema(job: _Plan, prediction_column: str):
         spec = outputs.inputs[0]
         if len(spec.shape) == 1:
             prediction = pa.from_numpy_dtype(np.dtype(spec.type))
+    elif outputs is not None and len(outputs.inputs) == 1 and getattr(outputs.inputs[0].type, "name", "") == "string":
+        prediction = pa.string()  # a classifier's labels as text (an image folder's class names)
     return pa.schema([*fields, pa.field(prediction_column, prediction)])
 
 
@@ -576,6 +622,13 @@ def _check_run_unfinished(client, experiment_name: str, run_name: str, output: s
             f"run {run_name!r} already finished (MLflow run {runs[0].info.run_id}); its output is {output}: "
             "give a new run name to score again (with overwrite, or another output)"
         )
+
+
+def _unit_noun(inputs) -> str:
+    """What a unit of the input is, in the job's lines: a file, or a folder of images."""
+    from raymaas.batch.plan import IMAGES
+
+    return "folder" if inputs.format == IMAGES else "file"
 
 
 def _count(n: int, noun: str) -> str:

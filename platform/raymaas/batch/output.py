@@ -1,9 +1,10 @@
 """The output and errors folders of a batch job, written by its driver one unit at a time.
 
-The model actors send back only what the output holds: the pass-through columns and the
-predictions (plus, for rejected rows, the reason and the row). That is a few bytes a row, so
-the driver writes it: features never reach the driver, and the output folder needs to be
-reachable from the driver only, not from every node.
+The model actors send back only what the output holds: the pass-through columns (an image's
+path) and the predictions (plus, for rejected rows, the reason and the row, an image's
+only by its path). That is a few bytes a row, so the driver writes it: features never reach
+the driver, and the output folder needs to be reachable from the driver only, not from every
+node.
 
 Each input file (a unit, raymaas.batch.plan) is written to `.part-<name>.parquet.tmp` and renamed
 to `part-<name>.parquet` once all of its rows have come back; its rejected rows go to the same
@@ -132,7 +133,8 @@ class OutputWriter:
             rejected = part.filter(pc.is_valid(errors))
             progress.rejected += rejected.num_rows
             rows = rejected.select(self.passthrough).append_column(ERROR_NAME, rejected.column(ERROR_COLUMN))
-            rows = rows.append_column(INPUT_NAME, rejected.column(INPUT_COLUMN))
+            if INPUT_COLUMN in rejected.column_names:  # an image's is its file, named by its path
+                rows = rows.append_column(INPUT_NAME, rejected.column(INPUT_COLUMN))
             if progress.errors_writer is None:
                 self.errors.mkdir(parents=True, exist_ok=True)
                 progress.errors_writer = pq.ParquetWriter(_temporary(self.errors, progress.unit), rows.schema)
@@ -140,7 +142,7 @@ class OutputWriter:
             part = part.filter(pc.is_null(errors))
         if part.num_rows == 0:
             return
-        scored = part.drop_columns([UNIT_COLUMN, ERROR_COLUMN, INPUT_COLUMN])
+        scored = part.drop_columns([c for c in (UNIT_COLUMN, ERROR_COLUMN, INPUT_COLUMN) if c in part.column_names])
         progress.scored += scored.num_rows
         if progress.writer is None:
             progress.writer = pq.ParquetWriter(_temporary(self.out, progress.unit), scored.schema)

@@ -30,6 +30,14 @@ The rules (the README's batch section should say the same):
   job; a CSV column in which no value of the first block is a number is the wrong column and
   exits 2. CSV pass-through columns keep the types pyarrow infers from the first block (an
   empty one is text), so that every block of every file has one schema.
+- **Images.** A folder holding PNG or JPEG files (at any depth) and no table is an image
+  folder: it feeds an image model, whose signature is a float tensor `[-1, C, H, W]` with C 1
+  (mode L) or 3 (RGB), pixel values 0-255, as the supervised job logs one. A unit is a folder's
+  own images (a class folder, or the input folder itself), `part-<folder>.parquet`, so a unit is
+  not a file per image. Each output row names its image in `path`, relative to the input; an
+  image folder has no columns to pass through. The files are decoded by the scorer, not here:
+  one that does not decode is a rejected row naming it, not a refused job. An image folder
+  for any other model, or a table for an image model, exits 2.
 """
 
 from __future__ import annotations
@@ -40,9 +48,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raymaas.modelcode.images import MODES, image_shape
 from raymaas.specs import SpecError
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+IMAGES = "images"  # the format of a folder of PNG or JPEG files
+# The column read_binary_files gives each image file's contents in.
+BYTES_COLUMN = "bytes"
 # The column Ray Data's include_paths adds: which file a row came from. An input column of the
 # same name would be taken for it (Ray keeps or overwrites it), so such an input is refused.
 PATH_COLUMN = "path"
@@ -172,24 +184,34 @@ def check_probabilities(model: ModelRef) -> None:
 class Features:
     """How a batch's columns become the model's input; each model actor gets one."""
 
-    # "tensor" (one array of scalar columns), "sequence" (one array of list columns) or
-    # "columns" (a DataFrame of named columns)
+    # "tensor" (one array of scalar columns), "sequence" (one array of list columns), "image"
+    # (one array of decoded image files) or "columns" (a DataFrame of named columns)
     kind: str
     columns: tuple[str, ...]  # the input columns fed to the model, in the model's order
     dtypes: tuple[str, ...]  # the numpy dtype each is converted to ("str" for strings)
-    tensor_shape: tuple[int, ...] | None = None  # kinds "tensor", "sequence": the signature's shape, -1 first
+    # kinds "tensor", "sequence", "image": the signature's shape, -1 first
+    tensor_shape: tuple[int, ...] | None = None
     # kind "sequence": the shape of one row's value of each column: the tensor's row shape for a
     # single column holding it all (lists of lists: steps x channels), the row shape without its
     # last dimension for columns that are one channel each
     column_shape: tuple[int, ...] | None = None
 
+    @property
+    def image_mode(self) -> str:
+        """Kind "image": the Pillow mode each image is converted to, from the tensor's channels."""
+        return MODES[self.tensor_shape[1]]
+
     def expected(self, dtype: str) -> str:
         """A dtype as the signature names it: MLflow's column types, numpy's for a tensor."""
-        if self.kind in ("tensor", "sequence"):
+        if self.kind in ("tensor", "sequence", "image"):
             return dtype
         return {v: k for k, v in COLUMN_DTYPES.items()}[dtype]
 
     def describe(self) -> str:
+        if self.kind == "image":
+            _, _, height, width = self.tensor_shape
+            tensor = f"tensor {self.dtypes[0]} {list(self.tensor_shape)}"
+            return f"{tensor} from image files, read as {self.image_mode} {height}x{width}"
         if self.kind == "tensor":
             return f"tensor {self.dtypes[0]} {list(self.tensor_shape)} from {len(self.columns)} columns"
         if self.kind == "sequence":
@@ -206,9 +228,10 @@ class Unit:
     """One input file: the unit that is scored, committed and skipped on resumption as a whole."""
 
     index: int
-    path: str  # absolute, as Ray Data's `path` column gives it
+    path: str  # absolute, as Ray Data's `path` column gives it; images: their folder
     name: str  # OUTPUT/part-<name>.parquet
     num_rows: int
+    files: tuple[str, ...] = ()  # images: the folder's image files (absolute), one row each
 
     @property
     def part_file(self) -> str:
@@ -220,7 +243,7 @@ class InputPlan:
     """The input's files, their format, and how their columns are read and fed to the model."""
 
     root: str
-    format: str  # "parquet" or "csv"
+    format: str  # "parquet", "csv" or "images"
     units: tuple[Unit, ...]
     features: Features
     passthrough: tuple[str, ...]
@@ -244,21 +267,36 @@ class InputPlan:
 
 def list_input_files(path: Path, fmt: str = "auto") -> tuple[str, list[Path]]:
     """(format, files) of a file or folder; SpecError if there is nothing to read or the
-    formats are mixed."""
+    formats are mixed. A folder is an image folder when it holds images and no table, as the
+    supervised job infers it (raymaas.supervised.data.infer_format)."""
     if path.is_file():
+        if fmt in ("auto", IMAGES) and _image_files([path]):
+            raise SpecError(
+                f"input {path} is one image: give the folder of images to score ({path.parent}); each output row "
+                "names its image by its path in that folder"
+            )
         files = [path]
     elif path.is_dir():
-        files = sorted(
+        visible = sorted(
             p
             for p in path.rglob("*")
-            if p.is_file()
-            and FORMATS.get(p.suffix.lower()) in ((fmt,) if fmt != "auto" else set(FORMATS.values()))
-            and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+            if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
         )
+        files = [
+            p for p in visible if FORMATS.get(p.suffix.lower()) in ((fmt,) if fmt != "auto" else set(FORMATS.values()))
+        ]
+        if not files and fmt in ("auto", IMAGES):
+            files = _image_files(visible)
+            if files:
+                return IMAGES, files
         if not files:
-            raise SpecError(f"input {path}: no Parquet or CSV files (*.parquet, *.pq, *.csv) in it")
+            raise SpecError(
+                f"input {path}: no Parquet or CSV files (*.parquet, *.pq, *.csv) or images (*.png, *.jpg, *.jpeg) in it"
+            )
     else:
         raise SpecError(f"input {path} does not exist")
+    if fmt == IMAGES:
+        raise SpecError(f"input {path} is not an image (*.png, *.jpg, *.jpeg) but format is {IMAGES}")
     found = {FORMATS.get(p.suffix.lower()) for p in files}
     if fmt != "auto":
         return fmt, files
@@ -271,8 +309,11 @@ def list_input_files(path: Path, fmt: str = "auto") -> tuple[str, list[Path]]:
 def unit_name(root: Path, file: Path) -> str:
     """The part file's name for an input file: its path below the input folder, made safe."""
     rel = file.name if root.is_file() else str(file.relative_to(root))
-    stem = rel[: -len(file.suffix)] if file.suffix else rel
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__"))
+    return _safe_name(rel[: -len(file.suffix)] if file.suffix else rel)
+
+
+def _safe_name(relative: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", relative.replace("/", "__"))
 
 
 def plan_input(
@@ -286,6 +327,8 @@ def plan_input(
     """List the input's units and check every file's columns and types against the signature."""
     root = Path(path)
     fmt, files = list_input_files(root, fmt)
+    if fmt == IMAGES:
+        return _plan_images(root, files, signature, passthrough, feature_columns, prediction_column)
     schemas = [(f, _file_schema(f, fmt)) for f in files]
     first_file, first = schemas[0]
     features = _features(signature, first, passthrough, feature_columns, first_file)
@@ -309,6 +352,81 @@ def plan_input(
         tuple(passthrough),
         {c: _readable_type(first.types[c]) for c in passthrough},
     )
+
+
+def _image_files(files: list[Path]) -> list[Path]:
+    # Imported here, and only once a folder holds no table: raymaas.supervised.images imports
+    # torch (seconds), and this module is imported by every model actor (raymaas.batch.scorer).
+    from raymaas.supervised.images import is_image_file
+
+    return [f for f in files if is_image_file(f)]
+
+
+def _image_words(shape: tuple[int, ...]) -> str:
+    _, channels, height, width = shape
+    return f"{MODES[channels]} images of {height}x{width} pixels"
+
+
+def _signature_words(signature) -> str:
+    """What a model's signature takes, in words, for a refusal."""
+    import numpy as np
+
+    inputs = signature.inputs
+    if inputs.is_tensor_spec():
+        return ", ".join(f"a {np.dtype(t.type)} tensor {list(t.shape)}" for t in inputs.inputs)
+    names = [t.name for t in inputs.inputs]
+    shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"named columns ({shown})"
+
+
+def _plan_images(
+    root: Path, files: list[Path], signature, passthrough: list[str], feature_columns, prediction_column: str
+) -> InputPlan:
+    """An image folder's units, one a folder holding images; SpecError if the model takes no
+    images or the options name columns an image folder lacks."""
+    import numpy as np
+    import pyarrow as pa
+
+    image = image_shape(signature)
+    if image is None:
+        raise SpecError(
+            f"input {root} is a folder of {len(files)} images (*.png, *.jpg, *.jpeg), but the model takes "
+            f"{_signature_words(signature)}: images feed a model whose signature is a float32 tensor "
+            "[-1, C, H, W] of pixels 0-255, C 1 (mode L) or 3 (RGB)"
+        )
+    if passthrough:
+        raise SpecError(
+            f"passthrough_columns {passthrough}: an image folder has no columns to pass through; each output row "
+            f"names its image in {PATH_COLUMN!r}, relative to {root}"
+        )
+    if feature_columns:
+        raise SpecError("feature_columns applies to tables; an image model takes each image whole")
+    if prediction_column == PATH_COLUMN:
+        raise SpecError(f"prediction_column {PATH_COLUMN!r} is the column naming each image: rename it")
+    # The paths Ray Data is given and gives back in its `path` column: below the resolved input
+    # folder, so that a file's folder (its unit) is found by name, and its path in the input
+    # folder by cutting the folder off, even where a file is a link.
+    base = root.resolve()
+    folders: dict[Path, list[str]] = {}
+    for file in files:
+        relative = file.relative_to(root)
+        folders.setdefault(relative.parent, []).append(str(base / relative))
+    names: dict[str, Path] = {}
+    units = []
+    for i, (folder, paths) in enumerate(sorted(folders.items())):
+        # the input folder's own images are named after it (photos/ -> part-photos.parquet)
+        name = _safe_name(base.name or "images") if folder == Path(".") else _safe_name(str(folder))
+        if name in names:
+            raise SpecError(
+                f"the images of {root / names[name]} and {root / folder} would both be written to "
+                f"{PART_PREFIX}{name}{PART_SUFFIX}"
+            )
+        names[name] = folder
+        units.append(Unit(i, str(base / folder), name, len(paths), tuple(paths)))
+    dtype = str(np.dtype(signature.inputs.inputs[0].type))
+    features = Features("image", (BYTES_COLUMN,), (dtype,), (-1, *image))
+    # Each image's path is its row's one kept column, a string: part files without a scored row too.
+    return InputPlan(str(base), IMAGES, tuple(units), features, (PATH_COLUMN,), {PATH_COLUMN: pa.string()})
 
 
 def _readable_type(t):
@@ -392,6 +510,11 @@ def _features(signature, schema: _Schema, passthrough: list[str], feature_column
         spec = inputs.inputs[0]
         dtype = np.dtype(spec.type)
         shape = tuple(spec.shape)
+        if image_shape(signature) is not None:
+            raise SpecError(
+                f"the model takes a {dtype} tensor {list(shape)}, {_image_words(shape)}, but {file} is a table: "
+                "give a folder of its images (*.png, *.jpg, *.jpeg)"
+            )
         width = math.prod(shape[1:]) if len(shape) > 1 else 1
         if dtype.kind not in "biuf" or any(d < 0 for d in shape[1:]) or not shape or shape[0] != -1:
             raise SpecError(

@@ -15,6 +15,9 @@ A row is rejected, not the batch, when
   the input's type;
 - a sequence (a list column feeding a tensor [-1, length, channels]) is null, has another number
   of steps or channels than the tensor, or misses a step (null or NaN);
+- an image file (a row of read_binary_files) does not decode: Pillow's reason, naming the file.
+  Images are decoded here, not by Ray Data's read_images, which fails the whole read on one bad
+  file; `decode_image` makes the calls read_images makes, so the pixels are the training's;
 - the model raises on it: a batch that fails is split in halves until the rows that fail on
   their own are found (a few extra calls per bad row; models score rows independently). Only
   when the model fails on every row of an actor's first batch does the job fail instead: that
@@ -25,13 +28,17 @@ A row is rejected, not the batch, when
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import re
 from collections.abc import Callable
 
 import numpy as np
 
 from raymaas.batch.plan import PATH_COLUMN, Features
+from raymaas.modelcode.images import pixels
 
 UNIT_COLUMN = "__raymaas_unit"
 ERROR_COLUMN = "__raymaas_error"
@@ -54,6 +61,7 @@ class BatchScorer:
         passthrough: list[str],
         prediction_column: str,
         probabilities: bool = False,
+        input_root: str | None = None,  # images: the input folder, which each row's `path` is made relative to
     ):
         import mlflow
 
@@ -69,6 +77,7 @@ class BatchScorer:
         self._unit_paths = unit_paths
         self._passthrough = passthrough
         self._prediction_column = prediction_column
+        self._input_root = input_root
         self._scored_any = False
         self._nullable = nullable_columns(self._model)
 
@@ -87,6 +96,7 @@ class BatchScorer:
             self._prediction_column,
             first_batch=not self._scored_any,
             nullable=self._nullable,
+            input_root=self._input_root,
         )
         self._scored_any = True
         return out
@@ -101,21 +111,35 @@ def score_table(
     prediction_column: str,
     first_batch: bool = False,
     nullable: frozenset[str] = frozenset(),
+    input_root: str | None = None,
 ):
     """Input rows (a pyarrow Table with Ray Data's `path` column) -> one output row each.
-    nullable: feature columns whose nulls the model takes (nullable_columns)."""
+    nullable: feature columns whose nulls the model takes (nullable_columns). Images: a row is
+    a file, its unit the folder it lies in, and its `path` is written relative to input_root."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     n = batch.num_rows
-    units = pc.index_in(batch.column(PATH_COLUMN), value_set=pa.array(unit_paths, pa.string()))
+    paths = batch.column(PATH_COLUMN)
+    if features.kind == "image":
+        files = paths.to_pylist()
+        paths = pa.array([os.path.dirname(p) for p in files], pa.string())
+        relative = [os.path.relpath(p, input_root) for p in files]
+        batch = batch.set_column(
+            batch.schema.get_field_index(PATH_COLUMN), PATH_COLUMN, pa.array(relative, pa.string())
+        )
+    units = pc.index_in(paths, value_set=pa.array(unit_paths, pa.string()))
     if units.null_count:
         unknown = batch.column(PATH_COLUMN).filter(pc.is_null(units))[0].as_py()
         raise RuntimeError(f"a row from {unknown!r}, which is not one of the job's input files")
     reasons: list[str | None] = [None] * n
     columns = []
     for name, dtype in zip(features.columns, features.dtypes):
-        if features.kind == "sequence":
+        if features.kind == "image":
+            values, problems = decode_images(
+                batch.column(name), batch.column(PATH_COLUMN).to_pylist(), features.tensor_shape[1:], dtype
+            )
+        elif features.kind == "sequence":
             values, problems = convert_sequence(batch.column(name), dtype, name, features.column_shape)
         else:
             values, problems = convert_column(batch.column(name), dtype, name, name in nullable)
@@ -136,7 +160,9 @@ def score_table(
             )
         for i, why in failures:
             reasons[i] = f"the model raised {why}"
-    return _assemble(batch, units, reasons, pieces, passthrough, prediction_column)
+    # A rejected image's input is its file, which its path names: no copy of its bytes as JSON.
+    with_input = features.kind != "image"
+    return _assemble(batch, units, reasons, pieces, passthrough, prediction_column, with_input)
 
 
 def nullable_columns(model) -> frozenset[str]:
@@ -244,6 +270,35 @@ def convert_sequence(column, dtype: str, name: str, shape: tuple[int, ...]) -> t
     return out, sorted(reasons.items())
 
 
+def decode_image(data: bytes, shape: tuple[int, int, int], dtype: str = "float32") -> np.ndarray:
+    """An image file's bytes as the model's input row, [channels, height, width] pixels 0-255,
+    read as its training read its folder (raymaas.modelcode.images). Raises what Pillow raises
+    on a file that does not decode."""
+    # Imported here: only image jobs need Pillow, which a cluster that scores tables may lack.
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return pixels(image, shape, dtype)
+
+
+def decode_images(
+    column, paths: list[str], shape: tuple[int, int, int], dtype: str
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """A batch's file contents as an array [n, *shape] of dtype (zeros where a file does not
+    decode), and the files that do not, with Pillow's reason naming the file (its path)."""
+    out = np.zeros((len(paths), *shape), dtype=dtype)
+    problems = []
+    for i, (data, path) in enumerate(zip(column.to_pylist(), paths)):
+        try:
+            out[i] = decode_image(data, shape, dtype)
+        except Exception as err:  # UnidentifiedImageError, OSError (truncated), DecompressionBombError, ...
+            # Pillow names a file it was given as bytes by the buffer's repr (an address): the
+            # reason names it by its path instead
+            why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err))
+            problems.append((i, f"{path!r} does not decode: {type(err).__name__}: {why}"))
+    return out, problems
+
+
 def _first_per_row(elements: np.ndarray, owner: np.ndarray, reasons: dict):
     """The first of the (ascending) elements in each row not yet rejected: one reason a row."""
     if not len(elements):
@@ -310,6 +365,8 @@ def _kind_name(dtype: str) -> str:
 
 def model_input(features: Features, columns: list[np.ndarray], rows: np.ndarray):
     """The model's input for the good rows: one tensor, or a DataFrame of named columns."""
+    if features.kind == "image":
+        return columns[0] if len(rows) == len(columns[0]) else columns[0][rows]
     if features.kind == "sequence":
         whole = len(rows) == len(columns[0])
         parts = [values if whole else values[rows] for values in columns]
@@ -368,7 +425,9 @@ def as_columns(result, n: int) -> dict[str, np.ndarray]:
     return cols
 
 
-def _assemble(batch, units, reasons, pieces: list, passthrough: list[str], prediction_column: str):
+def _assemble(
+    batch, units, reasons, pieces: list, passthrough: list[str], prediction_column: str, with_input: bool = True
+):
     import pyarrow as pa
 
     n = batch.num_rows
@@ -389,6 +448,8 @@ def _assemble(batch, units, reasons, pieces: list, passthrough: list[str], predi
             full[rows] = cols[key]
         arrays[name] = pa.array(full, mask=bad)
     arrays[ERROR_COLUMN] = pa.array(reasons, pa.string())
+    if not with_input:
+        return pa.table(arrays)
     inputs: list[str | None] = [None] * n
     if bad.any():
         keep = [c for c in batch.column_names if c != PATH_COLUMN]

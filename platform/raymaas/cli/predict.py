@@ -2,6 +2,7 @@
 
     raymaas predict digits-mlp@champion holdout.csv scores/ --passthrough id,label
     raymaas predict models:/churn/7 s3-export/ out/ --concurrency 4 --use-gpu auto --address HEAD:6379
+    raymaas predict digit-images data/digit-images labels/   (a folder of PNG/JPEG files, an image model)
 
 The options build a raymaas.batch.job.PredictSpec, the spec `python -m jobs.predict SPEC`
 reads, and call raymaas.batch.job.run_predict. Exit codes: 0 done (rejected rows are reported,
@@ -74,7 +75,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     """The `predict` command on the `raymaas` parser's subparsers."""
     parser = sub.add_parser(
         "predict",
-        help="score a Parquet/CSV file or folder with a registered model on Ray Data",
+        help="score a Parquet/CSV file or folder, or a folder of images, with a registered model on Ray Data",
         description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[2].replace("\n", " "),
     )
     configure(parser)
@@ -84,13 +85,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def configure(parser: argparse.ArgumentParser) -> None:
     """The arguments of `raymaas predict` (also those of the standalone `python -m raymaas.cli.predict`)."""
     parser.add_argument("model", help="NAME (its champion), NAME@ALIAS, NAME/VERSION, or a models:/ URI of those")
-    parser.add_argument("input", help="a Parquet or CSV file, or a folder of them")
+    parser.add_argument("input", help="a Parquet or CSV file, or a folder of them, or a folder of PNG/JPEG images")
     parser.add_argument("output", help="Parquet folder to write (rejected rows go to OUTPUT-errors beside it)")
     parser.add_argument(
         "--passthrough",
         action="append",
         metavar="COL[,COL...]",
-        help="input columns copied to the output as they are, e.g. an id (repeatable)",
+        help="input columns copied to the output as they are, e.g. an id (repeatable; not for images, whose "
+        "output rows name them by path)",
     )
     parser.add_argument(
         "--feature-columns",
@@ -126,7 +128,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default: the model's own)")
     parser.add_argument("--name", help="job name, the default run name's prefix (default: predict-MODEL)")
-    parser.add_argument("--format", choices=("auto", "parquet", "csv"), help="input format (default: from the names)")
+    parser.add_argument(
+        "--format", choices=("auto", "parquet", "csv", "images"), help="input format (default: from the names)"
+    )
     parser.add_argument(
         "--object-store-memory", metavar="SIZE", help="object store of the local Ray, e.g. 100MB (default: Ray's)"
     )

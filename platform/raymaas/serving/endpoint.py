@@ -153,12 +153,23 @@ ROUTE_DOCS: dict[tuple[str, str], dict] = {
     ("POST", INVOCATIONS): {
         "summary": "predict (MLflow scoring formats, as `mlflow models serve`)",
         "description": "application/json with exactly one of the scoring formats the signature takes (and the "
-        "params it declares), or text/csv: a header row, then rows",
+        "params it declares), or text/csv: a header row, then rows; a model of images (a float32 [-1, C, H, W] "
+        "signature) also takes one PNG or JPEG body, or several image files in a multipart form, resized and "
+        "converted as its training read them",
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": {SCORING_SCHEMA: {}}},
                 "text/csv": {"schema": {"type": "string", "description": "a header row, then one row per input"}},
+                "image/png": {"schema": {"type": "string", "format": "binary", "description": "one image"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary", "description": "one image"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "description": "image files, answered in the order sent",
+                        "additionalProperties": {"type": "string", "format": "binary"},
+                    }
+                },
             },
         },
         "responses": {
@@ -171,10 +182,10 @@ ROUTE_DOCS: dict[tuple[str, str], dict] = {
                     }
                 },
             },
-            "400": error_doc("malformed JSON or CSV"),
-            "413": error_doc("body too large"),
-            "415": error_doc("neither application/json nor text/csv"),
-            "422": error_doc("input does not match the signature"),
+            "400": error_doc("malformed JSON, CSV or multipart body"),
+            "413": error_doc("body too large, or an image of too many pixels"),
+            "415": error_doc("a content type this model does not take"),
+            "422": error_doc("input does not match the signature, or an image that does not decode"),
             "500": error_doc("the model failed"),
         },
     },

@@ -4,7 +4,8 @@ Two parts, as KServe and Seldon put an explainer beside the predictor:
 
 - `Explanations`, an extension of the model endpoint (raymaas.serving.endpoint): it reads and
   checks the body exactly as /invocations does (same formats, same 4xx), takes the
-  explanation's own param `target` (a class label, or a regression output's index), and hands
+  explanation's own param `target` (a class label, or a regression output's index: params.target
+  of a JSON body, or `?target=` in the URL, the only way for an image body), and hands
   the parsed rows with the model version that would answer them to the explainer.
 - `Explainer`, a deployment of the application's own: it loads that version, explains with
   raymaas.explain.attribution (Integrated Gradients for the platform's torch models, Kernel
@@ -56,8 +57,18 @@ _EXPLANATION = {
 ROUTE_DOCS = {
     ("POST", EXPLAIN): {
         "summary": "explain the answers: one attribution per input feature of each row",
-        "description": "the bodies /invocations takes, at most explain.max_rows rows; params.target: the class "
-        "label or the regression output (index) to explain (default: the predicted class, output 0)",
+        "description": "the bodies /invocations takes, at most explain.max_rows rows; params.target (or "
+        "?target= in the URL, for any body: the only way for images): the class label or the regression "
+        "output (index) to explain (default: the predicted class, output 0)",
+        "parameters": [
+            {
+                "name": TARGET_PARAM,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "the class label or regression output (index) to explain, instead of params.target",
+            }
+        ],
         "requestBody": {
             "required": True,
             "content": {
@@ -74,6 +85,11 @@ ROUTE_DOCS = {
                     }
                 },
                 "text/csv": {"schema": {"type": "string", "description": "a header row, then one row per input"}},
+                "image/png": {"schema": {"type": "string", "format": "binary", "description": "a model of images"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary", "description": "a model of images"}},
+                "multipart/form-data": {
+                    "schema": {"type": "object", "description": "image files, one a part, explained in order"}
+                },
             },
         },
         "responses": {
@@ -96,10 +112,13 @@ ROUTE_DOCS = {
                     }
                 },
             },
-            "400": error_doc("malformed JSON or CSV"),
-            "413": error_doc("more rows than explain.max_rows, or a body too large"),
-            "415": error_doc("neither application/json nor text/csv"),
-            "422": error_doc("input does not match the signature, a target the model lacks, or no background data"),
+            "400": error_doc("malformed JSON, CSV or multipart body"),
+            "413": error_doc("more rows than explain.max_rows, a body too large, or an image of too many pixels"),
+            "415": error_doc("neither application/json nor text/csv (nor images, for a model of images)"),
+            "422": error_doc(
+                "input does not match the signature, an image that does not decode, a target the model lacks "
+                "or given twice, or no background data"
+            ),
             "500": error_doc("the explainer failed"),
             "503": error_doc("the explainer is at capacity; retry (Retry-After)"),
         },
@@ -129,7 +148,7 @@ class Explanations(EndpointExtension):
             body = await read_body(request, self.endpoint.spec.max_request_bytes)
             loaded = (await self.endpoint.get_model(name)).current
             content_type = request.headers.get("content-type", "")
-            body, target = split_target(body, content_type)
+            body, target = split_target(body, content_type, request.query_params.get(TARGET_PARAM))
             data, _ = parse_scoring_request(body, content_type, loaded.signature)
             rows = _rows(data)
             if rows > self.spec.max_rows:
@@ -153,25 +172,36 @@ class Explanations(EndpointExtension):
             return error_response(err, headers)
 
 
-def split_target(body: bytes, content_type: str) -> tuple[bytes, Any]:
+def split_target(body: bytes, content_type: str, query: str | None = None) -> tuple[bytes, Any]:
     """(the body without params.target, the target or None): target is explain's own param,
-    not the model's; the rest is checked as /invocations checks it."""
+    not the model's; the rest is checked as /invocations checks it. query: `?target=` of the
+    URL, for any body (an image body has no params to carry it); given twice is a 422."""
+    body, target, found = _json_target(body, content_type)
+    if query is None:
+        return body, target
+    if found:
+        raise ClientError(422, "target is given twice, in params.target and in the URL (?target=): give it once")
+    return body, query
+
+
+def _json_target(body: bytes, content_type: str) -> tuple[bytes, Any, bool]:
+    """(the body without params.target, the target, whether the body had params.target)."""
     mime = (content_type or JSON_MEDIA_TYPE).split(";")[0].strip().lower()
     if mime not in (JSON_MEDIA_TYPE, ""):
-        return body, None
+        return body, None, False
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return body, None  # parse_scoring_request says what is wrong with it
+        return body, None, False  # parse_scoring_request says what is wrong with it
     params = payload.get("params") if isinstance(payload, dict) else None
     if not isinstance(params, dict) or TARGET_PARAM not in params:
-        return body, None
+        return body, None, False
     target = params.pop(TARGET_PARAM)
     if not params:
         del payload["params"]
     if target is not None and not isinstance(target, (str, int, float, bool)):
         raise ClientError(422, f"params.target must be a class label or an output index, got {json.dumps(target)}")
-    return json.dumps(payload).encode(), target
+    return json.dumps(payload).encode(), target, True
 
 
 def _rows(data) -> int:

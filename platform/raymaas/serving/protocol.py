@@ -6,7 +6,8 @@ their MLflow error codes, the request body (size-limited), the scoring request p
 checked against the model's signature, the predictions and errors as JSON responses.
 
 A request body is JSON in one of MLflow's scoring formats or CSV (a header row, then rows),
-as `mlflow models serve` takes them. Parsing and checking a request against a signature of
+as `mlflow models serve` takes them; a model of images also takes a PNG or JPEG body, or a
+multipart/form-data body of them (see "images" below). Parsing and checking a request against a signature of
 named columns, or of one tensor, is done here, without MLflow's parser (which builds and casts
 a DataFrame column by column: milliseconds for a wide row); anything less common is left to
 MLflow's parser and schema enforcement, so that the model gets what MLflow would give it.
@@ -14,8 +15,14 @@ MLflow's parser and schema enforcement, so that the model gets what MLflow would
 
 from __future__ import annotations
 
+import email.errors
+import email.policy
+import io
 import json
+from email.parser import BytesParser
 from typing import Any
+
+from raymaas.modelcode.images import image_shape
 
 MODELS_PREFIX = "/models"
 VERSION_HEADER = "x-model-version"
@@ -24,6 +31,9 @@ ALIAS_HEADER = "x-model-alias"
 SCORING_FORMATS = ("inputs", "instances", "dataframe_split", "dataframe_records")
 JSON_MEDIA_TYPE = "application/json"
 CSV_MEDIA_TYPE = "text/csv"
+# image/jpg is no registered type, but browsers' and clients' guesses from a .jpg name send it
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/jpg")
+MULTIPART_MEDIA_TYPE = "multipart/form-data"
 
 ERROR_CODES = {
     400: "MALFORMED_REQUEST",
@@ -71,7 +81,8 @@ def parse_scoring_request(
     """Body in an MLflow scoring format -> (model input checked against the signature, params).
 
     application/json: an object with exactly one of SCORING_FORMATS (and optional params);
-    text/csv: a header row, then rows. What comes back is what MLflow's parsing and schema
+    text/csv: a header row, then rows; image/png, image/jpeg, multipart/form-data: images, for
+    a model of images (`parse_image_body`; no params). What comes back is what MLflow's parsing and schema
     enforcement make of the body (`infer_and_parse_data`, then `_enforce_schema`); the common
     cases are built here without them: one numeric tensor (`_as_tensor`), and named scalar
     columns (`_as_columns`, `_csv_columns`), each checked against the signature here. Values
@@ -87,11 +98,14 @@ def parse_scoring_request(
     mime = (content_type or JSON_MEDIA_TYPE).split(";")[0].strip().lower()
     if mime == CSV_MEDIA_TYPE:
         return parse_csv_body(body, signature), None
+    if mime in IMAGE_MEDIA_TYPES or mime == MULTIPART_MEDIA_TYPE:
+        return parse_image_body(body, content_type, signature), None
     if mime not in (JSON_MEDIA_TYPE, ""):
+        images = " or images (image/png, image/jpeg, multipart/form-data)" if image_shape(signature) else ""
         raise ClientError(
             415,
             f"send application/json in one of the MLflow scoring formats {list(SCORING_FORMATS)}, "
-            f"or text/csv (a header row, then rows); got {mime!r}",
+            f"or text/csv (a header row, then rows){images}; got {mime!r}",
         )
     try:
         payload = json.loads(body)
@@ -595,6 +609,114 @@ def _read_csv(text: str, input_schema, hint: str | None, signature):
     if frame.empty:
         raise _csv_no_rows()
     return frame
+
+
+# --------------------------------------------------------------------------- images
+#
+# A model of images (raymaas.modelcode.images: one float32 tensor [-1, C, H, W] of pixels
+# 0-255) takes, besides that tensor in JSON, the images themselves: one as the body
+# (image/png, image/jpeg), or several as the files of a multipart/form-data body, stacked in
+# the order sent, each read as its training read its folder.
+
+IMAGE_FORMATS = ("PNG", "JPEG")  # the Pillow decoders tried: an image folder's files (IMAGE_SUFFIXES)
+# Pixels an image may declare. A PNG of 50 million blank RGB pixels is about 150 kB (deflate
+# packs up to 1032:1) that decodes to 150 MB: max_request_bytes bounds the body, not what it
+# decodes to; and a header alone declares its size, read before any pixel. Pillow's own guard
+# (Image.MAX_IMAGE_PIXELS, about 89 million: a warning, then DecompressionBombError at twice
+# that) is caught as well.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def parse_image_body(body: bytes, content_type: str, signature):
+    """An image body (image/png, image/jpeg: one image) or a multipart/form-data body of image
+    files -> float32 [n, C, H, W] of pixel values 0-255, each image read as training read it.
+    415 for a model that takes no images; 422 naming the image that does not decode, and why."""
+    import numpy as np
+
+    shape = image_shape(signature)
+    if shape is None:
+        raise ClientError(
+            415,
+            "this model takes no images (image bodies are for a model whose input is one float32 tensor "
+            "[-1, C, H, W], C 1 or 3): send application/json in one of the MLflow scoring formats "
+            f"{list(SCORING_FORMATS)}, or text/csv (a header row, then rows)",
+            expected=schema_json(signature),
+        )
+    mime = content_type.split(";")[0].strip().lower()
+    if mime == MULTIPART_MEDIA_TYPE:
+        images = [read_image(data, shape, label) for label, data in form_files(body, content_type)]
+    else:
+        images = [read_image(body, shape, "the image")]
+    return np.stack(images)
+
+
+def read_image(data: bytes, shape: tuple[int, int, int], label: str):
+    """One encoded image -> float32 [C, H, W], as training read its folder
+    (raymaas.modelcode.images); label names it in a 413 or 422."""
+    # Imported here: PIL.Image takes about 0.1 s to import, paid only by a replica sent an image.
+    from PIL import Image
+
+    from raymaas.modelcode.images import pixels
+
+    _, height, width = shape
+    if not data:
+        raise ClientError(422, f"{label} is empty: send a PNG or JPEG file")
+    stream = io.BytesIO(data)
+    try:
+        with Image.open(stream, formats=IMAGE_FORMATS) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ClientError(
+                    413,
+                    f"{label} is {image.width}x{image.height} pixels, over the limit of {MAX_IMAGE_PIXELS:,}: "
+                    f"the model reads {width}x{height}, so send it smaller",
+                )
+            return pixels(image, shape)
+    except ClientError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ClientError(413, f"{label} is too large to decode: {err}") from None
+    except Exception as err:  # UnidentifiedImageError, OSError (truncated), SyntaxError (a bad PNG chunk), ...
+        reason = f"{type(err).__name__}: {err}".replace(f" {stream!r}", "")  # Pillow names the stream
+        raise ClientError(422, f"{label} does not decode as a PNG or JPEG image ({shorten(reason, 300)})") from None
+
+
+def form_files(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    """The files of a multipart/form-data body, in order: (a label naming the part, its bytes).
+    A part is a file if its Content-Type is image/*, or it has a filename and no type or
+    application/octet-stream; any other part (a text field, a text/plain file) is a 422."""
+    if "\r" in content_type or "\n" in content_type:
+        raise ClientError(400, "the Content-Type header holds a line break")
+    # The standard library's MIME parser reads the body once the header is put before it: it
+    # takes the boundary from the header and keeps each part's bytes as sent (8bit, binary).
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    boundary = message.get_boundary()
+    if not boundary:
+        raise ClientError(400, "multipart/form-data needs a boundary: Content-Type: multipart/form-data; boundary=...")
+    parts = message.get_payload()
+    if not message.is_multipart() or not parts:
+        raise ClientError(
+            422, f"the multipart/form-data body has no parts (none starts with --{boundary}): send image files"
+        )
+    if any(isinstance(d, email.errors.CloseBoundaryNotFoundDefect) for d in message.defects):
+        raise ClientError(400, f"the multipart/form-data body ends before its closing boundary --{boundary}--")
+    files = []
+    for i, part in enumerate(parts, start=1):
+        filename = part.get_filename()
+        field = part.get_param("name", header="content-disposition")
+        label = f"part {i}" + (f" ({filename!r})" if filename else f" (field {field!r})" if field else "")
+        declared = part.get_content_type() if "content-type" in part else None  # get_content_type's default: text/plain
+        if part.is_multipart():
+            raise ClientError(422, f"{label} is {declared}, not an image: send each image as a part of its own")
+        if not ((declared or "").startswith("image/") or (filename and declared in (None, "application/octet-stream"))):
+            raise ClientError(
+                422,
+                f"{label} is {declared or 'a form field'}, not an image: each part of the body is a PNG or JPEG "
+                "file (Content-Type image/png or image/jpeg, or a filename); form fields are not read "
+                "(to /explain, give target in the URL: ?target=...)",
+            )
+        files.append((label, part.get_payload(decode=True) or b""))
+    return files
 
 
 def schema_json(signature) -> list | None:

@@ -368,6 +368,7 @@ def test_served_images_answer_png_jpeg_and_multipart_bodies(trained, digit_folde
     as training read the folder), a JPEG, a multipart form of three files answered in order, the
     same answers as the pyfunc on the pixels read_images gives; a body that does not decode is a
     422 naming it; /explain takes the image with ?target= and answers per pixel."""
+    import base64
     import io
     import json
     import urllib.error
@@ -454,6 +455,13 @@ def test_served_images_answer_png_jpeg_and_multipart_bodies(trained, digit_folde
         assert status == 200, out
         (row,) = out["explanations"]
         assert row["target"] == "1" and np.asarray(row["attributions"]).shape == (1, 16, 16), row
+        assert "attribution_png" not in row  # only when asked
+
+        status, out = post("explain?target=1&image=true", paths[0].read_bytes(), "image/png")
+        assert status == 200, out
+        (row,) = out["explanations"]
+        with Image.open(io.BytesIO(base64.b64decode(row["attribution_png"]))) as picture:
+            assert picture.format == "PNG" and picture.mode == "RGB" and min(picture.size) >= 64, picture
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -191,7 +191,7 @@ def test_tensor_signature_gives_nested_arrays_of_its_shape_and_its_params(doc):
     assert params["properties"]["top"]["type"] == "array" and params["properties"]["top"]["items"]["type"] == "integer"
     # explain's own param beside the model's
     explain = _variants(_body_schema(doc, "tensor", "explain"))["inputs"]["properties"]["params"]["properties"]
-    assert set(explain) == {"probabilities", "top", "target"}
+    assert set(explain) == {"probabilities", "top", "target", "image"}  # image: a 422 but for a model of images
     named = _variants(_body_schema(doc, "named"))
     grid = named["inputs"]["properties"]["inputs"]["properties"]["grid"]
     assert grid["items"]["minItems"] == 2 and grid["items"]["items"]["maxItems"] == 2

@@ -5,7 +5,8 @@ Two parts, as KServe and Seldon put an explainer beside the predictor:
 - `Explanations`, an extension of the model endpoint (raymaas.serving.endpoint): it reads and
   checks the body exactly as /invocations does (same formats, same 4xx), takes the
   explanation's own param `target` (a class label, or a regression output's index: params.target
-  of a JSON body, or `?target=` in the URL, the only way for an image body), and hands
+  of a JSON body, or `?target=` in the URL, the only way for an image body) and, for a model of
+  images, `image` (params.image or `?image=true`: the attribution map as a PNG too), and hands
   the parsed rows with the model version that would answer them to the explainer.
 - `Explainer`, a deployment of the application's own: it loads that version, explains with
   raymaas.explain.attribution (Integrated Gradients for the platform's torch models, Kernel
@@ -18,7 +19,8 @@ Two parts, as KServe and Seldon put an explainer beside the predictor:
 
 The answer: {"model", "version", "method", "baseline", "baseline_prediction" (IG),
 "explanations": [{"prediction", "target", "score", "baseline_score", "attributions" (by
-column for column models, the input's shape for tensors), "convergence_delta" (IG)}]}.
+column for column models, the input's shape for tensors), "convergence_delta" (IG),
+"attribution_png" (asked with image: a base64 PNG of the map, raymaas.explain.maps)}]}.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+
+from raymaas.modelcode.images import image_shape
 from raymaas.serving.endpoint import EndpointExtension
 from raymaas.serving.index import SCORING_SCHEMA, error_doc
 from raymaas.serving.protocol import JSON_MEDIA_TYPE, ClientError, error_response, parse_scoring_request, read_body
@@ -38,6 +43,8 @@ logger = logging.getLogger("ray.serve")
 EXPLAINER_DEPLOYMENT = "Explainer"
 EXPLAIN = "explain"
 TARGET_PARAM = "target"
+IMAGE_PARAM = "image"
+FLAGS = {"true": True, "1": True, "false": False, "0": False}  # what params.image / ?image= may be
 MAX_CACHED_EXPLAINERS = 4  # model versions an explainer replica keeps loaded (LRU)
 
 
@@ -50,6 +57,12 @@ _EXPLANATION = {
         "baseline_score": {"type": "number"},
         "attributions": {"description": "by column for column models, the input's shape for tensors"},
         "convergence_delta": {"type": "number", "description": "Integrated Gradients only"},
+        "attribution_png": {
+            "type": "string",
+            "format": "byte",
+            "description": "asked with image: a base64 PNG of the attributions summed over channels, "
+            "red toward the target, blue away, white neither (a model of images only)",
+        },
     },
 }
 
@@ -59,7 +72,8 @@ ROUTE_DOCS = {
         "summary": "explain the answers: one attribution per input feature of each row",
         "description": "the bodies /invocations takes, at most explain.max_rows rows; params.target (or "
         "?target= in the URL, for any body: the only way for images): the class label or the regression "
-        "output (index) to explain (default: the predicted class, output 0)",
+        "output (index) to explain (default: the predicted class, output 0); params.image (or ?image=true): "
+        "each explanation of a model of images also carries attribution_png, the map as a base64 PNG",
         "parameters": [
             {
                 "name": TARGET_PARAM,
@@ -67,7 +81,14 @@ ROUTE_DOCS = {
                 "required": False,
                 "schema": {"type": "string"},
                 "description": "the class label or regression output (index) to explain, instead of params.target",
-            }
+            },
+            {
+                "name": IMAGE_PARAM,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+                "description": "a model of images: also answer each attribution map as a PNG, instead of params.image",
+            },
         ],
         "requestBody": {
             "required": True,
@@ -79,7 +100,11 @@ ROUTE_DOCS = {
                                 TARGET_PARAM: {
                                     "type": ["string", "number", "boolean", "null"],
                                     "description": "a class label, or a regression output's index",
-                                }
+                                },
+                                IMAGE_PARAM: {
+                                    "type": ["boolean", "integer", "string"],
+                                    "description": "a model of images: true for each map as a PNG too",
+                                },
                             }
                         }
                     }
@@ -117,7 +142,8 @@ ROUTE_DOCS = {
             "415": error_doc("neither application/json nor text/csv (nor images, for a model of images)"),
             "422": error_doc(
                 "input does not match the signature, an image that does not decode, a target the model lacks "
-                "or given twice, or no background data"
+                "or given twice, image given twice, not true/false or for a model not of images, or no "
+                "background data"
             ),
             "500": error_doc("the explainer failed"),
             "503": error_doc("the explainer is at capacity; retry (Retry-After)"),
@@ -149,6 +175,7 @@ class Explanations(EndpointExtension):
             loaded = (await self.endpoint.get_model(name)).current
             content_type = request.headers.get("content-type", "")
             body, target = split_target(body, content_type, request.query_params.get(TARGET_PARAM))
+            body, image = split_image(body, content_type, request.query_params.get(IMAGE_PARAM), loaded.signature)
             data, _ = parse_scoring_request(body, content_type, loaded.signature)
             rows = _rows(data)
             if rows > self.spec.max_rows:
@@ -156,7 +183,7 @@ class Explanations(EndpointExtension):
                     413, f"explain takes at most {self.spec.max_rows} rows a request (explain.max_rows); got {rows}"
                 )
             try:
-                answer = await self.explainer.explain.remote(name, loaded.version, data, target)
+                answer = await self.explainer.explain.remote(name, loaded.version, data, target, image)
             except BackPressureError:
                 raise ClientError(
                     503,
@@ -176,7 +203,9 @@ def split_target(body: bytes, content_type: str, query: str | None = None) -> tu
     """(the body without params.target, the target or None): target is explain's own param,
     not the model's; the rest is checked as /invocations checks it. query: `?target=` of the
     URL, for any body (an image body has no params to carry it); given twice is a 422."""
-    body, target, found = _json_target(body, content_type)
+    body, target, found = _json_param(body, content_type, TARGET_PARAM)
+    if found and target is not None and not isinstance(target, (str, int, float, bool)):
+        raise ClientError(422, f"params.target must be a class label or an output index, got {json.dumps(target)}")
     if query is None:
         return body, target
     if found:
@@ -184,8 +213,33 @@ def split_target(body: bytes, content_type: str, query: str | None = None) -> tu
     return body, query
 
 
-def _json_target(body: bytes, content_type: str) -> tuple[bytes, Any, bool]:
-    """(the body without params.target, the target, whether the body had params.target)."""
+def split_image(body: bytes, content_type: str, query: str | None, signature) -> tuple[bytes, bool]:
+    """(the body without params.image, whether to answer each attribution map as a PNG): like
+    target, explain's own param, from params.image or `?image=` (true/false/1/0), given once;
+    asking it of a model that is not of images is a 422."""
+    body, value, found = _json_param(body, content_type, IMAGE_PARAM)
+    if query is not None:
+        if found:
+            raise ClientError(422, "image is given twice, in params.image and in the URL (?image=): give it once")
+        value, found = query, True
+    if not found:
+        return body, False
+    where = "?image=" if query is not None else "params.image"
+    text = value if isinstance(value, str) else json.dumps(value)  # 1.0 stays "1.0": not a flag
+    if text.strip().lower() not in FLAGS:
+        raise ClientError(422, f"{where} must be true or false (or 1, 0), got {text}")
+    image = FLAGS[text.strip().lower()]
+    if image and image_shape(signature) is None:
+        raise ClientError(
+            422,
+            f"{where}: an attribution map is drawn for a model of images only (a float32 tensor "
+            "[-1, C, H, W] with C 1 or 3); this model's input is not one",
+        )
+    return body, image
+
+
+def _json_param(body: bytes, content_type: str, name: str) -> tuple[bytes, Any, bool]:
+    """(the body without params[name], its value, whether the body had params[name])."""
     mime = (content_type or JSON_MEDIA_TYPE).split(";")[0].strip().lower()
     if mime not in (JSON_MEDIA_TYPE, ""):
         return body, None, False
@@ -194,14 +248,12 @@ def _json_target(body: bytes, content_type: str) -> tuple[bytes, Any, bool]:
     except (ValueError, UnicodeDecodeError):
         return body, None, False  # parse_scoring_request says what is wrong with it
     params = payload.get("params") if isinstance(payload, dict) else None
-    if not isinstance(params, dict) or TARGET_PARAM not in params:
+    if not isinstance(params, dict) or name not in params:
         return body, None, False
-    target = params.pop(TARGET_PARAM)
+    value = params.pop(name)
     if not params:
         del payload["params"]
-    if target is not None and not isinstance(target, (str, int, float, bool)):
-        raise ClientError(422, f"params.target must be a class label or an output index, got {json.dumps(target)}")
-    return json.dumps(payload).encode(), target, True
+    return json.dumps(payload).encode(), value, True
 
 
 def _rows(data) -> int:
@@ -269,8 +321,8 @@ def _explainer_class():
             self.explainers: OrderedDict[tuple[str, str], Any] = OrderedDict()
             self.batcher = Batcher(self._explain_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s)
 
-        async def explain(self, name: str, version: str, data, target) -> dict:
-            return await self.batcher.submit((name, version, data, target))
+        async def explain(self, name: str, version: str, data, target, image: bool = False) -> dict:
+            return await self.batcher.submit((name, version, data, target, image))
 
         # ------------------------------------------------------------ in the batch thread
 
@@ -296,11 +348,13 @@ def _explainer_class():
             return explainer
 
         def _explain_batch(self, items: list) -> list:
+            # matplotlib only where maps are drawn: the endpoint replicas import this module too
+            from raymaas.explain.maps import attribution_png
             from raymaas.serving.batching import _concat
 
             results: list = [None] * len(items)
             groups: dict[tuple, list[int]] = {}
-            for i, (name, version, _, target) in enumerate(items):
+            for i, (name, version, _, target, _) in enumerate(items):
                 groups.setdefault((name, version, json.dumps(target)), []).append(i)
             for (name, version, _), idx in groups.items():
                 datas = [items[i][2] for i in idx]
@@ -311,6 +365,10 @@ def _explainer_class():
                     continue
                 for i, answer in zip(idx, self._explain_one(name, version, datas, items[idx[0]][3], merged)):
                     results[i] = answer
+            for item, answer in zip(items, results):
+                if item[4] and "explanations" in answer:  # each request's rows are its own dicts
+                    for row in answer["explanations"]:
+                        row["attribution_png"] = attribution_png(np.asarray(row["attributions"]))
             return results
 
         def _explain_one(self, name: str, version: str, datas: list, target, merged=None) -> list[dict]:

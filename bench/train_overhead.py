@@ -189,8 +189,9 @@ def platform_command(args) -> list[str]:
     return cmd
 
 
-def run_platform(args, home: Path) -> PlatformRun:
-    """Run the real job in a subprocess on a fresh local Ray; read its epochs from MLflow."""
+def run_platform(args, home: Path, command: list[str] | None = None) -> PlatformRun:
+    """Run the real job (platform_command(args), or command) in a subprocess on a fresh local
+    Ray; read its epochs from MLflow. bench/image_train.py runs its image job through this."""
     tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
     # RAY_TMPDIR: the local Ray's session folder (logs, sockets) goes with the rest when we clean up.
     env = dict(
@@ -211,7 +212,7 @@ def run_platform(args, home: Path) -> PlatformRun:
     with open(home / "job.log", "w") as log:
         # Its own session, so that on a timeout we can stop exactly the processes it started.
         proc = subprocess.Popen(
-            platform_command(args),
+            command or platform_command(args),
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,

@@ -43,7 +43,8 @@ TENSOR = ModelSignature(
 NAMED = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype("int64"), (-1, 3), "ids"), TensorSpec(np.dtype("float64"), (-1, 2, 2), "grid")])
 )
-SIGNATURES = {"columns": COLUMNS, "tensor": TENSOR, "named": NAMED}
+IMAGES = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1, 4, 4))]))  # a model of images
+SIGNATURES = {"columns": COLUMNS, "tensor": TENSOR, "named": NAMED, "images": IMAGES}
 EXTENSIONS = (Monitoring, Explanations)
 ROUTES = [k for k in ROUTE_DOCS if k[1]] + [k for ext in EXTENSIONS for k in ext.route_docs]
 
@@ -191,7 +192,7 @@ def test_tensor_signature_gives_nested_arrays_of_its_shape_and_its_params(doc):
     assert params["properties"]["top"]["type"] == "array" and params["properties"]["top"]["items"]["type"] == "integer"
     # explain's own param beside the model's
     explain = _variants(_body_schema(doc, "tensor", "explain"))["inputs"]["properties"]["params"]["properties"]
-    assert set(explain) == {"probabilities", "top", "target", "image"}  # image: a 422 but for a model of images
+    assert set(explain) == {"probabilities", "top", "target"}  # no image: it is for a model of images
     named = _variants(_body_schema(doc, "named"))
     grid = named["inputs"]["properties"]["inputs"]["properties"]["grid"]
     assert grid["items"]["minItems"] == 2 and grid["items"]["items"]["maxItems"] == 2
@@ -240,6 +241,22 @@ def test_feedback_and_explain_take_the_model_s_rows(doc):
     explain = Draft202012Validator(_body_schema(doc, "tensor", "explain"))
     assert explain.is_valid({"inputs": [[0.5] * 8], "params": {"target": 3}})
     assert not explain.is_valid({"inputs": [[0.5] * 8], "params": {"temperature": 3}})
+
+
+def test_image_bodies_and_the_image_param_are_documented_for_a_model_of_images_only(doc):
+    image_media = {"image/png", "image/jpeg", "multipart/form-data"}
+    for name in SIGNATURES:
+        images = name == "images"
+        for action in ("invocations", "explain"):
+            media = set(doc["paths"][f"/models/{name}/{action}"]["post"]["requestBody"]["content"])
+            assert (image_media <= media) == images and (not image_media & media) == (not images), (name, action)
+        explain = doc["paths"][f"/models/{name}/explain"]["post"]
+        assert ("image" in {p["name"] for p in explain["parameters"]}) == images, name
+        params = [
+            v["properties"]["params"]["properties"] for v in _variants(_body_schema(doc, name, "explain")).values()
+        ]
+        assert all(("image" in p) == images for p in params), name
+    assert "x-raymaas-images-only" not in json.dumps(doc)  # the marker is the document's builder's, not a client's
 
 
 def test_a_model_without_a_signature_or_an_extension_s_docs_is_still_documented():

@@ -5,6 +5,8 @@ window of served inputs against it, and live performance from labels that come l
               validation predictions (logged with every platform-trained model)
     drift     PSI and Kolmogorov-Smirnov on binned counts, and which features are flagged
     live      accuracy, macro precision/recall/F1, RMSE/MAE of predictions against feedback
+    rollout   a progressive rollout's decision: advance, promote, hold or roll back a candidate
+              version by its live figures against the champion's
 
 Importing this package imports neither Ray nor Serve (nor scipy, until a test runs).
 """

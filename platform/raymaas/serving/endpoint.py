@@ -84,7 +84,13 @@ from typing import Any
 from raymaas.serving.auth import check_api_key, load_api_keys
 from raymaas.serving.batching import Batcher, PredictItem, predict_batch
 from raymaas.serving.following import FollowedModel, LoadedModel, resolve_version
-from raymaas.serving.index import ENDPOINT_DEPLOYMENT, SCORING_SCHEMA, error_doc, list_published_models
+from raymaas.serving.index import (
+    ENDPOINT_DEPLOYMENT,
+    IMAGES_ONLY,
+    SCORING_SCHEMA,
+    error_doc,
+    list_published_models,
+)
 from raymaas.serving.protocol import (
     MODELS_PREFIX,
     ClientError,
@@ -161,14 +167,21 @@ ROUTE_DOCS: dict[tuple[str, str], dict] = {
             "content": {
                 "application/json": {"schema": {SCORING_SCHEMA: {}}},
                 "text/csv": {"schema": {"type": "string", "description": "a header row, then one row per input"}},
-                "image/png": {"schema": {"type": "string", "format": "binary", "description": "one image"}},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary", "description": "one image"}},
+                "image/png": {
+                    "schema": {"type": "string", "format": "binary", "description": "one image"},
+                    IMAGES_ONLY: True,
+                },
+                "image/jpeg": {
+                    "schema": {"type": "string", "format": "binary", "description": "one image"},
+                    IMAGES_ONLY: True,
+                },
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
                         "description": "image files, answered in the order sent",
                         "additionalProperties": {"type": "string", "format": "binary"},
-                    }
+                    },
+                    IMAGES_ONLY: True,
                 },
             },
         },

@@ -35,7 +35,7 @@ import numpy as np
 
 from raymaas.modelcode.images import image_shape
 from raymaas.serving.endpoint import EndpointExtension
-from raymaas.serving.index import SCORING_SCHEMA, error_doc
+from raymaas.serving.index import IMAGES_ONLY, SCORING_SCHEMA, error_doc
 from raymaas.serving.protocol import JSON_MEDIA_TYPE, ClientError, error_response, parse_scoring_request, read_body
 
 logger = logging.getLogger("ray.serve")
@@ -62,6 +62,7 @@ _EXPLANATION = {
             "format": "byte",
             "description": "asked with image: a base64 PNG of the attributions summed over channels, "
             "red toward the target, blue away, white neither (a model of images only)",
+            IMAGES_ONLY: True,
         },
     },
 }
@@ -88,6 +89,7 @@ ROUTE_DOCS = {
                 "required": False,
                 "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
                 "description": "a model of images: also answer each attribution map as a PNG, instead of params.image",
+                IMAGES_ONLY: True,
             },
         ],
         "requestBody": {
@@ -104,16 +106,24 @@ ROUTE_DOCS = {
                                 IMAGE_PARAM: {
                                     "type": ["boolean", "integer", "string"],
                                     "description": "a model of images: true for each map as a PNG too",
+                                    IMAGES_ONLY: True,
                                 },
                             }
                         }
                     }
                 },
                 "text/csv": {"schema": {"type": "string", "description": "a header row, then one row per input"}},
-                "image/png": {"schema": {"type": "string", "format": "binary", "description": "a model of images"}},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary", "description": "a model of images"}},
+                "image/png": {
+                    "schema": {"type": "string", "format": "binary", "description": "a model of images"},
+                    IMAGES_ONLY: True,
+                },
+                "image/jpeg": {
+                    "schema": {"type": "string", "format": "binary", "description": "a model of images"},
+                    IMAGES_ONLY: True,
+                },
                 "multipart/form-data": {
-                    "schema": {"type": "object", "description": "image files, one a part, explained in order"}
+                    "schema": {"type": "object", "description": "image files, one a part, explained in order"},
+                    IMAGES_ONLY: True,
                 },
             },
         },

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import re
 
+from raymaas.modelcode.images import image_shape
 from raymaas.serving.protocol import (
     MODELS_PREFIX,
     ClientError,
@@ -48,6 +50,10 @@ ENDPOINT_DEPLOYMENT = "ModelEndpoint"
 # scoring_body: "properties" and "required" are added to each format's object, "params" to
 # the params the signature declares).
 SCORING_SCHEMA = "x-raymaas-scoring"
+# A route doc's part marked {IMAGES_ONLY: True} (an image body, the image param of /explain)
+# is documented for a model of images (a float32 [-1, C, H, W] signature) and left out for any
+# other, which refuses it: a generated client sends nothing the model cannot take.
+IMAGES_ONLY = "x-raymaas-images-only"
 # How long the listing waits for an application's replica to describe its models (a replica
 # at its max_ongoing_requests queues the call behind predictions).
 DESCRIBE_TIMEOUT_S = 10.0
@@ -283,7 +289,7 @@ def _extension_doc(action: str) -> dict:
 def _operation(doc: dict, model: dict, method: str, action: str) -> dict:
     name = model["name"]
     signature = model.get("signature") or {}
-    op = _expand(copy.deepcopy(doc), signature)
+    op = _expand(copy.deepcopy(doc), signature, _takes_images(signature))
     serves = (
         f"@{model['alias']}, version {model['version']} now" if model.get("alias") else f"version {model['version']}"
     )
@@ -306,16 +312,37 @@ def _operation(doc: dict, model: dict, method: str, action: str) -> dict:
     return op
 
 
-def _expand(node, signature: dict):
-    """node with each {SCORING_SCHEMA: {...}} replaced by the model's scoring body."""
+def _expand(node, signature: dict, images: bool):
+    """node with each {SCORING_SCHEMA: {...}} replaced by the model's scoring body, and the
+    parts marked IMAGES_ONLY kept (unmarked) for a model of images, left out for another."""
     if isinstance(node, dict):
         if SCORING_SCHEMA in node:
-            rest = {k: _expand(v, signature) for k, v in node.items() if k != SCORING_SCHEMA}
-            return {**scoring_body(signature, **(node[SCORING_SCHEMA] or {})), **rest}
-        return {k: _expand(v, signature) for k, v in node.items()}
+            rest = {k: _expand(v, signature, images) for k, v in node.items() if k != SCORING_SCHEMA}
+            return {**scoring_body(signature, **_expand(node[SCORING_SCHEMA] or {}, signature, images)), **rest}
+        return {
+            k: _expand(v, signature, images)
+            for k, v in node.items()
+            if k != IMAGES_ONLY and (images or not _images_only(v))
+        }
     if isinstance(node, list):
-        return [_expand(v, signature) for v in node]
+        return [_expand(v, signature, images) for v in node if images or not _images_only(v)]
     return node
+
+
+def _images_only(node) -> bool:
+    return isinstance(node, dict) and node.get(IMAGES_ONLY) is True
+
+
+def _takes_images(signature: dict) -> bool:
+    """Whether a model (its signature as GET /models/NAME gives it) is a model of images."""
+    inputs = signature.get("inputs")
+    if not inputs:
+        return False
+    # here, not at the top: the CLI imports this module, and mlflow's import costs seconds
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema
+
+    return image_shape(ModelSignature(inputs=Schema.from_json(json.dumps(inputs)))) is not None
 
 
 def scoring_body(

@@ -34,8 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raymaas.modelcode.images import MODES, pixels
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-IMAGE_MODES = ("L", "RGB")
+CHANNELS = {mode: channels for channels, mode in MODES.items()}  # the image mode -> channels the model reads
+IMAGE_MODES = tuple(CHANNELS)
 AUGMENTATIONS = ("flip", "crop")
 CLASS_COLUMN = "class"  # the column Ray Data's Partitioning fills with each image's folder name
 _SHOWN = 5  # files or folders named in a message before "and N more"
@@ -64,7 +67,7 @@ def image_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 def input_shape(size, mode: str) -> tuple[int, int, int]:
     """One example's (channels, height, width) for data.image_size and data.image_mode."""
-    return (1 if mode == "L" else 3, *image_size(size))
+    return (CHANNELS[mode], *image_size(size))
 
 
 @dataclass(frozen=True)
@@ -166,18 +169,17 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 def _decode_problem(path: Path, size: tuple[int, int] | None, mode: str) -> str | None:
-    """None if Pillow decodes the file (as Ray Data's reader will: opened, converted to mode),
-    else why not."""
+    """None if Pillow reads the file as Ray Data's reader will (modelcode.images.pixels makes
+    its calls: opened, decoded in full, resized, converted to mode), else why not."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            if size is not None:
-                # a JPEG is then decoded at a reduced scale no smaller than the size read: a
-                # large photo costs a fraction of its full decode, and a truncated one still fails
-                image.draft(mode, (size[1], size[0]))
-            image.load()
-            image.convert(mode)
+            if size is None:
+                image.load()
+                image.convert(mode)
+            else:
+                pixels(image, (CHANNELS[mode], *size), dtype="uint8")
         return None
     except Exception as err:  # UnidentifiedImageError, OSError (truncated), DecompressionBombError, ...
         return f"{type(err).__name__}: {err}".replace(str(path), path.name)

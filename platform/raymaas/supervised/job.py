@@ -258,14 +258,18 @@ def _run_trainer(job, prepared, in_tune: bool = False):
     )
     if in_tune:  # a trial's progress is the sweep driver's to print
         result = trainer.fit()
-        log_unlogged_epochs(job.client, job.run_id, result)
-        return _best_checkpoint(result, selection)
-    with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs):
-        result = call_interruptibly(trainer.fit)
+    else:
+        with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs):
+            result = call_interruptibly(trainer.fit)
     log_unlogged_epochs(job.client, job.run_id, result)
     last = result.metrics or {}
     stopping = spec.train_loop_config.early_stopping
-    if stopping is not None and "epoch" in last and int(last["epoch"]) + 1 < spec.train_loop_config.epochs:
+    if (
+        not in_tune
+        and stopping is not None
+        and "epoch" in last
+        and int(last["epoch"]) + 1 < spec.train_loop_config.epochs
+    ):
         job.client.set_tag(job.run_id, "raymaas.stopped_early", f"after epoch {int(last['epoch']) + 1}")
         print(
             f"raymaas: stopped early after epoch {int(last['epoch']) + 1} of {spec.train_loop_config.epochs}: "

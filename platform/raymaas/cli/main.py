@@ -3,6 +3,7 @@
     raymaas train jobs/specs/digits_debug.yaml                            # the driver runs here
     raymaas train jobs/specs/digits_mlp.yaml --address http://HEAD:8265   # through Ray's job API
     raymaas runs | raymaas models | raymaas promote NAME VERSION | raymaas explain
+    raymaas rollout NAME --canary 10 | --promote | --abort; raymaas rollout status NAME   # on live traffic
 
 Every command reads the MLflow store that jobs write to (MLFLOW_TRACKING_URI, else the
 embedded SQLite store of the project; see raymaas.paths). Job kinds come from raymaas.kinds.
@@ -27,6 +28,7 @@ from pathlib import Path
 from raymaas import paths
 from raymaas.cli.args import positive_int
 from raymaas.cli.predict import add_parser as add_predict_parser
+from raymaas.cli.rollout import add_parser as add_rollout_parser
 from raymaas.kinds import KINDS, SWEEP_ENTRYPOINT, JobKind, UnknownKind, get_kind, kind_of
 from raymaas.serving.ingress import INGRESSES
 from raymaas.specs import EXIT_INVALID_SPEC, SpecError, describe_fields, load_spec, read_spec_file
@@ -638,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     add_predict_parser(sub)
+    add_rollout_parser(sub)
 
     runs = sub.add_parser("runs", help="list recent MLflow runs", description=cmd_runs.__doc__)
     runs.add_argument("--experiment", metavar="NAME", help="only this experiment (default: all)")

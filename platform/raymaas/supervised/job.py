@@ -214,6 +214,17 @@ def _selection(job) -> Selection:
     return Selection(metric=gate.metric, higher_is_better=gate.higher_is_better)
 
 
+def _stored_result(job):
+    """What Ray Train stored of this run's earlier attempts (its checkpoints and their reported
+    metrics), or None for a first attempt."""
+    import ray.train
+
+    try:
+        return ray.train.Result.from_path(f"{str(job.storage_path).rstrip('/')}/{job.run.run_name}")
+    except (RuntimeError, OSError, ValueError):  # no folder, or no checkpoint snapshot in it yet
+        return None
+
+
 def _run_trainer(job, prepared, in_tune: bool = False):
     """TorchTrainer.fit; the checkpoint of its best epoch by the gate metric (Ray Train keeps
     the best checkpoints by it, and the newest for resuming). in_tune: inside a sweep's trial,
@@ -256,6 +267,12 @@ def _run_trainer(job, prepared, in_tune: bool = False):
         ),
         datasets=data.datasets,
     )
+    # A resumed run: an epoch persisted but never logged before the stop (the controller logs
+    # after persisting) is logged now, from the stored checkpoints, before this attempt's next
+    # epoch can evict its checkpoint (num_to_keep) and its metrics with it.
+    stored = _stored_result(job)
+    if stored is not None:
+        log_unlogged_epochs(job.client, job.run_id, stored)
     if in_tune:  # a trial's progress is the sweep driver's to print
         result = trainer.fit()
     else:

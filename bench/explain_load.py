@@ -78,8 +78,8 @@ def in_process(name: str, reference: Path, n: int) -> dict:
     """The peer: the same explainer the Explainer replica builds, called here on one row."""
     import mlflow
 
+    from raymaas.monitoring.window import profile_of
     from raymaas.serving.explaining import make_explainer
-    from raymaas.serving.monitoring import profile_of
     from raymaas.serving.specs import ExplainSpec
 
     config = ExplainSpec()

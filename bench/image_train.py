@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from train_overhead import Epochs, PlatformRun, run_platform
+from train_overhead import Epochs, PlatformRun, job_command, run_platform
 
 from raymaas.modelcode.images import pixels
 from raymaas.supervised import images
@@ -196,10 +196,7 @@ def platform_command(args, folder: Path) -> list[str]:
         "scaling_config.resources_per_worker": f"{{CPU: {args.threads}}}",
         "failure_config.max_failures": 0,
     }
-    cmd = [sys.executable, "-m", "jobs.supervised", str(BASE_SPEC)]
-    for key, value in overrides.items():
-        cmd += ["--set", f"{key}={value}"]
-    return cmd
+    return job_command(BASE_SPEC, overrides)
 
 
 # --------------------------------------------------------------------------- report

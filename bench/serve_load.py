@@ -23,6 +23,12 @@ against those peers; exits 1 if a target is missed on the default ingress (heavy
     --monitoring-rounds 3    rounds of monitoring off then on (the tiny and column models, last
                              ingress): the cost of monitoring, target p50 <= +0.3 ms and
                              throughput at 32 >= 0.95x of off (0: skip)
+    --rollout-rounds 3       rounds of one version, a canary split (50% to a second version) and
+                             shadow mode (a copy of every request to it), the tiny model on the
+                             last ingress, one application throughout (the rollout's state goes
+                             through the registry as `raymaas rollout` writes it): target p50 at
+                             concurrency 1 and 32 at most +0.5 ms (canary) and +1 ms (shadow)
+                             over one version (0: skip)
 """
 
 from __future__ import annotations
@@ -377,7 +383,58 @@ def start_serve(tracking_uri: str, ingress: str):
     return port, cleanup
 
 
-def run_ray_serve(tracking_uri: str, quick: bool, ingress: str, names: list[str], monitoring_rounds: int = 0) -> dict:
+def rollout_rounds(tracking_uri: str, port: int, quick: bool, rounds: int) -> dict:
+    """The tiny model alone, with a canary split and in shadow mode, alternately: each round
+    starts the rollout in the registry and measures once the replica serves it."""
+    import mlflow
+    import torch
+
+    from raymaas.modelcode.pyfunc import log_classifier
+    from raymaas.monitoring.rollout import RolloutPolicy
+    from raymaas.tracking import get_client
+    from raymaas.tracking.rollout import end_rollout, start_rollout
+
+    client = get_client(tracking_uri)
+    torch.manual_seed(0)  # the champion's weights: the same answers, what a candidate costs is the split
+    module = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    with mlflow.start_run(run_name=f"{TINY}-candidate"):
+        info = log_classifier(module, np.random.default_rng(0).random((8, 64), dtype=np.float32))
+    candidate = str(mlflow.register_model(info.model_uri, TINY).version)
+    never = RolloutPolicy(steps=[50, 100], min_labels=10**9)  # the hub holds: the split stays as it is
+    url = f"http://127.0.0.1:{port}/models/{TINY}"
+
+    def serving(mode: str | None) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                rollout = json.loads(resp.read()).get("rollout")
+            if (rollout or {}).get("mode") == mode:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the replica did not serve rollout mode {mode} in 60 s")
+
+    results: dict[str, list] = {}
+    for _ in range(rounds):
+        for mode in (None, "canary", "shadow"):
+            if mode is not None:
+                start_rollout(
+                    client,
+                    TINY,
+                    never,
+                    version=candidate,
+                    canary=50 if mode == "canary" else 100,
+                    shadow=mode == "shadow",
+                )
+            serving(mode)
+            results.setdefault(mode or "one version", []).append(measure(f"{url}/invocations", body_for(TINY), quick))
+            if mode is not None:
+                end_rollout(client, TINY, "abort", "benchmark round over")
+    return results
+
+
+def run_ray_serve(
+    tracking_uri: str, quick: bool, ingress: str, names: list[str], monitoring_rounds: int = 0, rollouts: int = 0
+) -> dict:
     import ray
     from ray import serve
     from starlette.responses import Response
@@ -432,6 +489,11 @@ def run_ray_serve(tracking_uri: str, quick: bool, ingress: str, names: list[str]
                         measure(url, body_for(name), quick)
                     )
                     serve.delete(name)
+            if name == TINY and rollouts:
+                polled = spec.model_copy(update={"poll_interval_s": 0.5})
+                serve.run(build_model_app(polled), name=name, route_prefix=spec.route_prefix)
+                results["rollouts"] = rollout_rounds(tracking_uri, port, quick, rollouts)
+                serve.delete(name)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -460,6 +522,12 @@ def main() -> int:
         default=3,
         help="rounds of monitoring off / on for the tiny and column models on the last ingress (0: none)",
     )
+    parser.add_argument(
+        "--rollout-rounds",
+        type=int,
+        default=3,
+        help="rounds of one version / canary / shadow for the tiny model on the last ingress (0: none)",
+    )
     args = parser.parse_args()
     names = [CONTESTANTS[c] for c in _names(args.models, CONTESTANTS, "models")]
     ingresses = _names(args.ingress, ("proxy", "haproxy"), "ingress")
@@ -475,7 +543,12 @@ def main() -> int:
         # on a Ray of its own (Serve reads the ingress setting when it starts)
         by_ingress = {
             ingress: run_ray_serve(
-                tracking_uri, args.quick, ingress, names, args.monitoring_rounds if ingress == ingresses[-1] else 0
+                tracking_uri,
+                args.quick,
+                ingress,
+                names,
+                args.monitoring_rounds if ingress == ingresses[-1] else 0,
+                args.rollout_rounds if ingress == ingresses[-1] else 0,
             )
             for ingress in ingresses
         }
@@ -561,6 +634,21 @@ def main() -> int:
                 f"(target <= +0.3), throughput at 32 {rps:.2f}x (target >= 0.95); per round p50 off/on "
                 + ", ".join(f"{a['c1']['p50']:.2f}/{b['c1']['p50']:.2f}" for a, b in zip(off, on, strict=True))
             )
+        rounds = r.get("rollouts")
+        if rounds:
+            one = rounds["one version"]
+            for mode, limit in (("canary", 0.5), ("shadow", 1.0)):
+                for c in ("c1", "c32"):
+                    gap = float(np.median([b[c]["p50"] for b in rounds[mode]]) - np.median([a[c]["p50"] for a in one]))
+                    rps = float(np.median([b[c]["rps"] for b in rounds[mode]]) / np.median([a[c]["rps"] for a in one]))
+                    ok &= gap <= limit
+                    print(
+                        f"  {mode} vs one version, tiny model, concurrency {c[1:]} (median of {len(one)} rounds): "
+                        f"p50 {gap:+.2f} ms (target <= +{limit}), throughput {rps:.2f}x; per round p50 one/{mode} "
+                        + ", ".join(
+                            f"{a[c]['p50']:.2f}/{b[c]['p50']:.2f}" for a, b in zip(one, rounds[mode], strict=True)
+                        )
+                    )
         met[ingress] = ok
     print(f"\nbenchmark took {time.monotonic() - began:.0f} s")
     return 0 if met.get("haproxy", met.get("proxy", True)) else 1

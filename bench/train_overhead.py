@@ -183,7 +183,12 @@ def platform_command(args) -> list[str]:
         "scaling_config.resources_per_worker": f"{{CPU: {args.threads}}}",
         "failure_config.max_failures": 0,
     }
-    cmd = [sys.executable, "-m", "jobs.supervised", str(BASE_SPEC)]
+    return job_command(BASE_SPEC, overrides)
+
+
+def job_command(spec: Path, overrides: dict) -> list[str]:
+    """`python -m jobs.supervised SPEC --set KEY=VALUE ...` in this interpreter."""
+    cmd = [sys.executable, "-m", "jobs.supervised", str(spec)]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={value}"]
     return cmd

@@ -131,7 +131,7 @@ def test_a_tensor_signature_scores_arrays(tensor_model, data):
 
 
 def test_monitoring_watches_the_score(columns_model, data):
-    from raymaas.serving.monitoring import prediction_values
+    from raymaas.monitoring.window import prediction_values
 
     rows = data[3]
     result = columns_model.predict(pd.DataFrame(rows, columns=COLUMNS).astype(np.float64))

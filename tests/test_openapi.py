@@ -123,6 +123,7 @@ def test_every_route_of_every_model_is_documented(doc):
             f"{base}/explain": {"post"},
             f"{base}/feedback": {"post"},
             f"{base}/monitor": {"get"},
+            f"{base}/rollout": {"get"},
             f"{base}/ping": {"get"},
             f"{base}/health": {"get"},
             f"{base}/version": {"get"},

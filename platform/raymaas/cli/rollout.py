@@ -16,10 +16,9 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from datetime import datetime
 
+from raymaas.monitoring.report import fetch_json
 from raymaas.specs import EXIT_INVALID_SPEC, SpecError
 
 # The RolloutPolicy fields that are options (--min-labels ...); those left out keep the policy's defaults.
@@ -174,23 +173,7 @@ def format_state(state) -> str:
 
 def fetch_live(base_url: str, name: str, api_key: str | None = None, timeout: float = 10) -> dict:
     """GET BASE/models/NAME/rollout; LookupError (one line: why) if it refuses or nothing answers."""
-    req = urllib.request.Request(f"{base_url.rstrip('/')}/models/{name}/rollout")
-    if api_key:
-        req.add_header("x-api-key", api_key)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            body = json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        if err.code == 404:
-            raise LookupError(f"{req.full_url} answered 404: the endpoint reports no rollout of {name}") from None
-        raise LookupError(f"{req.full_url} answered {err.code}: {err.read().decode(errors='replace')[:200]}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise LookupError(f"no endpoint answers at {req.full_url}: {getattr(err, 'reason', err)}") from None
-    except ValueError:
-        raise LookupError(f"{req.full_url} did not answer JSON") from None
-    if not isinstance(body, dict):
-        raise LookupError(f"{req.full_url} answered {type(body).__name__}, not a JSON object")
-    return body
+    return fetch_json(base_url, name, "rollout", api_key, timeout)
 
 
 def _invalid(message: str) -> int:

@@ -39,3 +39,14 @@ def regression_scores(predicted: list, actual: list) -> dict[str, float]:
         return {}
     err = p - a
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def live_scores(labelled: list, task: str) -> dict[str, float]:
+    """The scores of (predicted, actual) pairs: regression_scores for a regression, else
+    classification_scores; {} for none."""
+    if not labelled:
+        return {}
+    predicted, actual = [p for p, _ in labelled], [a for _, a in labelled]
+    if task == "regression":
+        return regression_scores(predicted, actual)
+    return classification_scores(predicted, actual)

@@ -12,21 +12,32 @@ API_KEY_ENV = "RAYMAAS_API_KEY"  # the key `raymaas monitor` sends, if the endpo
 
 def fetch_report(base_url: str, name: str, api_key: str | None = None, timeout: float = 30) -> dict:
     """GET BASE/models/NAME/monitor; LookupError (with the endpoint's reason) if it refuses."""
-    req = urllib.request.Request(f"{base_url.rstrip('/')}/models/{name}/monitor")
+    return fetch_json(base_url, name, "monitor", api_key, timeout)
+
+
+def fetch_json(base_url: str, name: str, action: str, api_key: str | None = None, timeout: float = 30) -> dict:
+    """GET BASE/models/NAME/ACTION, a JSON object; LookupError (one line: the endpoint's reason,
+    or why nothing answered) if it refuses, nothing answers or the answer is no JSON object."""
+    req = urllib.request.Request(f"{base_url.rstrip('/')}/models/{name}/{action}")
     if api_key:
         req.add_header("x-api-key", api_key)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            body = json.loads(resp.read())
     except urllib.error.HTTPError as err:
-        body = err.read()
+        raw = err.read()
         try:
-            reason = json.loads(body).get("message", body.decode(errors="replace"))
-        except ValueError:
-            reason = body.decode(errors="replace")
+            reason = json.loads(raw).get("message", raw.decode(errors="replace"))
+        except (ValueError, AttributeError):
+            reason = raw.decode(errors="replace")[:200]
         raise LookupError(f"{err.code} from {req.full_url}: {reason}") from None
-    except urllib.error.URLError as err:
-        raise LookupError(f"no endpoint answers at {req.full_url}: {err.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        raise LookupError(f"no endpoint answers at {req.full_url}: {getattr(err, 'reason', err)}") from None
+    except ValueError:
+        raise LookupError(f"{req.full_url} did not answer JSON") from None
+    if not isinstance(body, dict):
+        raise LookupError(f"{req.full_url} answered {type(body).__name__}, not a JSON object")
+    return body
 
 
 def format_report(report: dict, top: int = 5) -> str:

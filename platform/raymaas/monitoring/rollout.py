@@ -327,3 +327,65 @@ def _metric_sentence(task: Task, test: dict, champion_labels: int, candidate_lab
     return (
         f"candidate {name} {fmt(test['candidate_' + metric])} vs champion {fmt(test['champion_' + metric])} over {over}"
     )
+
+
+# --------------------------------------------------------------------------- figures from what was served
+
+
+def is_error(code: int) -> bool:
+    """An answer that counts against the version that gave it: a failure (5xx), or a 422, which
+    is the signature or the model refusing the input (a malformed, unauthorised or oversized
+    request is the client's whichever version it met, and counts for neither)."""
+    return code >= 500 or code == 422
+
+
+def latency_percentiles(milliseconds) -> tuple[float, float]:
+    """(p50, p99) of answer times in ms; (0, 0) for none."""
+    ms = np.asarray(list(milliseconds), dtype=np.float64)
+    if not len(ms):
+        return 0.0, 0.0
+    p50, p99 = np.percentile(ms, [50, 99])
+    return float(p50), float(p99)
+
+
+def outcome(predicted, actual, task: Task):
+    """One labelled answer's outcome: classification 1.0 right, 0.0 wrong (labels compared as text,
+    as raymaas.monitoring.live does); regression predicted - actual (a row for several outputs)."""
+    if task == "classification":
+        return 1.0 if str(predicted) == str(actual) else 0.0
+    return np.asarray(predicted, dtype=np.float64).ravel() - np.asarray(actual, dtype=np.float64).ravel()
+
+
+def version_figures(version: str, answers, labelled, task: Task) -> VersionFigures:
+    """A version's VersionFigures from its answers, (status code, milliseconds) each, and its
+    labelled answers, (predicted, actual) each."""
+    answers = list(answers)
+    _, p99 = latency_percentiles(ms for _, ms in answers)
+    return VersionFigures(
+        version=str(version),
+        requests=len(answers),
+        errors=sum(1 for code, _ in answers if is_error(code)),
+        latency_p99_ms=p99,
+        outcomes=_stack([outcome(p, a, task) for p, a in labelled], task),
+    )
+
+
+def paired_outcomes(champion: dict, candidate: dict, task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """The outcomes of the rows both versions answered (shadow mode), aligned: champion and
+    candidate map a row's key (request id and row) to its (predicted, actual)."""
+    keys = [k for k in champion if k in candidate]
+    return (
+        _stack([outcome(*champion[k], task) for k in keys], task),
+        _stack([outcome(*candidate[k], task) for k in keys], task),
+    )
+
+
+def _stack(outcomes: list, task: Task) -> np.ndarray:
+    if task == "classification" or not outcomes:
+        return np.asarray(outcomes, dtype=np.float64)
+    widths = {len(o) for o in outcomes}
+    if len(widths) != 1:  # labels of another shape than the answers: keep the commonest width
+        common = max(widths, key=lambda w: sum(len(o) == w for o in outcomes))
+        outcomes = [o for o in outcomes if len(o) == common]
+    rows = np.stack(outcomes)
+    return rows[:, 0] if rows.shape[1] == 1 else rows

@@ -66,6 +66,10 @@ So is POST /models/NAME/explain, raymaas.serving.explaining, with its Explainer 
   the model's output and the request's id (Serve's, which the response carries as
   x-request-id); it must return quickly; what it raises is logged, not answered.
   `endpoint.prediction_hooks` is the list it goes to.
+- on_shadow(loaded, data, result, request_id, answered, seconds): during a shadow rollout,
+  called after the candidate (loaded) predicted its copy of a request the followed version
+  answered (answered: that answer); result is the candidate's output, or the exception or
+  ClientError it failed with; seconds its predict's. Called off the request's way.
 - on_response(name, action, response, seconds): called after every answer of the app
   (errors too; name and action None where the path named no model), for metrics.
 - stop(): when the endpoint goes away.
@@ -78,12 +82,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from raymaas.serving.auth import check_api_key, load_api_keys
 from raymaas.serving.batching import Batcher, PredictItem, predict_batch
+from raymaas.serving.explaining import Explanations, build_explainer
+from raymaas.serving.extension import (
+    EndpointExtension,
+    Handler,
+    PredictionHook,
+    ResponseHook,
+    ShadowHook,
+)
 from raymaas.serving.following import FollowedModel, LoadedModel, resolve_version
+from raymaas.serving.hub import build_monitor_hub
 from raymaas.serving.index import (
     ENDPOINT_DEPLOYMENT,
     IMAGES_ONLY,
@@ -91,6 +104,7 @@ from raymaas.serving.index import (
     error_doc,
     list_published_models,
 )
+from raymaas.serving.monitoring import Monitoring
 from raymaas.serving.protocol import (
     MODELS_PREFIX,
     ClientError,
@@ -100,6 +114,7 @@ from raymaas.serving.protocol import (
     read_body,
     relative_path,
 )
+from raymaas.serving.routing import STICKY_HEADER
 from raymaas.serving.specs import ModelEndpointSpec, ServeSpec
 
 logger = logging.getLogger("ray.serve")
@@ -216,34 +231,6 @@ ROUTE_DOCS: dict[tuple[str, str], dict] = {
     },
 }
 
-# (request, model name) -> response
-Handler = Callable[[Any, str], Awaitable[Any]]
-# (the LoadedModel that answered, the parsed input, the model's output, the request id) -> None
-PredictionHook = Callable[[LoadedModel, Any, Any, str], None]
-# (model name or None, action or None, the response, seconds it took) -> None
-ResponseHook = Callable[[str | None, str | None, Any, float], None]
-
-
-class EndpointExtension:
-    """What a module plugs into a model endpoint: actions under /models/NAME/ and a look at
-    every successful prediction. Subclass it and override what you need."""
-
-    on_prediction: PredictionHook | None = None  # define it as a method to observe predictions
-    on_response: ResponseHook | None = None  # define it as a method to observe every answer
-
-    # {(METHOD, ACTION): OpenAPI operation} of its routes, for /openapi.json
-    route_docs: dict[tuple[str, str], dict] = {}
-
-    def __init__(self, endpoint):
-        self.endpoint = endpoint  # the replica's ModelEndpoint: spec, get_model(name), ...
-
-    def routes(self) -> dict[tuple[str, str], Handler]:
-        """{(METHOD, ACTION): handler} this extension answers under /models/NAME/ACTION."""
-        return {}
-
-    def stop(self) -> None:
-        """The endpoint goes away."""
-
 
 def _endpoint_class(max_models_per_replica: int):
     # Built on first use: raymaas must import without Ray Serve (no side effects at import).
@@ -277,7 +264,9 @@ def _endpoint_class(max_models_per_replica: int):
             self.dedicated: FollowedModel | None = None
             if not self.shared:
                 # Loaded before the replica reports ready: a replica never answers without a model.
-                self.dedicated = FollowedModel(self.spec.models[0], self.tracking_uri, self.spec.poll_interval_s)
+                self.dedicated = FollowedModel(
+                    self.spec.models[0], self.tracking_uri, self.spec.poll_interval_s, self.spec.rollout.enabled
+                )
             self.routes: dict[tuple[str, str], Handler] = {
                 ("POST", INVOCATIONS): self.invocations,
                 ("GET", PING): self.ping,
@@ -286,6 +275,8 @@ def _endpoint_class(max_models_per_replica: int):
             }
             self.prediction_hooks: list[PredictionHook] = []
             self.response_hooks: list[ResponseHook] = []
+            self.shadow_hooks: list[ShadowHook] = []
+            self._shadows: set[asyncio.Task] = set()  # shadow predictions in flight (held: the loop keeps weak refs)
             self.extensions = [factory(self) for factory in extensions]
             for ext in self.extensions:
                 for (method, action), handler in ext.routes().items():
@@ -297,6 +288,8 @@ def _endpoint_class(max_models_per_replica: int):
                     self.prediction_hooks.append(ext.on_prediction)
                 if ext.on_response is not None:
                     self.response_hooks.append(ext.on_response)
+                if ext.on_shadow is not None:
+                    self.shadow_hooks.append(ext.on_shadow)
             self.actions = {action for _, action in self.routes}
             self.route_docs = route_docs(self.extensions)
 
@@ -309,7 +302,11 @@ def _endpoint_class(max_models_per_replica: int):
         @serve.multiplexed(max_num_models_per_replica=max_models_per_replica)
         async def _load_shared(self, name: str) -> FollowedModel:
             followed = await asyncio.to_thread(
-                FollowedModel, self.by_name[name], self.tracking_uri, self.spec.poll_interval_s
+                FollowedModel,
+                self.by_name[name],
+                self.tracking_uri,
+                self.spec.poll_interval_s,
+                self.spec.rollout.enabled,
             )
             followed.start_following()
             return _Evictable(followed)
@@ -320,11 +317,20 @@ def _endpoint_class(max_models_per_replica: int):
             return [await self.describe_model(name, docs) for name in self.by_name]
 
         async def describe_model(self, name: str, docs: bool = False) -> dict:
+            rollout = None
             if self.dedicated is not None:
-                loaded = self.dedicated.current
+                self.dedicated.start_following()  # a client may ask what is served before predicting
+                loaded, rollout = self.dedicated.current, self.dedicated.rollout
             else:  # the version the alias names now, without loading a model the replica may not hold
                 loaded = await asyncio.to_thread(_loaded_from_registry, self.by_name[name], self.tracking_uri)
-            return model_description(loaded, self.routes, self.route_docs if docs else None)
+            described = model_description(loaded, self.routes, self.route_docs if docs else None)
+            if rollout is not None:
+                described["rollout"] = {
+                    "version": rollout.candidate.version,
+                    "share": rollout.share,
+                    "mode": rollout.mode,
+                }
+            return described
 
         async def __call__(self, request: Request) -> Response:
             if not self.response_hooks:
@@ -366,15 +372,16 @@ def _endpoint_class(max_models_per_replica: int):
                 return error_response(err)
 
         async def invocations(self, request: Request, name: str) -> Response:
-            """POST /models/NAME/invocations: parse, check, batch, predict."""
+            """POST /models/NAME/invocations: parse, check, batch, predict (by the version the
+            route picks: raymaas.serving.routing)."""
             loaded = None
             try:
                 body = await read_body(request, self.spec.max_request_bytes)
                 followed = await self.get_model(name)
-                loaded = followed.current
-                data, params = parse_scoring_request(
-                    body, request.headers.get("content-type", ""), loaded.signature, loaded.strings_as_objects
-                )
+                chosen = followed.route(request.headers.get(STICKY_HEADER))
+                loaded = chosen.answer
+                content_type = request.headers.get("content-type", "")
+                data, params = parse_scoring_request(body, content_type, loaded.signature, loaded.strings_as_objects)
                 result = await self.batcher.submit(PredictItem(loaded, data, params))
                 if isinstance(result, ClientError):
                     raise result
@@ -385,15 +392,39 @@ def _endpoint_class(max_models_per_replica: int):
                         headers=loaded.headers(),
                     )
                 answer = Response(predictions_json(result), media_type="application/json", headers=loaded.headers())
-                request_id = _request_id() if self.prediction_hooks else ""
+                request_id = _request_id() if self.prediction_hooks or chosen.shadow is not None else ""
                 for hook in self.prediction_hooks:
                     try:
                         hook(loaded, data, result, request_id)
                     except Exception:  # an observer's failure is not the client's
                         logger.exception("prediction hook %r failed", hook)
+                if chosen.shadow is not None:
+                    shadow = (chosen.shadow, body, content_type, loaded, data, params, result, request_id)
+                    task = asyncio.get_running_loop().create_task(self._shadow(*shadow))
+                    self._shadows.add(task)
+                    task.add_done_callback(self._shadows.discard)
                 return answer
             except ClientError as err:
                 return error_response(err, loaded.headers() if loaded else None)
+
+        async def _shadow(self, candidate, body, content_type, answered_by, data, params, answer, request_id):
+            """A shadow rollout's copy of a request: the candidate predicts it through the same
+            batcher, and the shadow hooks see its answer (or failure) beside the one returned."""
+            started = time.perf_counter()
+            try:
+                if candidate.signature != answered_by.signature:  # parsed for the other version's signature
+                    data, params = parse_scoring_request(
+                        body, content_type, candidate.signature, candidate.strings_as_objects
+                    )
+                result = await self.batcher.submit(PredictItem(candidate, data, params))
+            except ClientError as err:
+                result = err
+            seconds = time.perf_counter() - started
+            for hook in self.shadow_hooks:
+                try:
+                    hook(candidate, data, result, request_id, answer, seconds)
+                except Exception:
+                    logger.exception("shadow hook %r failed", hook)
 
         async def ping(self, request: Request, name: str) -> Response:
             """GET /models/NAME/ping (and /health): the replica answers, so the model does."""
@@ -447,6 +478,13 @@ class _Evictable:
     @property
     def current(self) -> LoadedModel:
         return self.followed.current
+
+    @property
+    def rollout(self):
+        return self.followed.rollout
+
+    def route(self, key: str | None = None):
+        return self.followed.route(key)
 
     def start_following(self) -> None:
         pass
@@ -502,14 +540,10 @@ def build_model_app(spec: ServeSpec, extensions: Sequence[Callable[[Any], Endpoi
     cls = _endpoint_class(spec.max_models_per_replica)
     monitor = None
     if spec.monitoring.enabled:
-        from raymaas.serving.monitoring import Monitoring, build_monitor_hub
-
         monitor = build_monitor_hub(spec)
         extensions = [Monitoring, *extensions]
     explainer = None
     if spec.explain.enabled:
-        from raymaas.serving.explaining import Explanations, build_explainer
-
         explainer = build_explainer(spec)
         extensions = [Explanations, *extensions]
     deployment = serve.deployment(

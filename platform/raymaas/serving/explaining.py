@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from raymaas.modelcode.images import image_shape
-from raymaas.serving.endpoint import EndpointExtension
+from raymaas.serving.extension import EndpointExtension
 from raymaas.serving.index import IMAGES_ONLY, SCORING_SCHEMA, error_doc
 from raymaas.serving.protocol import JSON_MEDIA_TYPE, ClientError, error_response, parse_scoring_request, read_body
 
@@ -339,7 +339,7 @@ def _explainer_class():
         def _explainer(self, name: str, version: str):
             import mlflow
 
-            from raymaas.serving.monitoring import profile_of
+            from raymaas.monitoring.window import profile_of
 
             key = (name, version)
             if key in self.explainers:

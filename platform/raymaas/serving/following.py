@@ -1,9 +1,13 @@
 """Models that follow the registry: the version an alias points at, loaded, and swapped
-whole for the next one when the alias moves (a request sees one version throughout)."""
+whole for the next one when the alias moves (a request sees one version throughout); and,
+while a rollout of the followed `champion` is active (raymaas.tracking.rollout, read from the
+registry on the same poll), its candidate version loaded beside it with its share, which
+raymaas.serving.routing splits the requests by."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,7 +19,8 @@ from raymaas.serving.protocol import (
     VERSION_HEADER,
     schema_json,
 )
-from raymaas.serving.specs import ModelEndpointSpec
+from raymaas.serving.routing import Rollout, Route, route
+from raymaas.serving.specs import CHAMPION, ModelEndpointSpec
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,6 +40,8 @@ class LoadedModel:
     # string columns parsed as numpy objects (parse_scoring_request): a model of this platform,
     # which reads them so
     strings_as_objects: bool = False
+    # "followed": the version the alias names (or the fixed one); "candidate": a rollout's
+    role: str = "followed"
 
     def describe(self, route: str) -> dict:
         return {
@@ -72,19 +79,21 @@ def resolve_version(client, spec: ModelEndpointSpec) -> str:
     return str(client.get_model_version_by_alias(spec.name, spec.alias).version)
 
 
-def load_serving_model(client, spec: ModelEndpointSpec, version: str) -> LoadedModel:
-    """Load one exact version (not the alias, which may move while it loads)."""
+def load_serving_model(client, spec: ModelEndpointSpec, version: str, role: str = "followed") -> LoadedModel:
+    """Load one exact version (not the alias, which may move while it loads); a rollout's
+    candidate (role "candidate") answers under no alias."""
     import mlflow
 
     model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}")
     return LoadedModel(
         spec.name,
         version,
-        spec.alias,
+        spec.alias if role == "followed" else None,
         model,
         model.metadata.signature,
         checked_model=without_input_check(model),
         strings_as_objects=reads_strings_as_objects(model),
+        role=role,
     )
 
 
@@ -128,16 +137,31 @@ def without_input_check(model):
 
 
 class FollowedModel:
-    """A model that follows its registry alias: polls, loads a new version aside, swaps."""
+    """A model that follows its registry alias: polls, loads a new version aside, swaps; and,
+    when it follows `champion`, a rollout's candidate beside it (see the module docstring)."""
 
-    def __init__(self, spec: ModelEndpointSpec, tracking_uri: str, poll_interval_s: float):
+    def __init__(
+        self, spec: ModelEndpointSpec, tracking_uri: str, poll_interval_s: float, follow_rollouts: bool = True
+    ):
         from raymaas.tracking import get_client
 
         self.spec = spec
         self.client = get_client(tracking_uri)
         self.poll_interval_s = poll_interval_s
+        # a rollout moves `champion`: an endpoint of another alias or a fixed version has none
+        self.follow_rollouts = follow_rollouts and spec.alias == CHAMPION
         self.current = load_serving_model(self.client, spec, resolve_version(self.client, spec))
+        self.rollout: Rollout | None = None
+        if self.follow_rollouts:
+            try:
+                self.rollout = self._read_rollout()
+            except Exception:  # the champion serves alone until a poll gets the candidate
+                logger.exception("reading %s's rollout from the registry failed", spec.name)
         self._task: asyncio.Task | None = None
+
+    def route(self, key: str | None = None) -> Route:
+        """The version that answers a request (and the one that sees a copy of it)."""
+        return route(self.current, self.rollout, key)
 
     def start_following(self) -> None:
         if self.spec.alias and self._task is None:
@@ -147,6 +171,23 @@ class FollowedModel:
         if self._task is not None:
             self._task.cancel()
 
+    def _read_rollout(self) -> Rollout | None:
+        """The active rollout of this model in the registry, its candidate loaded (once)."""
+        from raymaas.tracking.rollout import read_rollout
+
+        state = read_rollout(self.client, self.spec.name)
+        if state is None or not state.active or state.version == self.current.version:
+            return None
+        held = self.rollout
+        if held is not None and held.candidate.version == state.version:
+            candidate = held.candidate
+        else:
+            logger.info(
+                "%s: rollout of version %s; loading it beside %s", self.spec.name, state.version, self.current.version
+            )
+            candidate = load_serving_model(self.client, self.spec, state.version, role="candidate")
+        return Rollout(candidate, state.share, state.mode)
+
     async def _follow(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval_s)
@@ -154,9 +195,15 @@ class FollowedModel:
                 version = await asyncio.to_thread(resolve_version, self.client, self.spec)
                 if version != self.current.version:
                     logger.info("%s@%s moved to version %s; loading it", self.spec.name, self.spec.alias, version)
-                    loaded = await asyncio.to_thread(load_serving_model, self.client, self.spec, version)
+                    held = self.rollout
+                    if held is not None and held.candidate.version == version:  # promoted: already loaded
+                        loaded = dataclasses.replace(held.candidate, alias=self.spec.alias, role="followed")
+                    else:
+                        loaded = await asyncio.to_thread(load_serving_model, self.client, self.spec, version)
                     old, self.current = self.current.version, loaded  # requests in flight keep the old one
                     logger.info("%s: now serving version %s (was %s)", self.spec.name, version, old)
+                if self.follow_rollouts:
+                    self.rollout = await asyncio.to_thread(self._read_rollout)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a registry hiccup must not stop the replica serving the current version

@@ -2,7 +2,8 @@
 through Ray's metrics API, input drift against the model's reference profile, and live
 performance from labels sent later to /feedback.
 
-Two parts in each model application:
+Two parts in each model application (this module is the first; raymaas.serving.hub the
+second, raymaas.monitoring.window the replica's windows):
 
     Monitoring   an EndpointExtension in every replica: counts and times every answer, keeps
                  the bins of its recent input rows (a ring of `window` rows; bins, never values)
@@ -25,7 +26,7 @@ artifacts (payloads/) of the version's monitoring run, mask_columns replaced by 
 Prometheus series (Ray adds the ray_ prefix and the deployment, replica and application tags):
 
     raymaas_requests_total{model,version,code,action}    every answer, 4xx and 5xx included
-    raymaas_request_latency_ms{model,action}             histogram, in the replica
+    raymaas_request_latency_ms{model,version,action}     histogram, in the replica
     raymaas_batch_size                                   histogram of the predict batches
     raymaas_predicted_class_total{model,version,label}   classifiers' answers, by label
     raymaas_prediction_bin_total{model,version,output,bin}   regression answers, in the profile's bins
@@ -35,6 +36,13 @@ Prometheus series (Ray adds the ray_ prefix and the deployment, replica and appl
     raymaas_window_rows{model,version}
     raymaas_live_score{model,version,metric}             accuracy, precision/recall/f1_macro, rmse, mae
     raymaas_feedback_total{model,outcome}                matched, unknown, expired, duplicate, mismatched
+    raymaas_rollout_share{model,version}                 a rollout candidate's percent of requests (hub)
+    raymaas_rollout_decisions_total{model,version,action}   advance, promote, hold, rollback (hub)
+    raymaas_shadow_agreement{model,version}              a shadow candidate's answers equal to those returned
+
+During a rollout (raymaas.serving.routing) two versions answer at once: each keeps its own window
+and its own figures (GET /models/NAME/monitor's "versions"), and the hub judges the candidate
+against the champion every rollout.interval_s (GET /models/NAME/rollout).
 """
 
 from __future__ import annotations
@@ -43,194 +51,24 @@ import asyncio
 import json
 import logging
 import random
-import re
 import time
-from collections import Counter, OrderedDict, deque
-from typing import Any
+from collections import deque
 
 import numpy as np
 
-from raymaas.serving.endpoint import EndpointExtension
+from raymaas.monitoring.window import InputWindow, prediction_values, rows_of
+from raymaas.serving.extension import EndpointExtension
+from raymaas.serving.hub import TRAFFIC_KEPT
 from raymaas.serving.index import SCORING_SCHEMA, error_doc
 from raymaas.serving.protocol import VERSION_HEADER, ClientError, parse_scoring_request, read_body
 
 logger = logging.getLogger("ray.serve")
 
-HUB_DEPLOYMENT = "MonitorHub"
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-GAUGE_INTERVAL_S = 5.0
-MAX_PENDING_ROWS_FACTOR = 4  # rows waiting to be binned, at most this many windows
+WINDOWS_PER_MODEL = 3  # versions of a model whose windows a replica keeps (a rollout: 2 answer at once)
 
 
-def profile_of(loaded, reference: str | None) -> tuple[dict | None, str | None]:
-    """(the reference profile of a loaded model, why there is none): the profile logged with
-    the model, else the serve config's reference file, else none."""
-    from raymaas.monitoring.profile import check_profile, load_profile
-
-    try:
-        python_model = loaded.model.unwrap_python_model()
-    except Exception:  # not a python_function model of raymaas (scikit-learn by hand, say)
-        python_model = None
-    profile = getattr(python_model, "reference_profile", None)
-    if profile is not None:
-        return check_profile(profile, f"{loaded.name} version {loaded.version}'s profile"), None
-    if reference:
-        try:
-            return load_profile(reference), None
-        except (OSError, ValueError) as err:
-            return None, f"the reference file could not be read: {err}"
-    return None, "the model was logged without a reference profile and the serve config names no reference file"
-
-
-def prediction_values(result) -> list:
-    """One JSON-able value per row of a model's output (a list for several outputs): of a
-    frame, its `prediction` column (a classifier asked for probabilities) or its
-    `anomaly_score` (an anomaly scorer: the score's distribution is what drifts, not the
-    verdict at one threshold)."""
-    import pandas as pd
-
-    if isinstance(result, pd.DataFrame):
-        if "prediction" in result.columns:
-            return result["prediction"].tolist()
-        if "anomaly_score" in result.columns:
-            return result["anomaly_score"].tolist()
-        return result.to_numpy().tolist()
-    if isinstance(result, pd.Series):
-        return result.tolist()
-    arr = np.asarray(result)
-    return arr.tolist() if arr.ndim >= 1 else [arr.item()]
-
-
-class _Window:
-    """One model version's recent inputs in one replica, as the bins of its drift features."""
-
-    def __init__(self, loaded, size: int, reference: str | None):
-        self.version = loaded.version
-        self.profile, self.unavailable = profile_of(loaded, reference)
-        if self.profile is not None and self.profile.get("binned") is False:
-            n = len(self.profile["features"])
-            self.profile, self.unavailable = None, f"the reference profile has no bins ({n} features are too many)"
-        self.size = size
-        features = self.profile["features"] if self.profile else []
-        self.names = [f["name"] for f in features]
-        self.edges = [np.asarray(f["edges"], dtype=np.float64) for f in features]
-        self.columns = self.names if self.profile and self.profile["input"]["kind"] == "columns" else None
-        # categorical columns, binned by category (raymaas.monitoring.profile.category_codes)
-        self.categorical = {f["name"]: f["categories"] for f in features if f.get("kind") == "categorical"}
-        predictions = (self.profile or {}).get("predictions") or {}
-        self.task = {"classes": "classification", "values": "regression"}.get(predictions.get("kind"))
-        self.output_edges = [np.asarray(o["edges"]) for o in predictions.get("outputs", [])]
-        self.bins = np.zeros((size, len(features)), dtype=np.int16)
-        self.times = np.zeros(size)
-        self.filled = 0
-        self.next = 0
-        self.pending: deque = deque()  # (data, result, request_id, time): binned at the next push
-        self.pending_rows = 0
-        self.dropped_rows = 0
-        self.profile_sent = False
-
-    def add(self, data, result, request_id: str, rows: int) -> None:
-        self.pending.append((data, result, request_id, time.time()))
-        self.pending_rows += rows
-        while self.pending_rows > MAX_PENDING_ROWS_FACTOR * self.size and len(self.pending) > 1:
-            old = self.pending.popleft()  # a replica that cannot keep up drops the oldest, not the request
-            n = _rows(old[0])
-            self.pending_rows -= n
-            self.dropped_rows += n
-
-    def absorb(self) -> tuple[list, Counter, Counter]:
-        """Bin what came since the last push; (predictions awaiting labels, class counts,
-        regression bin counts)."""
-        from raymaas.monitoring.profile import bin_index, drift_features
-        from raymaas.serving.batching import _concat
-
-        waiting, classes, value_bins = [], Counter(), Counter()
-        taken = []
-        while self.pending:
-            data, result, request_id, at = self.pending.popleft()
-            self.pending_rows -= _rows(data)
-            values = prediction_values(result)
-            waiting.append((request_id, at, values))
-            if self.task == "regression" and self.output_edges:
-                out = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-                for k, edges in enumerate(self.output_edges[: out.shape[1]]):
-                    for b, n in Counter(bin_index(out[:, k], edges).tolist()).items():
-                        value_bins[(str(k), _bin_label(edges, b))] += n
-            elif self.task != "regression":
-                classes.update(str(v) for v in values)
-            taken.append((data, at))
-        if self.profile is None or self.unavailable or not taken:
-            return waiting, classes, value_bins
-        # the requests' rows together: one binning per feature for the whole interval
-        datas = [d for d, _ in taken]
-        merged = _concat(datas) if len(datas) > 1 else datas[0]
-        groups = [(merged, [at for _, at in taken], [_rows(d) for d in datas])] if merged is not None else []
-        if merged is None:  # inputs of different shapes or types: each on its own
-            groups = [(d, [at], [_rows(d)]) for d, at in taken]
-        for data, times, counts in groups:
-            try:
-                matrix, names, _ = drift_features(data, self.columns, self.categorical)
-            except (KeyError, ValueError, TypeError) as err:
-                self.unavailable = f"the inputs do not match the reference profile: {err}"
-                break
-            if len(names) != len(self.names):
-                self.unavailable = (
-                    f"the inputs have {len(names)} drift features, the reference profile {len(self.names)}"
-                )
-                break
-            bins = np.stack([bin_index(matrix[:, i], e) for i, e in enumerate(self.edges)], axis=1)
-            self._store(bins, np.repeat(times, counts))
-        return waiting, classes, value_bins
-
-    def _store(self, bins: np.ndarray, times: np.ndarray) -> None:
-        """Rows of bins into the ring, the oldest overwritten."""
-        if len(bins) > self.size:
-            bins, times = bins[-self.size :], times[-self.size :]
-        n = len(bins)
-        idx = (self.next + np.arange(n)) % self.size
-        self.bins[idx] = bins
-        self.times[idx] = times
-        self.next = int((self.next + n) % self.size)
-        self.filled = min(self.size, self.filled + n)
-
-    def snapshot(self) -> dict:
-        from raymaas.monitoring.drift import window_counts
-
-        held = self.times[: self.filled] if self.filled < self.size else self.times
-        out = {
-            "version": self.version,
-            "rows": int(self.filled),
-            "oldest": float(held.min()) if self.filled else None,
-            "newest": float(held.max()) if self.filled else None,
-            "dropped_rows": self.dropped_rows,
-            "unavailable": self.unavailable,
-            "task": self.task,
-            "counts": None,
-        }
-        if self.profile is not None and not self.unavailable and self.filled:
-            out["counts"] = [c.tolist() for c in window_counts(self.bins[: self.filled].astype(np.int64), self.profile)]
-        return out
-
-
-def _rows(data) -> int:
-    try:
-        return len(data)
-    except TypeError:
-        return 1
-
-
-def _bin_label(edges: np.ndarray, b: int) -> str:
-    if b == 0:
-        return f"<{edges[0]:.4g}"
-    if b >= len(edges) + 1:
-        return "missing"
-    if b == len(edges):
-        return f">{edges[-1]:.4g}"
-    return f"[{edges[b - 1]:.4g},{edges[b]:.4g})"
-
-
-# A label: a value, or a list of values (a prediction of several outputs)
 _LABEL = {
     "type": ["string", "number", "boolean", "array"],
     "minItems": 1,
@@ -264,6 +102,40 @@ ROUTE_DOCS = {
                                     "type": "object",
                                     "description": "task, labelled_rows, metrics, feedback outcomes, awaiting_labels",
                                 },
+                                "versions": {
+                                    "type": "object",
+                                    "description": "each version served (a rollout's candidate too): role, requests, "
+                                    "errors, error_rate, latency_p50_ms, latency_p99_ms, class_shares, drift, "
+                                    "labelled_rows, metrics, and a shadow candidate's shadow_agreement",
+                                    "additionalProperties": {"type": "object"},
+                                },
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    },
+    ("GET", "rollout"): {
+        "summary": "the model's rollout (`raymaas rollout`): its state, each version's live figures, the last decision",
+        "responses": {
+            "200": {
+                "description": "rollout is null where none was ever started",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model", "rollout"],
+                            "properties": {
+                                "model": {"type": "string"},
+                                "rollout": {
+                                    "type": ["object", "null"],
+                                    "description": "version, champion, mode, status, share, step_index, steps, "
+                                    "policy, reason, run_id, started_at, step_started_at; while active, this_step: "
+                                    "each version's requests, errors and labels the next decision counts",
+                                },
+                                "versions": {"type": "object", "additionalProperties": {"type": "object"}},
+                                "last_decision": {"type": ["object", "null"]},
                             },
                         }
                     }
@@ -346,8 +218,11 @@ class Monitoring(EndpointExtension):
         context = serve.get_replica_context()
         replica_id = getattr(context, "replica_id", None)
         self.replica = getattr(replica_id, "unique_id", None) or str(getattr(context, "replica_tag", id(self)))
-        self.windows: dict[str, _Window] = {}
-        self.waiting: dict[str, list] = {}  # model -> predictions to send with the next push
+        self.windows: dict[tuple[str, str], InputWindow] = {}  # (model, version) -> its window
+        # (model, version) -> (status code, ms) of each answer since the last push, and a shadow
+        # candidate's [rows agreeing with the answer returned, rows compared]
+        self.traffic: dict[tuple[str, str], deque] = {}
+        self.agreement: dict[tuple[str, str], list[int]] = {}
         self._task: asyncio.Task | None = None
         self._payload_task: asyncio.Task | None = None
         self._push_lock = asyncio.Lock()
@@ -362,7 +237,7 @@ class Monitoring(EndpointExtension):
             "raymaas_request_latency_ms",
             description="time to answer, in the replica (ms)",
             boundaries=LATENCY_BOUNDARIES_MS,
-            tag_keys=("model", "action"),
+            tag_keys=("model", "version", "action"),
         )
         self.batch_size = Histogram(
             "raymaas_batch_size", description="requests per predict batch", boundaries=BATCH_BOUNDARIES
@@ -379,26 +254,55 @@ class Monitoring(EndpointExtension):
         )
         endpoint.batcher.batch_hooks.append(self._on_batch)
         if endpoint.dedicated is not None:  # its model is loaded: its window is ready before the first request
-            loaded = endpoint.dedicated.current
-            self.windows[loaded.name] = _Window(loaded, self.spec.window, self.references.get(loaded.name))
+            self._window(endpoint.dedicated.current)
 
     def routes(self):
-        return {("GET", "monitor"): self.monitor, ("POST", "feedback"): self.feedback}
+        return {("GET", "monitor"): self.monitor, ("POST", "feedback"): self.feedback, ("GET", "rollout"): self.rollout}
+
+    def _window(self, loaded) -> InputWindow:
+        """The window of a loaded version, made on its first prediction; a model's oldest window
+        goes once WINDOWS_PER_MODEL versions have one (its figures are the hub's by then)."""
+        key = (loaded.name, loaded.version)
+        window = self.windows.get(key)
+        if window is None:
+            window = self.windows[key] = InputWindow(loaded, self.spec.window, self.references.get(loaded.name))
+            mine = [k for k in self.windows if k[0] == loaded.name]
+            for old in mine[: max(0, len(mine) - WINDOWS_PER_MODEL)]:
+                del self.windows[old]
+        return window
 
     # ------------------------------------------------------------------ the request path
 
     def on_response(self, name, action, response, seconds) -> None:
         version = response.headers.get(VERSION_HEADER, "") if hasattr(response, "headers") else ""
-        code = str(getattr(response, "status_code", 200))
+        status = getattr(response, "status_code", 200)
         model, act = name or "", action or ""
-        self.requests.inc(1, tags={"model": model, "version": version, "code": code, "action": act})
-        self.latency.observe(seconds * 1000.0, tags={"model": model, "action": act})
+        self.requests.inc(1, tags={"model": model, "version": version, "code": str(status), "action": act})
+        self.latency.observe(seconds * 1000.0, tags={"model": model, "version": version, "action": act})
+        if act == "invocations" and version:  # each version's answers, for a rollout's guards
+            self._answered(model, version, status, seconds)
+
+    def _answered(self, model: str, version: str, status: int, seconds: float) -> None:
+        answers = self.traffic.get((model, version))
+        if answers is None:
+            answers = self.traffic[(model, version)] = deque(maxlen=TRAFFIC_KEPT)
+        answers.append((int(status), round(seconds * 1000.0, 3)))
+
+    def on_shadow(self, loaded, data, result, request_id, answer, seconds) -> None:
+        """A shadow candidate's answer to a copy of a request: its window and figures, and
+        whether it agrees with the answer returned."""
+        if isinstance(result, Exception):
+            self._answered(loaded.name, loaded.version, getattr(result, "status", 500), seconds)
+            return
+        self._answered(loaded.name, loaded.version, 200, seconds)
+        self._window(loaded).add(data, result, request_id, rows_of(data), shadow=True)
+        theirs, ours = prediction_values(answer), prediction_values(result)
+        tally = self.agreement.setdefault((loaded.name, loaded.version), [0, 0])
+        tally[0] += sum(1 for a, b in zip(theirs, ours) if str(a) == str(b))
+        tally[1] += min(len(theirs), len(ours))
 
     def on_prediction(self, loaded, data, result, request_id) -> None:
-        window = self.windows.get(loaded.name)
-        if window is None or window.version != loaded.version:
-            window = self.windows[loaded.name] = _Window(loaded, self.spec.window, self.references.get(loaded.name))
-        window.add(data, result, request_id, _rows(data))
+        self._window(loaded).add(data, result, request_id, rows_of(data))
         payloads = self.spec.payload_logging
         if payloads.enabled and random.random() < payloads.sample_rate:
             self.payloads.append((loaded.name, loaded.version, data, result, request_id, time.time()))
@@ -424,9 +328,18 @@ class Monitoring(EndpointExtension):
                 logger.exception("reporting to the monitor hub failed")
 
     async def push(self, only: str | None = None) -> None:
-        """Bin what came in and send each model's window and predictions to the hub."""
+        """Bin what came in and send each model version's window and predictions, and the
+        answers' codes and times, to the hub."""
         async with self._push_lock:
-            for name, window in list(self.windows.items()):
+            for (name, version), answers in list(self.traffic.items()):
+                if only is not None and name != only:
+                    continue
+                agreement = self.agreement.pop((name, version), None)
+                if answers or agreement:
+                    sent = list(answers)
+                    answers.clear()
+                    await self.hub.answers.remote(name, version, sent, agreement)
+            for (name, _), window in list(self.windows.items()):
                 if only is not None and name != only:
                     continue
                 waiting, classes, value_bins = await asyncio.to_thread(window.absorb)
@@ -451,9 +364,18 @@ class Monitoring(EndpointExtension):
     async def monitor(self, request, name: str):
         from starlette.responses import JSONResponse
 
-        if name in self.windows:
+        if any(model == name for model, _ in self.windows):
             await self.push(only=name)
         return JSONResponse(await self.hub.report.remote(name))
+
+    async def rollout(self, request, name: str):
+        """GET /models/NAME/rollout: the rollout's state in the registry, each version's live
+        figures over it, and the hub's last decision."""
+        from starlette.responses import JSONResponse
+
+        if any(model == name for model, _ in self.windows) or any(model == name for model, _ in self.traffic):
+            await self.push(only=name)
+        return JSONResponse(await self.hub.rollout_report.remote(name))
 
     async def feedback(self, request, name: str):
         """POST /models/NAME/feedback: {"labels": {REQUEST_ID: LABEL, ...}} for earlier
@@ -480,7 +402,7 @@ class Monitoring(EndpointExtension):
         for rid, label in labels.items():
             if not _is_label(label):
                 raise ClientError(422, f"the label of request {rid!r} is not a value or a list of values: {label!r}")
-        if name in self.windows:
+        if any(model == name for model, _ in self.windows):
             await self.push(only=name)  # this replica's own recent predictions first
         wait_s = 2 * self.spec.push_interval_s + 0.5  # the other replicas' arrive within a push interval
         return JSONResponse(await self.hub.feedback.remote(name, labels, wait_s))
@@ -491,7 +413,7 @@ class Monitoring(EndpointExtension):
         followed = await self.endpoint.get_model(name)
         loaded = followed.current
         data, params = parse_scoring_request(json.dumps(payload).encode(), "application/json", loaded.signature)
-        rows = _rows(data)
+        rows = rows_of(data)
         if not isinstance(labels, list) or len(labels) != rows or not all(_is_label(v) for v in labels):
             raise ClientError(422, f'"labels" must be a list of {rows} labels, one per row of the input')
         result = await self.endpoint.batcher.submit(PredictItem(loaded, data, None))
@@ -580,376 +502,3 @@ def _is_label(value) -> bool:
     if isinstance(value, list):
         return bool(value) and all(_is_label(v) for v in value if not isinstance(v, list)) and len(value) > 0
     return isinstance(value, (str, int, float, bool))
-
-
-# --------------------------------------------------------------------------- the hub
-
-
-class _ModelState:
-    def __init__(self, spec):
-        self.replicas: dict[str, tuple[float, dict]] = {}  # replica -> (when heard, snapshot)
-        self.profiles: dict[str, dict | None] = {}  # version -> profile
-        self.pending: OrderedDict = OrderedDict()  # request id -> (time, version, predictions)
-        self.expired: OrderedDict = OrderedDict()  # request ids that waited too long
-        self.labelled: OrderedDict = OrderedDict()  # request ids already given their labels
-        self.live: deque = deque(maxlen=spec.feedback_window)  # (version, predicted, actual)
-        self.outcomes: Counter = Counter()
-        self.predictions = 0
-        self.task: str | None = None
-
-
-def _metric_key(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
-
-
-def _hub_class():
-    from ray.serve.metrics import Counter as PromCounter
-    from ray.serve.metrics import Gauge
-
-    from raymaas.serving.specs import ServeSpec
-
-    class MonitorHub:
-        """The endpoint-wide view of one application's models (one replica)."""
-
-        def __init__(self, spec: dict):
-            from raymaas import paths
-
-            self.spec = ServeSpec.model_validate(spec)
-            self.mon = self.spec.monitoring
-            self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
-            self.models: dict[str, _ModelState] = {m.name: _ModelState(self.mon) for m in self.spec.models}
-            self.runs: dict[tuple[str, str], str] = {}  # (model, version) -> monitoring run id
-            self.logged_steps: Counter = Counter()
-            self._tasks: list[asyncio.Task] = []
-            tags = ("model", "version")
-            self.g_psi = Gauge(
-                "raymaas_drift_psi", description="PSI of a feature's window", tag_keys=(*tags, "feature")
-            )
-            self.g_ks = Gauge(
-                "raymaas_drift_ks_pvalue", description="KS p-value of a feature's window", tag_keys=(*tags, "feature")
-            )
-            self.g_chi2 = Gauge(
-                "raymaas_drift_chi2_pvalue",
-                description="chi-squared p-value of a categorical feature's window",
-                tag_keys=(*tags, "feature"),
-            )
-            self.g_flagged = Gauge("raymaas_drift_flagged_features", description="features flagged", tag_keys=tags)
-            self.g_rows = Gauge("raymaas_window_rows", description="input rows in the drift window", tag_keys=tags)
-            self.g_live = Gauge("raymaas_live_score", description="live performance", tag_keys=(*tags, "metric"))
-            self.c_feedback = PromCounter(
-                "raymaas_feedback", description="feedback by outcome", tag_keys=("model", "outcome")
-            )
-
-        def _start(self) -> None:
-            if not self._tasks:
-                loop = asyncio.get_running_loop()
-                self._tasks = [loop.create_task(self._gauges_forever()), loop.create_task(self._log_forever())]
-
-        def _state(self, model: str) -> _ModelState:
-            if model not in self.models:
-                raise ClientError(404, f"no published model {model!r} in this application")
-            return self.models[model]
-
-        # -------------------------------------------------------------- from the replicas
-
-        async def push(self, model: str, replica: str, snapshot: dict, waiting: list) -> dict:
-            self._start()
-            state = self._state(model)
-            version = snapshot["version"]
-            if "profile" in snapshot:
-                state.profiles[version] = snapshot.pop("profile")
-            state.replicas[replica] = (time.time(), snapshot)
-            state.task = snapshot.get("task") or state.task
-            for request_id, at, values in waiting:
-                state.pending[request_id] = (at, version, values)
-                state.predictions += len(values)
-            self._expire(state)
-            return {"need_profile": version not in state.profiles}
-
-        def _expire(self, state: _ModelState) -> None:
-            cutoff = time.time() - self.mon.feedback_ttl_s
-            while state.pending and (
-                len(state.pending) > self.mon.max_pending_predictions or next(iter(state.pending.values()))[0] < cutoff
-            ):
-                rid, _ = state.pending.popitem(last=False)
-                state.expired[rid] = None
-            for kept in (state.expired, state.labelled):
-                while len(kept) > self.mon.max_pending_predictions:
-                    kept.popitem(last=False)
-
-        # -------------------------------------------------------------- feedback
-
-        async def feedback(self, model: str, labels: dict[str, Any], wait_s: float) -> dict:
-            state = self._state(model)
-            deadline = time.monotonic() + wait_s
-            todo = dict(labels)
-            result: dict[str, list] = {k: [] for k in ("matched", "unknown", "expired", "duplicate", "mismatched")}
-            reasons: dict[str, str] = {}
-            rows = 0
-            while True:
-                self._expire(state)
-                for rid in list(todo):
-                    label = todo[rid]
-                    if rid in state.pending:
-                        _, version, values = state.pending[rid]
-                        actual = label if isinstance(label, list) and len(values) != 1 else [label]
-                        if len(actual) != len(values):
-                            result["mismatched"].append(rid)
-                            reasons[rid] = f"{len(actual)} labels for a prediction of {len(values)} rows"
-                        else:
-                            state.pending.pop(rid)
-                            state.labelled[rid] = None
-                            state.live.extend((version, p, a) for p, a in zip(values, actual, strict=True))
-                            result["matched"].append(rid)
-                            rows += len(values)
-                        del todo[rid]
-                    elif rid in state.labelled:
-                        result["duplicate"].append(rid)
-                        del todo[rid]
-                    elif rid in state.expired:
-                        result["expired"].append(rid)
-                        del todo[rid]
-                if not todo or time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(0.1)  # a prediction another replica has not reported yet
-            result["unknown"] = list(todo)
-            for outcome, ids in result.items():
-                state.outcomes[outcome] += len(ids)
-                if ids:
-                    self.c_feedback.inc(len(ids), tags={"model": model, "outcome": outcome})
-            answer = {"rows_scored": rows, **{k: v for k, v in result.items()}}
-            if reasons:
-                answer["reasons"] = reasons
-            return answer
-
-        async def score_rows(self, model: str, version: str, predicted: list, actual: list) -> dict:
-            state = self._state(model)
-            state.live.extend((version, p, a) for p, a in zip(predicted, actual, strict=True))
-            state.outcomes["rows"] += len(predicted)
-            self.c_feedback.inc(len(predicted), tags={"model": model, "outcome": "rows"})
-            return {"rows_scored": len(predicted), "predictions": predicted}
-
-        # -------------------------------------------------------------- the report
-
-        async def report(self, model: str) -> dict:
-            self._state(model)
-            return await asyncio.to_thread(self._report, model)
-
-        def _report(self, model: str) -> dict:
-            from raymaas.monitoring.drift import DriftThresholds, drift_report
-            from raymaas.monitoring.live import classification_scores, regression_scores
-
-            state = self.models[model]
-            now = time.time()
-            stale = 3 * self.mon.push_interval_s + 5
-            live = {r: s for r, (at, s) in state.replicas.items() if now - at <= stale}
-            versions = sorted({s["version"] for s in live.values()}, key=_version_key)
-            version = versions[-1] if versions else None
-            current = [s for s in live.values() if s["version"] == version]
-            rows = sum(s["rows"] for s in current)
-            oldest = [s["oldest"] for s in current if s["oldest"] is not None]
-            newest = [s["newest"] for s in current if s["newest"] is not None]
-            profile = state.profiles.get(version)
-            unavailable = next((s["unavailable"] for s in current if s["unavailable"]), None)
-            if version is None:
-                drift = {"status": "unavailable", "reason": "no predictions yet"}
-            elif profile is None or unavailable:
-                drift = {"status": "unavailable", "reason": unavailable or "no reference profile for this version"}
-            elif rows == 0:
-                drift = {"status": "unavailable", "reason": "no input rows in the window yet"}
-            else:
-                counts = [
-                    np.sum([np.asarray(s["counts"][i]) for s in current if s["counts"] is not None], axis=0)
-                    for i in range(len(profile["features"]))
-                ]
-                d = self.mon.drift
-                drift = drift_report(profile, counts, rows, DriftThresholds(d.psi_threshold, d.ks_pvalue, d.min_rows))
-            labelled = [(p, a) for v, p, a in state.live]
-            task = state.task or _guess_task([p for p, _ in labelled])
-            if not labelled:
-                scores = {}
-            elif task == "regression":
-                scores = regression_scores([p for p, _ in labelled], [a for _, a in labelled])
-            else:
-                scores = classification_scores([p for p, _ in labelled], [a for _, a in labelled])
-            return {
-                "model": model,
-                "version": version,
-                "other_versions": versions[:-1],
-                "replicas": len(current),
-                "window": {
-                    "rows": rows,
-                    "rows_per_replica": self.mon.window,
-                    "oldest_age_s": round(now - min(oldest), 3) if oldest else None,
-                    "newest_age_s": round(now - max(newest), 3) if newest else None,
-                    "dropped_rows": sum(s.get("dropped_rows", 0) for s in current),
-                },
-                "drift": drift,
-                "live": {
-                    "task": task,
-                    "labelled_rows": len(labelled),
-                    "window": self.mon.feedback_window,
-                    "metrics": {k: round(v, 6) for k, v in scores.items()},
-                    "feedback": {
-                        k: int(state.outcomes[k])
-                        for k in ("matched", "unknown", "expired", "duplicate", "mismatched", "rows")
-                    },
-                    "awaiting_labels": len(state.pending),
-                    "predictions_seen": state.predictions,
-                },
-            }
-
-        async def monitoring_run(self, model: str, version: str) -> str:
-            """The id of the version's monitoring run (made on first use)."""
-            from raymaas.tracking import get_client
-
-            if (model, version) not in self.runs:
-                client = get_client(self.tracking_uri)
-                self.runs[(model, version)] = await asyncio.to_thread(monitoring_run, client, model, version)
-            return self.runs[(model, version)]
-
-        # -------------------------------------------------------------- gauges and MLflow
-
-        async def _gauges_forever(self) -> None:
-            while True:
-                await asyncio.sleep(GAUGE_INTERVAL_S)
-                for model in self.models:
-                    try:
-                        self._set_gauges(await asyncio.to_thread(self._report, model))
-                    except Exception:
-                        logger.exception("monitor gauges of %s failed", model)
-
-        def _set_gauges(self, report: dict) -> None:
-            if report["version"] is None:
-                return
-            tags = {"model": report["model"], "version": report["version"]}
-            self.g_rows.set(report["window"]["rows"], tags=tags)
-            drift = report["drift"]
-            if drift.get("features"):
-                self.g_flagged.set(len(drift["flagged"]), tags=tags)
-                for feature, f in drift["features"].items():
-                    self.g_psi.set(f["psi"], tags={**tags, "feature": feature})
-                    if "chi2_pvalue" in f:
-                        self.g_chi2.set(f["chi2_pvalue"], tags={**tags, "feature": feature})
-                    else:
-                        self.g_ks.set(f["ks_pvalue"], tags={**tags, "feature": feature})
-            for metric, value in report["live"]["metrics"].items():
-                self.g_live.set(value, tags={**tags, "metric": metric})
-
-        async def _log_forever(self) -> None:
-            while True:
-                await asyncio.sleep(self.mon.log_interval_s)
-                await asyncio.to_thread(self.log_to_mlflow)
-
-        def log_to_mlflow(self) -> list[str]:
-            """Log each model's report to its version's monitoring run; the run ids logged to."""
-            logged = []
-            for model in self.models:
-                try:
-                    report = self._report(model)
-                    if report["version"] is None:
-                        continue
-                    logged.append(self._log_report(report))
-                except Exception:
-                    logger.exception("logging %s's monitor report to MLflow failed", model)
-            return logged
-
-        def _log_report(self, report: dict) -> str:
-            from mlflow.entities import Metric
-
-            from raymaas.tracking import get_client
-
-            client = get_client(self.tracking_uri)
-            key = (report["model"], report["version"])
-            if key not in self.runs:
-                self.runs[key] = monitoring_run(client, *key)
-            run_id = self.runs[key]
-            now = int(time.time() * 1000)
-            step = self.logged_steps[key]
-            self.logged_steps[key] += 1
-            values = {"window_rows": report["window"]["rows"], "predictions_seen": report["live"]["predictions_seen"]}
-            values.update({f"live_{k}": v for k, v in report["live"]["metrics"].items()})
-            values.update({f"feedback_{k}": v for k, v in report["live"]["feedback"].items()})
-            drift = report["drift"]
-            if drift.get("features"):
-                values["drift_flagged_features"] = len(drift["flagged"])
-                values["drift_psi_max"] = max(f["psi"] for f in drift["features"].values())
-                for feature, f in drift["features"].items():
-                    values[_metric_key(f"drift_psi/{feature}")] = f["psi"]
-            client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
-            client.log_dict(run_id, report, "monitor_report.json")
-            return run_id
-
-        def __del__(self):
-            for task in self._tasks:
-                task.cancel()
-            if self._tasks:  # something was served: its last report goes to MLflow
-                self.log_to_mlflow()
-
-    MonitorHub.__name__ = MonitorHub.__qualname__ = HUB_DEPLOYMENT
-    return MonitorHub
-
-
-def _version_key(version: str):
-    return (0, int(version)) if str(version).isdigit() else (1, str(version))
-
-
-def _guess_task(predicted: list) -> str:
-    if predicted and all(
-        isinstance(p, float) or (isinstance(p, list) and p and isinstance(p[0], float)) for p in predicted
-    ):
-        return "regression"
-    return "classification"
-
-
-def monitoring_run(client, model: str, version: str) -> str:
-    """The MLflow run that holds a served model version's monitoring (made on first use), in
-    the experiment of the run that trained it, linked by tags both ways."""
-    from raymaas.tracking import ensure_experiment
-
-    mv = client.get_model_version(model, version)
-    experiment_id = None
-    if mv.run_id:
-        try:
-            experiment_id = client.get_run(mv.run_id).info.experiment_id
-        except Exception:
-            experiment_id = None
-    if experiment_id is None:
-        experiment_id = ensure_experiment(client, "monitoring")
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`raymaas.monitoring.model` = '{model}' and tags.`raymaas.monitoring.version` = '{version}'",
-        max_results=1,
-    )
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(
-        experiment_id,
-        run_name=f"monitor-{model}-v{version}",
-        tags={
-            "raymaas.job_kind": "monitor",  # not a training run: `raymaas runs` shows it as such
-            "raymaas.monitoring.model": model,
-            "raymaas.monitoring.version": str(version),
-            "raymaas.monitoring.training_run_id": mv.run_id or "",
-            "mlflow.note.content": f"Served performance and input drift of {model} version {version}.",
-        },
-    )
-    client.set_model_version_tag(model, version, "raymaas.monitoring_run_id", run.info.run_id)
-    return run.info.run_id
-
-
-def build_monitor_hub(spec):
-    """The MonitorHub deployment of an application (one replica, no CPU), bound to its spec."""
-    from ray import serve
-
-    options: dict[str, Any] = {"num_cpus": 0}
-    if "runtime_env" in spec.ray_actor_options:
-        options["runtime_env"] = spec.ray_actor_options["runtime_env"]
-    return serve.deployment(
-        _hub_class(),
-        name=HUB_DEPLOYMENT,
-        num_replicas=1,
-        max_ongoing_requests=1000,
-        ray_actor_options=options,
-        graceful_shutdown_timeout_s=10,
-    ).bind(spec.model_dump())

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from raymaas.monitoring.rollout import RolloutPolicy
 from raymaas.serving.protocol import MODELS_PREFIX
 from raymaas.specs import SpecModel
 
@@ -92,6 +93,21 @@ class ExplainSpec(SpecModel):
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads of an explainer replica")
 
 
+class RolloutSpec(SpecModel):
+    """Rollouts started with `raymaas rollout NAME` (their state and policy are in the registry:
+    raymaas.tracking.rollout): each replica loads the candidate beside the champion and splits
+    the requests (raymaas.serving.routing); the monitor hub judges the two versions' live
+    figures and advances, promotes or rolls back (raymaas.monitoring.rollout)."""
+
+    enabled: bool = Field(True, description="follow rollouts of the champion started in the registry")
+    interval_s: float = Field(10.0, gt=0, description="seconds between the monitor hub's decisions on a rollout")
+    policy: RolloutPolicy | None = Field(
+        None,
+        description="the evidence and guards this application judges every rollout by, instead of those "
+        "`raymaas rollout` stored with it (its steps stay the rollout's)",
+    )
+
+
 class ModelEndpointSpec(SpecModel):
     name: str = Field(..., description="registered model name in the MLflow Model Registry")
     alias: str | None = Field(None, description="registry alias to follow (default: champion unless version is set)")
@@ -152,6 +168,9 @@ class ServeSpec(SpecModel):
     )
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="metrics, drift, live performance")
     explain: ExplainSpec = Field(default_factory=ExplainSpec, description="attributions (POST /models/NAME/explain)")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec, description="canary and shadow rollouts of a candidate (`raymaas rollout`)"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self):

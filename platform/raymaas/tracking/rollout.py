@@ -41,6 +41,7 @@ POLICY_TAG = _P + "policy"
 ROLLOUT_REASON_TAG = _P + "reason"
 RUN_ID_TAG = _P + "run_id"
 STARTED_AT_TAG = _P + "started_at"
+STEP_STARTED_AT_TAG = _P + "step_started_at"  # when the share last changed: a step is judged on its own traffic
 DECISIONS_TAG = _P + "decisions"  # the rollout run's decision counter: the step of its metrics
 OUTCOME_TAG = _P + "outcome"  # run tag, set when the rollout ends
 EXPERIMENT = "rollouts"  # where a rollout run goes when the candidate has no training run
@@ -69,6 +70,7 @@ class RolloutState:
     run_id: str
     started_at: float
     decisions: int = 0
+    step_started_at: float = 0.0  # when the current share began (the start, then each advance)
 
     @property
     def active(self) -> bool:
@@ -140,6 +142,7 @@ def start_rollout(
         reason=f"started at {share}% against champion version {champion}",
         run_id=run_id,
         started_at=started_at,
+        step_started_at=started_at,
         decisions=0,
     )
     # Every version tag (overwriting an earlier rollout's) before the model tag that makes the
@@ -209,10 +212,13 @@ def apply_decision(client: MlflowClient, state: RolloutState, decision: Decision
             step_index=fresh.step_index + 1,
             reason=decision.reason,
             decisions=fresh.decisions + 1,
+            step_started_at=time.time(),
         )
         _log_decision(client, fresh, after, decision.action, decision.reason, decision.figures)
         _set_version_tags(
-            client, after, _tags(after, keys=(SHARE_TAG, STEP_INDEX_TAG, ROLLOUT_REASON_TAG, DECISIONS_TAG))
+            client,
+            after,
+            _tags(after, keys=(SHARE_TAG, STEP_INDEX_TAG, STEP_STARTED_AT_TAG, ROLLOUT_REASON_TAG, DECISIONS_TAG)),
         )
         return after
     if decision.action == "promote":
@@ -288,6 +294,7 @@ def _tags(state: RolloutState, keys: tuple[str, ...] | None = None) -> dict[str,
         ROLLOUT_REASON_TAG: state.reason,
         RUN_ID_TAG: state.run_id,
         STARTED_AT_TAG: repr(state.started_at),
+        STEP_STARTED_AT_TAG: repr(state.step_started_at),
         DECISIONS_TAG: str(state.decisions),
     }
     return tags if keys is None else {k: tags[k] for k in keys}
@@ -323,6 +330,7 @@ def _state(name: str, mv) -> RolloutState | None:
         reason=tags.get(ROLLOUT_REASON_TAG, ""),
         run_id=tags.get(RUN_ID_TAG, ""),
         started_at=float(tags.get(STARTED_AT_TAG, 0.0)),
+        step_started_at=float(tags.get(STEP_STARTED_AT_TAG, tags.get(STARTED_AT_TAG, 0.0))),
         decisions=int(tags.get(DECISIONS_TAG, 0)),
     )
 
@@ -358,7 +366,8 @@ def _log_decision(
     client: MlflowClient, before: RolloutState, after: RolloutState, action: str, reason: str, figures: dict
 ) -> None:
     """One decision to the rollout's run: figures and share as metrics at step = its number, and
-    decisions/NNNN-ACTION.json."""
+    but for a hold, decisions/NNNN-ACTION.json (a rollout waiting on labels for a day holds
+    some thousands of times: its metrics keep each look, its reason tag the last)."""
     now = time.time()
     millis = int(now * 1000)
     step = after.decisions
@@ -375,4 +384,5 @@ def _log_decision(
         "figures": {k: float(v) for k, v in figures.items()},
         "time": now,
     }
-    client.log_dict(before.run_id, record, f"decisions/{step:04d}-{action}.json")
+    if action != "hold":
+        client.log_dict(before.run_id, record, f"decisions/{step:04d}-{action}.json")

@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         kept: list[Epochs] = [plain.run(decode_each_epoch=False)]
         jobs: list[PlatformRun] = []
         for i in range(args.repeats):
-            home = Path(tempfile.mkdtemp(prefix="raymaas-bench-", dir=scratch))
+            # its own short folder: Ray's socket paths under RAY_TMPDIR must fit in 107 bytes
+            home = Path(tempfile.mkdtemp(prefix="rmb-"))
             jobs.append(run_platform(args, home, platform_command(args, folder)))
             if not args.keep:
                 shutil.rmtree(home, ignore_errors=True)

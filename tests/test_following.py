@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import mlflow
 import numpy as np
@@ -14,12 +15,12 @@ import torch
 
 from raymaas.modelcode.pyfunc import log_classifier
 from raymaas.monitoring.rollout import RolloutPolicy
-from raymaas.serving.following import FollowedModel
+from raymaas.serving.following import FollowedModel, resolve_version
 from raymaas.serving.protocol import ALIAS_HEADER, VERSION_HEADER
 from raymaas.serving.specs import ModelEndpointSpec
 from raymaas.tracking import get_client
 from raymaas.tracking.registry import CHAMPION
-from raymaas.tracking.rollout import end_rollout, start_rollout
+from raymaas.tracking.rollout import end_rollout, read_rollout, start_rollout
 
 
 @pytest.fixture()
@@ -77,3 +78,62 @@ def test_an_endpoint_of_a_fixed_version_or_another_alias_has_no_rollout(store):
         followed = FollowedModel(spec, uri, 1.0)
         assert followed.rollout is None and followed.route("k").answer.version == "1"
     assert FollowedModel(ModelEndpointSpec(name="m"), uri, 1.0, follow_rollouts=False).rollout is None
+
+
+class CountingClient:
+    """A real MlflowClient whose method calls are counted by name."""
+
+    def __init__(self, client):
+        self.client = client
+        self.calls: Counter = Counter()
+
+    def __getattr__(self, name):
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_one_poll_reads_the_alias_and_the_rollout_with_one_get_registered_model(store):
+    uri, client = store
+    followed = FollowedModel(ModelEndpointSpec(name="m"), uri, 1.0)
+    counting = followed.client = CountingClient(followed.client)
+
+    asyncio.run(followed.poll())  # no rollout: the aliases only
+    assert counting.calls == {"get_registered_model": 1}
+    assert followed.current.version == "1" and followed.rollout is None
+
+    start_rollout(client, "m", RolloutPolicy(steps=[30, 100]), version="2")
+    counting.calls.clear()
+    asyncio.run(followed.poll())  # a rollout: its version's tags, one get_model_version more
+    assert counting.calls == {"get_registered_model": 1, "get_model_version": 1}
+    # what the three calls of before read: the alias by itself, the rollout by itself
+    assert followed.current.version == str(client.get_model_version_by_alias("m", CHAMPION).version) == "1"
+    state = read_rollout(client, "m")
+    rollout = followed.rollout
+    assert (rollout.candidate.version, rollout.share, rollout.mode) == (state.version, state.share, state.mode)
+    assert (rollout.candidate.version, rollout.share, rollout.mode) == ("2", 30, "canary")
+
+    end_rollout(client, "m", "promote")
+    counting.calls.clear()
+    asyncio.run(followed.poll())  # the alias moved to the candidate: no rollout, no load
+    assert counting.calls == {"get_registered_model": 1}
+    assert (followed.current.version, followed.current.role, followed.rollout) == ("2", "followed", None)
+
+
+def test_an_alias_the_model_lacks_is_refused_with_mlflow_s_message(store):
+    _, client = store
+    model = client.get_registered_model("m")
+    for spec in (ModelEndpointSpec(name="m", alias="nope"), ModelEndpointSpec(name="m", alias="candidate")):
+        with pytest.raises(mlflow.exceptions.MlflowException, match=f"Registered model alias {spec.alias} not found"):
+            resolve_version(client, spec, model)
+        with pytest.raises(mlflow.exceptions.MlflowException, match=f"Registered model alias {spec.alias} not found"):
+            resolve_version(client, spec)
+    assert resolve_version(client, ModelEndpointSpec(name="m", alias=CHAMPION), model) == "1"
+    assert resolve_version(client, ModelEndpointSpec(name="m", alias="latest"), model) == "2"  # MLflow's own
+    assert resolve_version(client, ModelEndpointSpec(name="m", version="2"), model) == "2"

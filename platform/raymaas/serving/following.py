@@ -73,9 +73,17 @@ class LoadedModel:
         return h
 
 
-def resolve_version(client, spec: ModelEndpointSpec) -> str:
+def resolve_version(client, spec: ModelEndpointSpec, model=None) -> str:
+    """The version spec names now: its fixed version, else the one its alias points at.
+    `model`, the RegisteredModel already fetched (its aliases), saves the registry call; an
+    alias it lacks is still asked of the registry, which resolves MLflow's `latest` and
+    otherwise refuses with its own message (the alias, or the model, not found)."""
     if spec.version:
         return spec.version
+    if model is not None:
+        version = model.aliases.get(spec.alias)
+        if version is not None:
+            return str(version)  # the SQLite store returns ints
     return str(client.get_model_version_by_alias(spec.name, spec.alias).version)
 
 
@@ -150,11 +158,12 @@ class FollowedModel:
         self.poll_interval_s = poll_interval_s
         # a rollout moves `champion`: an endpoint of another alias or a fixed version has none
         self.follow_rollouts = follow_rollouts and spec.alias == CHAMPION
-        self.current = load_serving_model(self.client, spec, resolve_version(self.client, spec))
+        version, model = self._look()
+        self.current = load_serving_model(self.client, spec, version)
         self.rollout: Rollout | None = None
         if self.follow_rollouts:
             try:
-                self.rollout = self._read_rollout()
+                self.rollout = self._read_rollout(model)
             except Exception:  # the champion serves alone until a poll gets the candidate
                 logger.exception("reading %s's rollout from the registry failed", spec.name)
         self._task: asyncio.Task | None = None
@@ -171,11 +180,21 @@ class FollowedModel:
         if self._task is not None:
             self._task.cancel()
 
-    def _read_rollout(self) -> Rollout | None:
-        """The active rollout of this model in the registry, its candidate loaded (once)."""
+    def _look(self) -> tuple[str, Any]:
+        """One look at the registry: the version the spec names now and, for an alias, the
+        RegisteredModel it was read from, whose tags also hold the rollout (so a poll makes one
+        get_registered_model call, and one get_model_version more while a rollout is active)."""
+        if self.spec.version:
+            return self.spec.version, None
+        model = self.client.get_registered_model(self.spec.name)
+        return resolve_version(self.client, self.spec, model), model
+
+    def _read_rollout(self, model=None) -> Rollout | None:
+        """The active rollout of this model in the registry, its candidate loaded (once);
+        `model`: the RegisteredModel _look fetched (else it is fetched here)."""
         from raymaas.tracking.rollout import read_rollout
 
-        state = read_rollout(self.client, self.spec.name)
+        state = read_rollout(self.client, self.spec.name, model)
         if state is None or not state.active or state.version == self.current.version:
             return None
         held = self.rollout
@@ -188,22 +207,27 @@ class FollowedModel:
             candidate = load_serving_model(self.client, self.spec, state.version, role="candidate")
         return Rollout(candidate, state.share, state.mode)
 
+    async def poll(self) -> None:
+        """One look at the registry: swap to the version the alias names now (loaded aside),
+        and take up the rollout's state, on one get_registered_model call (see _look)."""
+        version, model = await asyncio.to_thread(self._look)
+        if version != self.current.version:
+            logger.info("%s@%s moved to version %s; loading it", self.spec.name, self.spec.alias, version)
+            held = self.rollout
+            if held is not None and held.candidate.version == version:  # promoted: already loaded
+                loaded = dataclasses.replace(held.candidate, alias=self.spec.alias, role="followed")
+            else:
+                loaded = await asyncio.to_thread(load_serving_model, self.client, self.spec, version)
+            old, self.current = self.current.version, loaded  # requests in flight keep the old one
+            logger.info("%s: now serving version %s (was %s)", self.spec.name, version, old)
+        if self.follow_rollouts:
+            self.rollout = await asyncio.to_thread(self._read_rollout, model)
+
     async def _follow(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval_s)
             try:
-                version = await asyncio.to_thread(resolve_version, self.client, self.spec)
-                if version != self.current.version:
-                    logger.info("%s@%s moved to version %s; loading it", self.spec.name, self.spec.alias, version)
-                    held = self.rollout
-                    if held is not None and held.candidate.version == version:  # promoted: already loaded
-                        loaded = dataclasses.replace(held.candidate, alias=self.spec.alias, role="followed")
-                    else:
-                        loaded = await asyncio.to_thread(load_serving_model, self.client, self.spec, version)
-                    old, self.current = self.current.version, loaded  # requests in flight keep the old one
-                    logger.info("%s: now serving version %s (was %s)", self.spec.name, version, old)
-                if self.follow_rollouts:
-                    self.rollout = await asyncio.to_thread(self._read_rollout)
+                await self.poll()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a registry hiccup must not stop the replica serving the current version

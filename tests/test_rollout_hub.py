@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import raymaas.tracking
 from raymaas.monitoring.rollout import RolloutPolicy
 from raymaas.serving.hub import _hub_class
 from raymaas.serving.specs import ServeSpec
@@ -70,8 +71,10 @@ async def _serve(hub, n: int, right: dict[str, bool], shadow: bool = False, ms: 
         await hub.feedback("m", {rid: 1}, 0.05)
 
 
-def test_a_wrong_candidate_is_rolled_back_and_a_right_one_advances_then_is_promoted(registry):
+def test_a_wrong_candidate_is_rolled_back_and_a_right_one_advances_then_is_promoted(registry, monkeypatch):
     client, hub = registry
+    made = []
+    monkeypatch.setattr(raymaas.tracking, "get_client", lambda uri=None: made.append(uri) or get_client(uri))
     start_rollout(client, "m", RolloutPolicy(**POLICY), version="2")
 
     async def run():
@@ -96,6 +99,7 @@ def test_a_wrong_candidate_is_rolled_back_and_a_right_one_advances_then_is_promo
         assert str(client.get_model_version_by_alias("m", CHAMPION).version) == "2"
 
     asyncio.run(run())
+    assert made == [hub.tracking_uri]  # one client for every look and report
 
 
 def test_guards_roll_back_on_errors_and_latency_before_any_label_counts(registry):
@@ -119,10 +123,15 @@ def test_shadow_mode_pairs_the_versions_on_the_same_requests(registry):
         decision = await hub.judge_rollout("m")
         assert decision["action"] == "advance", decision
         assert "paired" in decision["reason"] or decision["figures"]["candidate_labels"] == 30, decision
-        report = await hub.rollout_report("m")
-        assert report["rollout"]["this_step"]["paired"] is True
-        # a shadow answer is scored for its version and left out of the endpoint's own live metrics
         monitor = await hub.report("m")
+        # GET /models/m/rollout's versions are GET /monitor's blocks, built without the whole report
+        whole, hub._report = hub._report, None
+        report = await hub.rollout_report("m")
+        hub._report = whole
+        assert report["rollout"]["this_step"]["paired"] is True
+        assert report["versions"] == {v: monitor["versions"][v] for v in ("1", "2")}
+        assert list(report["versions"]) == ["1", "2"]
+        # a shadow answer is scored for its version and left out of the endpoint's own live metrics
         assert monitor["live"]["labelled_rows"] == 30 and monitor["versions"]["2"]["labelled_rows"] == 30
 
     asyncio.run(run())

@@ -65,6 +65,7 @@ def _hub_class():
             self.spec = ServeSpec.model_validate(spec)
             self.mon = self.spec.monitoring
             self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
+            self._client = None  # the store's MlflowClient, made on first use (the client property)
             self.models: dict[str, _ModelState] = {m.name: _ModelState(self.mon) for m in self.spec.models}
             self.runs: dict[tuple[str, str], str] = {}  # (model, version) -> monitoring run id
             self.logged_steps: Counter = Counter()
@@ -101,6 +102,16 @@ def _hub_class():
                 tag_keys=(*tags, "action"),
             )
             self.decisions: dict[str, dict] = {}  # model -> the last decision on its rollout
+
+        @property
+        def client(self):
+            """The MlflowClient of the application's store, made once on first use and kept
+            for every rollout look, GET /rollout and monitoring log."""
+            if self._client is None:
+                from raymaas.tracking import get_client
+
+                self._client = get_client(self.tracking_uri)
+            return self._client
 
         def _start(self) -> None:
             if not self._tasks:
@@ -227,11 +238,15 @@ def _hub_class():
             self._state(model)
             return await asyncio.to_thread(self._report, model)
 
+        def _live_snapshots(self, state: _ModelState, now: float) -> list[dict]:
+            """The replicas' latest snapshots, each (replica, version)'s, of those still pushing."""
+            stale = 3 * self.mon.push_interval_s + 5
+            return [s for (at, s) in state.replicas.values() if now - at <= stale]
+
         def _report(self, model: str) -> dict:
             state = self.models[model]
             now = time.time()
-            stale = 3 * self.mon.push_interval_s + 5
-            live = [s for (at, s) in state.replicas.values() if now - at <= stale]
+            live = self._live_snapshots(state, now)
             versions = sorted({s["version"] for s in live}, key=_version_key)
             followed = sorted({s["version"] for s in live if s.get("role", "followed") == "followed"}, key=_version_key)
             # the version the alias names now (a rollout's candidate is newer, and reported apart)
@@ -268,11 +283,21 @@ def _hub_class():
                     "awaiting_labels": len(state.pending),
                     "predictions_seen": state.predictions,
                 },
-                "versions": {
-                    v: self._version_report(state, v, [s for s in live if s["version"] == v], task)
-                    for v in sorted(set(versions) | set(state.answers), key=_version_key)
-                },
+                "versions": self._version_reports(
+                    state, sorted(set(versions) | set(state.answers), key=_version_key), live, task
+                ),
             }
+
+        def _version_reports(
+            self, state: _ModelState, versions, live: list[dict] | None = None, task: str | None = None
+        ) -> dict[str, dict]:
+            """The `versions` blocks of _report, of these versions only (a version nothing was
+            heard of gets its empty block); live and task as _report has them, else read here."""
+            if live is None:
+                live = self._live_snapshots(state, time.time())
+            if task is None:
+                task = state.task or _guess_task([p for _, _, p, _, _, shadow in state.live if not shadow])
+            return {v: self._version_report(state, v, [s for s in live if s["version"] == v], task) for v in versions}
 
         def _drift(self, state: _ModelState, version: str | None, snapshots: list[dict]) -> dict:
             """Drift of a version's windows (over all replicas) against its reference profile."""
@@ -341,10 +366,9 @@ def _hub_class():
             """Look at the model's active rollout (the registry's), if any: decide on the two
             versions' live figures since it started and act (raymaas.tracking.rollout)."""
             from raymaas.monitoring.rollout import decide
-            from raymaas.tracking import get_client
             from raymaas.tracking.rollout import apply_decision, read_rollout
 
-            client = get_client(self.tracking_uri)
+            client = self.client
             rollout = await asyncio.to_thread(read_rollout, client, model)
             if rollout is None or not rollout.active:
                 return None
@@ -416,20 +440,14 @@ def _hub_class():
         async def rollout_report(self, model: str) -> dict:
             """GET /models/NAME/rollout: the registry's state of the model's latest rollout, the
             two versions' figures since it started, and the last decision taken here."""
-            from raymaas.tracking import get_client
             from raymaas.tracking.rollout import last_rollout
 
             state = self._state(model)
-            client = get_client(self.tracking_uri)
-            rollout = await asyncio.to_thread(last_rollout, client, model)
+            rollout = await asyncio.to_thread(last_rollout, self.client, model)
             if rollout is None:
                 return {"model": model, "rollout": None, "reason": f"no rollout of {model} was ever started"}
-            report = await asyncio.to_thread(self._report, model)
-            task = report["live"]["task"]
-            versions = {
-                v: report["versions"].get(v) or self._version_report(state, v, [], task)
-                for v in (rollout.champion, rollout.version)
-            }
+            # the two versions' blocks of GET /monitor, without its drift and figures of the others
+            versions = await asyncio.to_thread(self._version_reports, state, (rollout.champion, rollout.version))
             described = {
                 "version": rollout.version,
                 "champion": rollout.champion,
@@ -469,11 +487,8 @@ def _hub_class():
 
         async def monitoring_run(self, model: str, version: str) -> str:
             """The id of the version's monitoring run (made on first use)."""
-            from raymaas.tracking import get_client
-
             if (model, version) not in self.runs:
-                client = get_client(self.tracking_uri)
-                self.runs[(model, version)] = await asyncio.to_thread(monitoring_run, client, model, version)
+                self.runs[(model, version)] = await asyncio.to_thread(monitoring_run, self.client, model, version)
             return self.runs[(model, version)]
 
         # -------------------------------------------------------------- gauges and MLflow
@@ -530,9 +545,7 @@ def _hub_class():
         def _log_report(self, report: dict) -> str:
             from mlflow.entities import Metric
 
-            from raymaas.tracking import get_client
-
-            client = get_client(self.tracking_uri)
+            client = self.client
             key = (report["model"], report["version"])
             if key not in self.runs:
                 self.runs[key] = monitoring_run(client, *key)

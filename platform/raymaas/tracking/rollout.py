@@ -10,8 +10,12 @@ The state lives in tags, so an endpoint that restarts resumes the rollout where 
   `raymaas.rollout.*` the share, step, steps, mode, champion, policy, last reason, MLflow run,
   start time and decision count.
 
-Every decision that changes something is logged to the rollout's own MLflow run: its figures
-as metrics at step = the decision's number, and a JSON artifact decisions/NNNN-ACTION.json.
+Decisions are logged to the rollout's own MLflow run, numbered by the version's
+`raymaas.rollout.decisions` tag. Every decision but a hold whose reason is unchanged (which
+writes nothing) logs its figures and the share as metrics at step = its number. Advance,
+promote and rollback, and a promote or abort by hand (end_rollout), also write the JSON
+artifact decisions/NNNN-ACTION.json; a hold with a new reason writes none (a rollout waiting on
+labels holds thousands of times), only its metrics and the version's reason and decisions tags.
 Ray-free: the endpoint's hub, the CLI and the tests use it.
 """
 
@@ -189,7 +193,21 @@ def last_rollout(client: MlflowClient, name: str) -> RolloutState | None:
 
 def apply_decision(client: MlflowClient, state: RolloutState, decision: Decision) -> RolloutState:
     """Act on decide()'s decision for state's rollout and log it; the rollout's state after.
-    A rollout that ended meanwhile (aborted by hand) is left as it is and returned fresh."""
+    The version's tags are read again first (RolloutError if it has no rollout): a rollout that
+    ended meanwhile (aborted by hand) or was started again since (another run) is left as it
+    is, nothing written, and returned fresh.
+
+    - hold with the reason the version's tag already holds: nothing written (the hub looks
+      every few seconds);
+    - hold with a new reason: the figures and share as metrics at step = the decision's
+      number, and the version's reason and decisions tags; no artifact;
+    - advance: those metrics, decisions/NNNN-advance.json, and the share, step_index,
+      step_started_at, reason and decisions tags;
+    - promote and rollback (_end): those metrics, decisions/NNNN-promote.json or
+      NNNN-rollback.json, the status (promoted | rejected), share (100 | 0), reason and
+      decisions tags, raymaas.promotion and its reason as registry.promote sets them (champion |
+      rejected by rollout), the champion alias moved on promote; then the model tag is dropped
+      and the run ends FINISHED with its raymaas.rollout.outcome tag."""
     fresh = _read_version(client, state.name, state.version)
     if fresh is None:
         raise RolloutError(f"{state.name} version {state.version} has no rollout any more")

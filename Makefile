@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format bench head stop-head screenshot clean
+.PHONY: demo test test-fast lint format bench bench-deps head stop-head screenshot clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ screenshot: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_overhead.py
+
+# The benchmarks' peers (the `bench` extra): bench/rl_time_to_solve.py's Stable-Baselines3.
+bench-deps: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 
 # A local head for the `ray job submit` workflow. Jobs inherit its environment, so their
 # runs land in this project's MLflow store rather than in the job's temporary folder.

@@ -1,6 +1,8 @@
 """`raymaas demo` end to end on the debug specs, once, in a fresh RAYMAAS_HOME, checked from
 outside: through a real `mlflow server` on the demo's store (its REST API) and real HTTP
-requests to the endpoints that `--keep-serving` leaves up.
+requests to the endpoints that `--keep-serving` leaves up. Its last stage rolls the sweep's
+best model out on the classifier's endpoint as digits-debug version 2: the hub promotes it or
+rolls it back (both are the platform working; the registry must agree with what it printed).
 
 The demo runs on the embedded default (local Rays of its own), not on the test session's head.
 It ran twice here until the suite reached 46 minutes; a second run took another 5.5 minutes to
@@ -28,7 +30,7 @@ import pytest
 
 from conftest import REPO, free_port
 
-# One demo of nine stages: 6-11 minutes here, longer on a loaded machine (the default bound is 900 s).
+# One demo of ten stages: 6-11 minutes here, longer on a loaded machine (the default bound is 900 s).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 MODELS = ("digits-debug", "cartpole-ppo-debug", "cartpole-dqn-debug")
@@ -184,8 +186,8 @@ def mlflow_server(demo_home, demo):
 
 def test_demo_shows_every_stage_and_what_the_endpoints_answered(demo):
     out = demo[0].output
-    for number in range(1, 10):
-        assert f"[{number}/9]" in out, out
+    for number in range(1, 11):
+        assert f"[{number}/10]" in out, out
     # the explanation stage: one digit's pixels, one CartPole move
     assert re.search(r"digits-debug: a held-out \d predicted \d \(integrated gradients against the training", out), out
     assert re.search(r"pixels \(row,col\) pushing most: \(\d,\d\) [+-]\d", out), out
@@ -214,11 +216,63 @@ def test_demo_shows_every_stage_and_what_the_endpoints_answered(demo):
     assert re.search(r"raymaas demo: done in \S+", out)
 
 
+def test_the_rollout_stage_shows_each_step_the_live_figures_and_the_hub_s_decision(demo):
+    """The sweep's best as digits-debug version 2, half the held-out digits' requests to it,
+    both versions' live accuracy, then the hub's decision, and the summary agreeing with it."""
+    out = demo[0].output
+    assert re.search(
+        r"digits-sweep-debug version 1 \(the sweep's best, val_accuracy 0\.\d+\) registered as digits-debug "
+        r"version 2: candidate",
+        out,
+    ), out
+    assert "rollout of digits-debug version 2 against champion version 1 started in the registry: 50% then 100%" in out
+    assert "by hand: raymaas rollout digits-debug --version 2 --canary 50 --steps 50,100 --min-labels 100" in out
+    assert "step 1 of 2: the endpoint sends 50% of requests to version 2, each by its x-raymaas-key" in out
+    held_out = int(re.search(r"digits-debug \(version 1\): [\d.]+% of (\d+) held-out digits right", out).group(1))
+    first = re.search(
+        r"pass 1: (\d+) held-out digits, a request each: version 1 answered (\d+), version 2 (\d+); labels of (\d+)",
+        out,
+    )
+    sent, champion, candidate, labelled = (int(g) for g in first.groups())
+    # half the keys to each version, give or take (at 50%, one standard deviation of 359 keys is 9.5)
+    assert sent == labelled == held_out == champion + candidate and min(champion, candidate) > 100, first.group(0)
+    assert re.search(r"hub: (hold at 50%|advance (from 50% )?to 100% of requests|roll back)", out), out
+    outcome = re.search(r"^      digits-debug version 2 (promoted|rolled back) by the hub: (.+)$", out, re.M)
+    assert outcome, out
+    if outcome.group(1) == "promoted":
+        assert "step 2 of 2: the endpoint sends 100% of requests to version 2" in out, out
+        assert re.search(r"hub: promote version 2 to champion: candidate accuracy [01]\.\d+ vs champion", out), out
+        assert outcome.group(2).startswith("digits-debug@champion is version 2 now (was 1); the endpoint answers"), out
+        on_accuracy = True
+    else:
+        rollback = re.search(r"hub: roll back: every request to version 1 again: candidate (\w+)", out)
+        assert rollback, out
+        assert outcome.group(2).startswith("digits-debug@champion stays version 1"), out
+        on_accuracy = rollback.group(1) == "accuracy"  # not a guard (error rate, p99 latency)
+    if on_accuracy:  # each version's live accuracy and labels, as the hub judged them
+        assert re.search(
+            r"live accuracy: version 1 \(champion\) [01]\.\d{3} over \d+ labels since the rollout began, "
+            r"version 2 \(candidate\) [01]\.\d{3} over \d+ this step",
+            out,
+        ), out
+    champion_now = "2" if outcome.group(1) == "promoted" else "1"
+    assert re.search(
+        rf"rollout: digits-debug version 2 {outcome.group(1)} by the endpoint's monitor hub \(candidate", out
+    ), out
+    assert re.search(rf"digits-debug@champion is version {champion_now}; its decisions are in MLflow run \w+", out), out
+    assert re.search(r"digits-debug +version 2 +\S+ +val_accuracy 0\.\d+ +digits-sweep-debug version 1, rolled", out), (
+        out
+    )
+
+
 def _tag(run: dict, key: str) -> str | None:
     return next((t["value"] for t in run["data"].get("tags", []) if t["key"] == key), None)
 
 
-def test_the_store_holds_one_run_and_one_champion_version_per_model(mlflow_server):
+def test_the_store_holds_one_training_run_per_model_and_the_rollout_s_outcome(mlflow_server):
+    """One training run and one version per model, but digits-debug's version 2: the sweep's
+    best trial's model, rolled out (promoted or rejected), its rollout run in the sweep's
+    experiment beside that trial's run."""
     api = f"{mlflow_server}/api/2.0/mlflow"
     for model in MODELS:
         status, got = http_json(f"{api}/experiments/get-by-name?experiment_name={model}")
@@ -238,9 +292,39 @@ def test_the_store_holds_one_run_and_one_champion_version_per_model(mlflow_serve
         status, registered = http_json(f"{api}/registered-models/get?name={model}")
         assert status == 200, registered
         aliases = {a["alias"]: a["version"] for a in registered["registered_model"].get("aliases", [])}
-        assert aliases.get("champion") == "1", registered
         status, versions = http_json(f"{api}/model-versions/search?filter=name%3D%27{model}%27")
-        assert sorted(int(v["version"]) for v in versions["model_versions"]) == [1], versions
+        if model != "digits-debug":
+            assert aliases.get("champion") == "1", registered
+            assert sorted(int(v["version"]) for v in versions["model_versions"]) == [1], versions
+            continue
+        assert sorted(int(v["version"]) for v in versions["model_versions"]) == [1, 2], versions
+        # no rollout active any more: the hub ended it
+        assert "raymaas.rollout.candidate" not in {t["key"] for t in registered["registered_model"].get("tags", [])}
+        status, got = http_json(f"{api}/model-versions/get?name={model}&version=2")
+        assert status == 200, got
+        tags = {t["key"]: t["value"] for t in got["model_version"].get("tags", [])}
+        outcome = tags.get("raymaas.rollout")
+        assert outcome in ("promoted", "rejected"), tags
+        assert aliases.get("champion") == ("2" if outcome == "promoted" else "1"), (registered, tags)
+        assert aliases.get("candidate") == "2", registered
+        assert tags["raymaas.promotion"] == ("champion" if outcome == "promoted" else "rejected by rollout"), tags
+        assert tags["raymaas.rollout.steps"] == "50,100" and tags["raymaas.rollout.champion"] == "1", tags
+
+        # version 2 is the sweep's best trial's model: its run, a child of the sweep's run
+        status, trial = http_json(f"{api}/runs/get?run_id={got['model_version']['run_id']}")
+        assert status == 200 and _tag(trial["run"], "mlflow.parentRunId"), trial
+        status, sweep = http_json(f"{api}/experiments/get-by-name?experiment_name=digits-sweep-debug")
+        sweep_experiment = sweep["experiment"]["experiment_id"]
+        assert trial["run"]["info"]["experiment_id"] == sweep_experiment, trial
+        # the rollout's run: ended with the outcome, each decision's share logged
+        status, rollout = http_json(f"{api}/runs/get?run_id={tags['raymaas.rollout.run_id']}")
+        assert status == 200, rollout
+        run = rollout["run"]
+        assert run["info"]["status"] == "FINISHED" and run["info"]["experiment_id"] == sweep_experiment, run
+        assert _tag(run, "raymaas.job_kind") == "rollout" and _tag(run, "raymaas.rollout.outcome") == outcome, run
+        status, shares = http_json(f"{api}/metrics/get-history?run_id={run['info']['run_id']}&metric_key=share")
+        last = max(shares["metrics"], key=lambda m: int(m.get("step", 0)))
+        assert last["value"] == (100.0 if outcome == "promoted" else 0.0), shares
 
 
 def test_kept_endpoints_answer_and_list_the_three_champions(demo):
@@ -269,13 +353,13 @@ def _seconds(clock: str) -> int:
 
 
 def test_demo_output_is_progress_a_reader_can_follow(demo):
-    """The demo's own lines: the nine stages in order on a running clock; each training stage
+    """The demo's own lines: the ten stages in order on a running clock; each training stage
     names the command it ran and the log it wrote, then its progress and its outcome. The
     jobs' own output in those logs: each epoch once, each RL iteration, the run. Nowhere one
     of Ray's "Failed to query Ray Train Controller actor state" warnings."""
     out = demo[0].output
-    headers = list(re.finditer(r"^\[(\d)/9\] .+   \(demo at (\S+)\)$", out, re.M))
-    assert [int(h.group(1)) for h in headers] == list(range(1, 10)), out
+    headers = list(re.finditer(r"^\[(\d+)/10\] .+   \(demo at (\S+)\)$", out, re.M))
+    assert [int(h.group(1)) for h in headers] == list(range(1, 11)), out
     clocks = [_seconds(h.group(2)) for h in headers]
     assert clocks == sorted(clocks), out
     blocks = [out[h.end() : nxt.start() if nxt else len(out)] for h, nxt in zip(headers, [*headers[1:], None])]
@@ -309,6 +393,18 @@ def test_demo_output_is_progress_a_reader_can_follow(demo):
         assert steps and steps == sorted(steps), logs[policy]
     for model in (*MODELS, "digits-sweep-debug"):
         assert re.search(r"raymaas: (run|sweep) \S+", logs[model]), logs[model][-3000:]
+
+    # the rollout: registered, started, a step, a pass, the hub's word, the outcome, in that order
+    said = [
+        r"digits-sweep-debug version 1 .+ registered as digits-debug version 2: candidate",
+        r"rollout of digits-debug version 2 against champion version 1 started",
+        r"step 1 of 2: ",
+        r"pass 1: ",
+        r"hub: ",
+        r"digits-debug version 2 (promoted|rolled back) by the hub",
+    ]
+    found = [re.search(rf"^      {text}", blocks[9], re.M) for text in said]
+    assert all(found) and [f.start() for f in found] == sorted(f.start() for f in found), blocks[9]
 
     for name, text in {"the demo": out, **logs}.items():
         assert RAY_TRAIN_CLEANER_WARNING not in text, f"{name}:\n{text[-4000:]}"

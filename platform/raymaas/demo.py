@@ -1,10 +1,26 @@
 """The demo: every part of the platform, end to end, on the embedded default.
 
-`make demo` (or `raymaas demo`) trains the digits classifier on Ray Train, PPO and DQN on
-CartPole with RLlib, each as the job a user would run (`python -m jobs.supervised SPEC`,
-`python -m jobs.rl SPEC`), tracked in MLflow and registered and gated in its Model Registry;
-then publishes the three champions with Ray Serve and queries them over HTTP: held-out
-digits for the classifier, a CartPole episode played through each policy's endpoint.
+`make demo` (or `raymaas demo`) trains the digits classifier on Ray Train, a sweep of it on
+Ray Tune, PPO and DQN on CartPole with RLlib, each as the job a user would run
+(`python -m jobs.supervised SPEC`, `python -m jobs.sweep SPEC`, `python -m jobs.rl SPEC`),
+tracked in MLflow and registered and gated in its Model Registry; scores the held-out digits in
+batch; then publishes the three champions with Ray Serve and queries them over HTTP (held-out
+digits for the classifier, a CartPole episode played through each policy's endpoint), watches
+and explains them, and ends with a progressive rollout on the classifier's endpoint.
+
+The rollout's candidate is the sweep's best model, registered as a new version of the served
+classifier (`raymaas.tracking.registry.register_model`: alias `candidate`, no gate, for the
+rollout is the gate here). It is a real second version: another run, another layer size and
+learning rate, trained on the same split of the same digits (the demo checks both specs' data
+and seed) and answering with the same signature (checked too), so the held-out digits are
+held out for both versions. The alternatives cost more or show less: a second training run of
+the classifier adds a Ray Train job of its own (half a minute or more on 2 cores, beside the
+running endpoints), and the champion's own run registered again would be a rollout of a model
+against itself. The rollout (`raymaas.tracking.rollout.start_rollout`, what `raymaas rollout`
+does) sends half the requests to the candidate, then all of them; the held-out digits go
+through the endpoint one request each, keyed by `x-raymaas-key`, their labels to /feedback,
+and the endpoint's monitor hub decides (advance, promote or roll back) on both versions' live
+accuracy: both outcomes are the platform working, and the demo prints which and why.
 
 The demo only orchestrates. Progress comes from the MLflow store, which the jobs write and
 the demo reads, and the outcome of each job (version, alias, score) from the registry: the
@@ -21,13 +37,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
+from contextlib import redirect_stderr
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 
 from raymaas import paths, tracking
 from raymaas.kinds import SWEEP_ENTRYPOINT, get_kind
+from raymaas.monitoring.rollout import RolloutPolicy
 from raymaas.serving.ingress import prepare_local_ingress
+from raymaas.serving.routing import STICKY_HEADER
 from raymaas.specs import load_spec
+from raymaas.tracking.registry import CHAMPION, register_model
+from raymaas.tracking.rollout import end_rollout, read_rollout, start_rollout
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,24 @@ STAGES = {
         Stage("DQN on CartPole-v1 (RLlib, debug)", "rl", "jobs/specs/cartpole_dqn_debug.yaml"),
     ),
 }
+
+
+# The rollout stage's policy: half the requests to the candidate, then all of them. Each step
+# is judged on a pass of the 359 held-out digits (about 180 labels a version at 50%), and the
+# margin and confidence are what that many labels can show (the defaults, 2 points at 95%,
+# need about a thousand labels a version). While the hub holds, the digits are sent again
+# (new keys: a new split between the versions). Simulated with decide(), 400 runs each on
+# accuracies like those of the demo's digits models: equal versions, or a candidate up to 2
+# points worse, are decided after a median of 2 passes, 96-99% of runs within 15 passes (the
+# debug wait holds about that many); 3 points worse, 79% (a difference at the margin takes
+# many labels to settle either way). The latency guard allows 3 times the champion's p99 and
+# waits for 100 requests of each version: on a busy 2-core machine one slow answer among a
+# few dozen moves a p99 by more than the default 1.5 (test_rollout allows 1000 for that).
+ROLLOUT_POLICY = RolloutPolicy(
+    steps=[50, 100], min_labels=100, max_regression=0.05, confidence=0.9, max_latency_ratio=3.0, min_requests=100
+)
+ROLLOUT_INTERVAL_S = 2.0  # the serve config's rollout.interval_s: the hub looks every 2 s
+ROLLOUT_WAIT_S = {"full": 120.0, "debug": 90.0}  # for the hub's last decision
 
 
 class DemoError(RuntimeError):
@@ -370,6 +411,14 @@ def publish(model_names: list[str], host: str, port: int, tracking_uri: str) -> 
                 "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
                 "ray_actor_options": {"num_cpus": 0.5},
                 "tracking_uri": tracking_uri,
+                # The rollout stage: the replicas read a rollout's share from the registry every
+                # second, the hub judges every ROLLOUT_INTERVAL_S by the policy stored with the
+                # rollout (no `policy` override here), and the live window keeps every labelled
+                # row of the rollout (the champion's figures span it: its rows of the first step
+                # must outlast the passes of the last, at 359 rows a pass).
+                "poll_interval_s": 1.0,
+                "rollout": {"enabled": True, "interval_s": ROLLOUT_INTERVAL_S},
+                "monitoring": {"feedback_window": 10_000},
             }
         )
         targets.append(serve.RunTarget(build_model_app(spec), name=name, route_prefix=spec.route_prefix))
@@ -403,12 +452,19 @@ def wait_until_serving(base_url: str, model_names: list[str], timeout_s: float =
         time.sleep(1)
 
 
-def post_json(url: str, payload: dict, timeout: float = 30) -> tuple[dict, dict]:
+def post_json(url: str, payload: dict, timeout: float = 30, headers: dict | None = None) -> tuple[dict, dict]:
     request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"content-type": "application/json", **_auth_header()}
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"content-type": "application/json", **_auth_header(), **(headers or {})},
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read()), dict(response.headers)
+
+
+def get_json(url: str, timeout: float = 30) -> dict:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=_auth_header()), timeout=timeout) as response:
+        return json.loads(response.read())
 
 
 def _auth_header() -> dict:
@@ -553,6 +609,252 @@ def play_cartpole(trained: Trained, base_url: str, seed: int = 2026) -> Answer:
     )
 
 
+# --------------------------------------------------------------------------- a progressive rollout
+
+
+@dataclass
+class RolledOut:
+    """What the rollout stage left in the registry."""
+
+    model_name: str
+    version: str  # the candidate: a new version of model_name
+    source: str  # the registered model version it was made from
+    status: str  # promoted | rejected (the hub's), aborted (by hand, meanwhile)
+    reason: str
+    run_id: str  # the rollout's MLflow run
+    score_name: str
+    score: float
+
+
+class _NotYet(Exception):
+    """What the rollout stage waited for did not come before its deadline."""
+
+
+def register_sweep_best(classifier: Trained, sweep: Trained, client) -> str:
+    """The sweep's best model registered as a new version of the served classifier: alias
+    `candidate`, no gate (the rollout is the gate); DemoError where it cannot stand in for it."""
+    import mlflow
+
+    def split_of(spec) -> tuple:
+        return spec.data.model_dump(), spec.train_loop_config.seed
+
+    if split_of(classifier.spec) != split_of(sweep.spec):
+        raise DemoError(
+            f"{sweep.model_name} and {classifier.model_name} were trained on different splits (data or seed): "
+            f"the held-out digits would not be held out for both"
+        )
+    mv = client.get_model_version(sweep.model_name, sweep.version)
+    source = f"models:/{mv.model_id}" if getattr(mv, "model_id", None) else mv.source  # the logged model
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with redirect_stderr(StringIO()):  # MLflow's download bars and "Created version" notes
+        ours = mlflow.models.get_model_info(f"models:/{classifier.model_name}/{classifier.version}").signature
+        theirs = mlflow.models.get_model_info(source).signature
+        if ours is None or theirs is None or ours.to_dict() != theirs.to_dict():
+            raise DemoError(
+                f"{sweep.model_name} version {sweep.version} does not answer with {classifier.model_name}'s "
+                f"signature: it cannot be a version of it"
+            )
+        return str(register_model(client, source, classifier.model_name, sweep.score_name, sweep.score))
+
+
+def roll_out(
+    classifier: Trained, sweep: Trained, base_url: str, client, progress: StageLog, wait_s: float
+) -> RolledOut:
+    """The sweep's best registered as the classifier's candidate and rolled out on its endpoint
+    (ROLLOUT_POLICY): the held-out digits sent through it a pass at a time, their labels to
+    /feedback, until the endpoint's monitor hub promotes the candidate or rolls it back."""
+    from raymaas.supervised.data import load_builtin
+
+    started = time.monotonic()
+    deadline = started + wait_s
+    name = classifier.model_name
+    version = register_sweep_best(classifier, sweep, client)
+    progress.line(
+        f"{sweep.model_name} version {sweep.version} (the sweep's best, {sweep.score_name} {sweep.score:.3f}) "
+        f"registered as {name} version {version}: candidate"
+    )
+    left = read_rollout(client, name)
+    if left is not None:  # an earlier demo stopped in the middle of its rollout
+        end_rollout(client, name, "abort", "left active by an earlier demo")
+        progress.line(f"aborted the rollout of {name} version {left.version} that an earlier demo left active")
+    state = start_rollout(client, name, ROLLOUT_POLICY, version=version)
+    champion, steps, policy = state.champion, state.policy.steps, state.policy
+    progress.line(
+        f"rollout of {name} version {version} against champion version {champion} started in the registry: "
+        f"{' then '.join(f'{s}%' for s in steps)} of requests; the endpoint's monitor hub judges every "
+        f"{ROLLOUT_INTERVAL_S:g} s (run {state.run_id})"
+    )
+    progress.line(
+        f"by hand: raymaas rollout {name} --version {version} --canary {steps[0]} --steps {','.join(map(str, steps))} "
+        f"--min-labels {policy.min_labels} --max-regression {policy.max_regression:g} "
+        f"--confidence {policy.confidence:g} --max-latency-ratio {policy.max_latency_ratio:g} "
+        f"--min-requests {policy.min_requests}"
+    )
+    split = load_builtin(classifier.spec.data, classifier.spec.train_loop_config.seed)
+    url = f"{base_url}/models/{name}"
+    labelled: Counter = Counter()  # rows the hub matched to labels since the rollout began, by version
+    this_step: Counter = Counter()  # the same since the current step began
+    step_index, share, passes, announced = 0, steps[0], 0, -1
+    try:
+        while True:
+            _wait_for(f"the endpoint to route {share}% to version {version}", deadline, _routes, url, version, share)
+            if announced != step_index:
+                announced = step_index
+                progress.line(
+                    f"step {step_index + 1} of {len(steps)}: the endpoint sends {share}% of requests to version "
+                    f"{version}, each by its x-raymaas-key   [{_duration(time.monotonic() - started)}]"
+                )
+            passes += 1
+            answered, matched = _send_digits(url, split, f"demo-pass{passes}")
+            labelled.update(matched)
+            this_step.update(matched)
+            digits = f"{sum(answered.values())} held-out digits" if passes == 1 else "the same digits, new keys"
+            progress.line(
+                f"pass {passes}: {digits}, a request each: version {champion} answered {answered[champion]}, "
+                f"version {version} {answered[version]}; labels of {sum(matched.values())} sent to /feedback"
+            )
+            wanted = {"champion_labels": labelled[champion], "candidate_labels": this_step[version]}
+            report = _wait_for("the hub to judge the labels sent", deadline, _looked, url, version, step_index, wanted)
+            rollout, decision = report["rollout"], report.get("last_decision") or {}
+            for line in _decision_lines(decision, rollout, step_index, champion, version):
+                progress.line(line)
+            if rollout["status"] != "active":
+                break
+            if rollout["step_index"] != step_index:
+                step_index, share = rollout["step_index"], rollout["share"]
+                this_step.clear()
+    except _NotYet as err:
+        now = read_rollout(client, name)
+        if now is not None:  # the registry is left without an active rollout, the champion serving
+            end_rollout(client, name, "abort", f"the demo's {wait_s:.0f} s wait ended")
+        where = (
+            f"still active at {now.share}% (step {now.step_index + 1} of {len(now.policy.steps)}), "
+            f"last reason: {now.reason}; aborted"
+            if now is not None
+            else "no longer active"
+        )
+        raise DemoError(
+            f"no decision on the rollout of {name} version {version} within {wait_s:.0f} s (waiting for {err}): {where}"
+        ) from None
+
+    status = rollout["status"]
+    if status == "promoted":
+        try:  # the endpoint swaps at its next registry poll
+            _wait_for("the swap", time.monotonic() + 15, _serves, url, version)
+            serving = f"the endpoint answers with version {version}"
+        except _NotYet:
+            serving = "the endpoint swaps at its next registry poll"
+        outcome = f"promoted by the hub: {name}@{CHAMPION} is version {version} now (was {champion}); {serving}"
+    elif status == "rejected":
+        outcome = (
+            f"rolled back by the hub: {name}@{CHAMPION} stays version {champion}, version {version} is "
+            f"tagged raymaas.rollout=rejected with the reason"
+        )
+    else:
+        outcome = f"{status}: {rollout['reason']}"
+    progress.line(f"{name} version {version} {outcome}   [{_duration(time.monotonic() - started)}]")
+    return RolledOut(
+        name,
+        version,
+        f"{sweep.model_name} version {sweep.version}",
+        status,
+        rollout["reason"],
+        state.run_id,
+        sweep.score_name,
+        sweep.score,
+    )
+
+
+def _wait_for(what: str, deadline: float, look, *args):
+    """look(*args)'s first truthy answer, asked every half second; _NotYet after the deadline.
+    A refused or failed request is asked again (a replica busy on 2 cores)."""
+    error = None
+    while True:
+        try:
+            got = look(*args)
+            if got:
+                return got
+        except (OSError, ValueError, KeyError) as err:  # urllib's errors are OSErrors
+            error = err
+        if time.monotonic() > deadline:
+            raise _NotYet(what + (f"; last error: {error}" if error else ""))
+        time.sleep(0.5)
+
+
+def _routes(url: str, version: str, share: int) -> bool:
+    """Whether the endpoint (GET /models/NAME) routes share percent of requests to version."""
+    rollout = get_json(url).get("rollout") or {}
+    return rollout.get("version") == version and rollout.get("share") == share
+
+
+def _serves(url: str, version: str) -> bool:
+    """Whether the endpoint (GET /models/NAME) follows version now."""
+    return get_json(url).get("version") == version
+
+
+def _send_digits(url: str, split, prefix: str) -> tuple[Counter, Counter]:
+    """The held-out digits, a request each with a key of its own (a key's version follows from
+    its hash), then their labels to /feedback: the requests and the labelled rows the hub
+    matched, each by the version that answered."""
+    versions, labels = {}, {}
+    for i, (row, label) in enumerate(zip(split.x_val.tolist(), split.y_val.tolist(), strict=True)):
+        _, headers = post_json(f"{url}/invocations", {"inputs": [row]}, headers={STICKY_HEADER: f"{prefix}-{i}"})
+        rid = headers["x-request-id"]
+        versions[rid] = headers.get("x-model-version")
+        labels[rid] = int(label)
+    body, _ = post_json(f"{url}/feedback", {"labels": labels}, timeout=60)
+    return Counter(versions.values()), Counter(versions[rid] for rid in body["matched"])
+
+
+def _looked(url: str, version: str, step_index: int, wanted: dict) -> dict | None:
+    """GET /models/NAME/rollout once the hub has judged the labels sent: the rollout ended or
+    moved a step, or its last decision counted at least `wanted` labels of each version."""
+    report = get_json(f"{url}/rollout")
+    rollout = report.get("rollout") or {}
+    decision = report.get("last_decision") or {}
+    if rollout.get("version") != version:
+        return None
+    # The hub records its decision after the registry holds it: until then, the one before.
+    if rollout["status"] != "active":
+        return report if rollout["status"] == "aborted" or decision.get("action") in ("promote", "rollback") else None
+    if rollout["step_index"] != step_index:
+        return (
+            report if decision.get("action") == "advance" or decision.get("share_before") == rollout["share"] else None
+        )
+    figures = decision.get("figures") or {}
+    counted = decision.get("version") == version and all(figures.get(k, -1) >= n for k, n in wanted.items())
+    return report if counted else None
+
+
+def _decision_lines(decision: dict, rollout: dict, step_index: int, champion: str, version: str) -> list[str]:
+    """The hub's decision on the step just judged: both versions' live figures, then what it did and why."""
+    action = decision.get("action")
+    moved = rollout["status"] != "active" or rollout["step_index"] != step_index
+    if moved and action == "hold":  # the hub has looked again since, at the next step
+        return [f"hub: advance to {rollout['share']}% of requests"]
+    figures = decision.get("figures") or {}
+    lines = []
+    if "candidate_accuracy" in figures:
+        lines.append(
+            f"live accuracy: version {champion} (champion) {figures['champion_accuracy']:.3f} over "
+            f"{int(figures['champion_labels'])} labels since the rollout began, version {version} (candidate) "
+            f"{figures['candidate_accuracy']:.3f} over {int(figures['candidate_labels'])} this step"
+        )
+    elif figures:
+        lines.append(
+            f"labelled answers: version {champion} (champion) {int(figures['champion_labels'])}, "
+            f"version {version} (candidate) {int(figures['candidate_labels'])}"
+        )
+    said = {
+        "advance": f"advance from {decision.get('share_before')}% to {decision.get('share_after')}% of requests",
+        "promote": f"promote version {version} to {CHAMPION}",
+        "rollback": f"roll back: every request to version {champion} again",
+        "hold": f"hold at {rollout['share']}%",
+    }.get(action, str(action))
+    lines.append(f"hub: {said}: {decision.get('reason', rollout['reason'])}")
+    return lines
+
+
 # --------------------------------------------------------------------------- the demo
 
 
@@ -566,7 +868,7 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = paths.log_dir() / f"demo-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    progress = StageLog(len(stages) + 5)
+    progress = StageLog(len(stages) + 6)
     print(f"raymaas demo ({mode}): MLflow store {tracking_uri}", flush=True)
 
     trained: list[Trained] = []
@@ -608,7 +910,15 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
         for line in explain_answers(served, base_url):
             progress.line(line)
 
-        _summary(trained, answers, base_url, tracking_uri, progress)
+        sweep = next(t for t in trained if t.stage.sweep)
+        progress.stage(
+            len(stages) + 6,
+            f"a progressive rollout on {classifier.model_name}'s endpoint: the sweep's best against its champion, "
+            f"on live traffic",
+        )
+        rolled = roll_out(classifier, sweep, base_url, client, progress, ROLLOUT_WAIT_S[mode])
+
+        _summary(trained, rolled, answers, base_url, tracking_uri, client, progress)
         if keep_serving:
             print("\nraymaas demo: serving until Ctrl-C", flush=True)
             _wait_for_interrupt()
@@ -625,7 +935,13 @@ def run_demo(mode: str = "full", keep_serving: bool = False, host: str = "127.0.
 
 
 def _summary(
-    trained: list[Trained], answers: list[Answer], base_url: str, tracking_uri: str, progress: StageLog
+    trained: list[Trained],
+    rolled: RolledOut,
+    answers: list[Answer],
+    base_url: str,
+    tracking_uri: str,
+    client,
+    progress: StageLog,
 ) -> None:
     mlflow = Path(sys.executable).with_name("mlflow")
     mlflow_cmd = str(mlflow) if mlflow.exists() else "mlflow"
@@ -634,12 +950,22 @@ def _summary(
     except ValueError:
         pass
     print(f"\nraymaas demo: done in {progress.clock()}", flush=True)
-    print("\n  trained, tracked, registered:")
+    print("\n  trained, tracked, registered (aliases as the registry holds them now):")
     for t in trained:
         print(
-            f"    {t.model_name:<22} version {t.version:<4} {'/'.join(t.aliases) or '-':<20} "
+            f"    {t.model_name:<22} version {t.version:<4} {_aliases(client, t.model_name, t.version):<20} "
             f"{t.score_name} {t.score:.3f}   run {t.run_name}"
         )
+    r = rolled
+    print(
+        f"    {r.model_name:<22} version {r.version:<4} {_aliases(client, r.model_name, r.version):<20} "
+        f"{r.score_name} {r.score:.3f}   {r.source}, rolled out"
+    )
+    champion = client.get_model_version_by_alias(r.model_name, CHAMPION).version
+    verdict = {"promoted": "promoted", "rejected": "rolled back"}.get(r.status, r.status)
+    print(f"\n  rollout: {r.model_name} version {r.version} {verdict} by the endpoint's monitor hub ({r.reason})")
+    print(f"    {r.model_name}@{CHAMPION} is version {champion}; its decisions are in MLflow run {r.run_id}")
+    print(f"    raymaas rollout status {r.model_name} --url {base_url}")
     print("\n  MLflow UI (runs, metrics, plots, models):")
     print(f"    {mlflow_cmd} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
     print("    then open http://127.0.0.1:5000")
@@ -651,6 +977,10 @@ def _summary(
     print("\n  try:")
     print(f"    curl -s {example} -H 'content-type: application/json' -d '{{\"inputs\": [[0.0, 0.1, 0.02, -0.1]]}}'")
     print("  `raymaas serve` publishes the champions again later; `raymaas models` lists the versions.", flush=True)
+
+
+def _aliases(client, name: str, version: str) -> str:
+    return "/".join(sorted(client.get_model_version(name, version).aliases)) or "-"
 
 
 def _wait_for_interrupt() -> None:

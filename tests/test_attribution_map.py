@@ -14,8 +14,8 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 from PIL import Image
 
 from raymaas.explain.maps import MIN_SIDE, attribution_png
+from raymaas.serving.errors import ServingError
 from raymaas.serving.explaining import split_image, split_target
-from raymaas.serving.protocol import ClientError
 
 GRAY = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1, 8, 8))]))
 TABLE = ModelSignature(inputs=Schema([ColSpec("double", "a"), ColSpec("double", "b")]))
@@ -63,20 +63,19 @@ def test_an_all_zero_map_is_white():
 
 
 def test_image_comes_from_params_or_the_url_and_is_not_passed_to_the_model():
-    body = json.dumps({**ROWS, "params": {"image": True}}).encode()
-    rest, image = split_image(body, "application/json", None, GRAY)
-    assert image is True and json.loads(rest) == ROWS
-    both = json.dumps({**ROWS, "params": {"target": 3, "image": 1}}).encode()
-    rest, target = split_target(both, "application/json")
-    rest, image = split_image(rest, "application/json", None, GRAY)
-    assert (target, image) == (3, True) and json.loads(rest) == ROWS
-    png = b"\x89PNG..."  # an image body is not read here: only the URL can carry image
-    assert split_image(png, "image/png", "1", GRAY) == (png, True)
-    assert split_image(png, "image/png", "TRUE", GRAY) == (png, True)
-    assert split_image(png, "image/png", "0", GRAY) == (png, False)
-    assert split_image(png, "image/png", None, GRAY) == (png, False)
-    plain = json.dumps(ROWS).encode()
-    assert split_image(plain, "application/json", None, TABLE) == (plain, False)  # not asked: no 422
+    payload = {**ROWS, "params": {"image": True}}
+    assert split_image(payload, None, GRAY) is True and payload == ROWS  # taken out: the rest is the model's
+    both = {**ROWS, "params": {"target": 3, "image": 1}}
+    target = split_target(both)
+    image = split_image(both, None, GRAY)
+    assert (target, image) == (3, True) and both == ROWS
+    # an image body has no payload to read: only the URL can carry image
+    assert split_image(None, "1", GRAY) is True
+    assert split_image(None, "TRUE", GRAY) is True
+    assert split_image(None, "0", GRAY) is False
+    assert split_image(None, None, GRAY) is False
+    plain = dict(ROWS)
+    assert split_image(plain, None, TABLE) is False and plain == ROWS  # not asked: no 422
 
 
 @pytest.mark.parametrize(
@@ -92,6 +91,6 @@ def test_image_comes_from_params_or_the_url_and_is_not_passed_to_the_model():
     ],
 )
 def test_image_given_twice_not_a_flag_or_of_a_table_model_is_a_422(body, query, signature, says):
-    with pytest.raises(ClientError) as caught:
-        split_image(json.dumps(body).encode(), "application/json", query, signature)
+    with pytest.raises(ServingError) as caught:
+        split_image(json.loads(json.dumps(body)), query, signature)
     assert caught.value.status == 422 and says in str(caught.value)

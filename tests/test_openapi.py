@@ -17,11 +17,12 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from raymaas.serving.endpoint import PUBLIC_ROUTES, ROUTE_DOCS, model_description, route_docs
+from raymaas.serving.errors import ServingError
 from raymaas.serving.explaining import Explanations
 from raymaas.serving.following import LoadedModel
 from raymaas.serving.index import openapi_document
 from raymaas.serving.monitoring import Monitoring
-from raymaas.serving.protocol import ClientError, parse_scoring_request
+from raymaas.serving.protocol import parse_scoring_request
 
 COLUMNS = ModelSignature(
     inputs=Schema(
@@ -214,7 +215,7 @@ def test_bodies_generated_from_the_document_are_accepted(doc, name):
         seen.update(k for k in body if k != "params")
         try:
             parse_scoring_request(json.dumps(body).encode(), "application/json", signature)
-        except ClientError as err:
+        except ServingError as err:
             pytest.fail(f"{json.dumps(body)[:300]} refused: {err.body['message']}")
     assert seen == set(_variants(schema))  # every format was tried
 
@@ -227,7 +228,7 @@ def test_bodies_the_protocol_refuses_for_their_shape_the_document_refuses(doc):
     }
     for name, body in broken.items():
         assert not Draft202012Validator(_body_schema(doc, name)).is_valid(body), name
-        with pytest.raises(ClientError) as err:
+        with pytest.raises(ServingError) as err:
             parse_scoring_request(json.dumps(body).encode(), "application/json", SIGNATURES[name])
         assert err.value.status == 422
 

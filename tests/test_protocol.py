@@ -16,7 +16,8 @@ from mlflow.models.utils import _enforce_schema
 from mlflow.pyfunc.scoring_server import infer_and_parse_data, parse_csv_input
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-from raymaas.serving.protocol import ClientError, parse_scoring_request
+from raymaas.serving.errors import ServingError
+from raymaas.serving.protocol import parse_scoring_request
 
 ROWS = [
     {"d": 1.5, "f": 0.1, "l": 3, "i": 4, "b": True, "s": "x"},
@@ -133,7 +134,7 @@ def test_strings_as_objects_build_mlflows_frame_with_object_strings(payload):
     ],
 )
 def test_missing_column_is_422_naming_it(payload):
-    with pytest.raises(ClientError) as caught:
+    with pytest.raises(ServingError) as caught:
         parse(payload, DOUBLES)
     assert caught.value.status == 422
     assert "missing input column 'petal_width' (double)" in caught.value.body["message"]
@@ -151,7 +152,7 @@ def test_missing_column_is_422_naming_it(payload):
 )
 def test_wrong_type_is_422_naming_the_column_and_its_type(signature, row, column, says):
     for payload in ({"dataframe_records": [row]}, split([row], list(row))):
-        with pytest.raises(ClientError) as caught:
+        with pytest.raises(ServingError) as caught:
             parse(payload, signature)
         message = caught.value.body["message"]
         assert caught.value.status == 422, message
@@ -171,7 +172,7 @@ def test_wrong_type_is_422_naming_the_column_and_its_type(signature, row, column
 def test_values_mlflow_would_change_are_refused(column, value, says):
     # MLflow's parser casts before it checks: "no" would be True, 1.5 would be 1
     row = {**ROWS[0], column: value}
-    with pytest.raises(ClientError) as caught:
+    with pytest.raises(ServingError) as caught:
         parse({"dataframe_records": [ROWS[1], row]}, MIXED)
     assert caught.value.status == 422
     assert f"column {column!r} expects" in caught.value.body["message"] and says in caught.value.body["message"]
@@ -209,7 +210,7 @@ def test_optional_columns_and_tensors_go_through_mlflow():
     tensor = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3))]))
     out = parse({"inputs": [[1, 2, 3]]}, tensor)
     assert out.dtype == np.float32 and out.shape == (1, 3)
-    with pytest.raises(ClientError, match="shape"):
+    with pytest.raises(ServingError, match="shape"):
         parse({"inputs": [[1, 2]]}, tensor)
 
 
@@ -290,7 +291,7 @@ def test_csv_builds_what_mlflow_builds_and_what_the_json_formats_build(signature
     ],
 )
 def test_bad_csv(text, status, says):
-    with pytest.raises(ClientError) as caught:
+    with pytest.raises(ServingError) as caught:
         parse(text.encode(), DOUBLES, "text/csv")
     assert caught.value.status == status, caught.value.body
     assert says in caught.value.body["message"]
@@ -299,7 +300,7 @@ def test_bad_csv(text, status, says):
 def test_csv_missing_values_and_non_utf8():
     text = "sepal_length,sepal_width,petal_width\n1,,3\n4,NA,6\n"
     pd.testing.assert_frame_equal(parse(text.encode(), DOUBLES, "text/csv"), mlflow_reads_csv(text, DOUBLES))
-    with pytest.raises(ClientError) as caught:
+    with pytest.raises(ServingError) as caught:
         parse(b"a\n\xff\xfe\n", DOUBLES, "text/csv")
     assert caught.value.status == 400
 
@@ -307,7 +308,7 @@ def test_csv_missing_values_and_non_utf8():
 def test_csv_without_a_signature_and_other_media_types():
     out = parse(b"a,b\n1,x\n", None, "text/csv")
     assert list(out.columns) == ["a", "b"] and out["a"].tolist() == [1]
-    with pytest.raises(ClientError) as caught:
+    with pytest.raises(ServingError) as caught:
         parse(b"{}", DOUBLES, "text/plain")
     assert caught.value.status == 415 and "text/csv" in caught.value.body["message"]
 
@@ -337,7 +338,7 @@ def test_a_checked_input_is_not_checked_again_and_predicts_the_same(tmp_path):
     merged = np.concatenate(predict_batch(items))
     assert merged.tolist() == model.predict(frame).tolist()
     # an input of another origin is checked as MLflow checks it
-    with pytest.raises(ClientError):
+    with pytest.raises(ServingError):
         raise predict_batch([PredictItem(loaded, frame.drop(columns=["f3"]), None, checked=False)])[0]
 
     # a params schema stays on the twin: MLflow still fills in the params' defaults
@@ -378,7 +379,7 @@ def test_class_probabilities_when_asked_and_bad_params_are_422(tmp_path):
         assert np.allclose(frame[["probability_ham", "probability_spam"]].sum(axis=1), 1.0)
         assert predictor.predict(data).tolist() == frame["prediction"].tolist()
     for bad, says in [({"probabilities": "maybe"}, "probabilities"), ({"top_k": 3}, "unknown params ['top_k']")]:
-        with pytest.raises(ClientError) as err:
+        with pytest.raises(ServingError) as err:
             parse_scoring_request(
                 json.dumps({"inputs": x.tolist(), "params": bad}).encode(), "application/json", signature
             )

@@ -38,8 +38,10 @@ def ray_head(tmp_path_factory):
     import tempfile
     from pathlib import Path
 
+    from raymaas.runtime.cluster import ensure_auth_token
     from raymaas.serving.ingress import haproxy_ingress_env
 
+    ensure_auth_token()  # the head runs with token auth even on a machine that never ran Ray
     base = tmp_path_factory.mktemp("serve-head")
     home = base / "home"
     home.mkdir()

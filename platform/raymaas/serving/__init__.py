@@ -44,8 +44,11 @@ from raymaas.serving.auth import (
     load_api_keys,
 )
 from raymaas.serving.batching import Batcher, PredictItem, predict_batch, predict_one
+from raymaas.serving.dataplane import DataPlane
 from raymaas.serving.deploy import DeployedApp, check_models, deploy_config, deploy_models, parse_model_reference
 from raymaas.serving.endpoint import INVOCATIONS, EndpointExtension, build_model_app
+from raymaas.serving.errors import ServingError
+from raymaas.serving.extension import Plugin
 from raymaas.serving.following import (
     FollowedModel,
     LoadedModel,
@@ -71,7 +74,6 @@ from raymaas.serving.protocol import (
     NAME_HEADER,
     SCORING_FORMATS,
     VERSION_HEADER,
-    ClientError,
     parse_scoring_request,
 )
 from raymaas.serving.specs import (
@@ -100,15 +102,17 @@ __all__ = [
     "AutoscalingSpec",
     "Batcher",
     "BatchingSpec",
-    "ClientError",
+    "DataPlane",
     "DeployedApp",
     "EndpointExtension",
     "FollowedModel",
     "IndexSpec",
     "LoadedModel",
     "ModelEndpointSpec",
+    "Plugin",
     "PredictItem",
     "ServeSpec",
+    "ServingError",
     "build_index_app",
     "build_model_app",
     "check_api_key",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import os
 
-from raymaas.serving.protocol import ClientError
+from raymaas.serving.errors import Unauthenticated
 
 # Where replicas read API keys: never the committed YAML, never MLflow params.
 API_KEYS_ENV = "RAYMAAS_API_KEYS"  # comma-separated
@@ -35,4 +35,4 @@ def check_api_key(headers, keys: frozenset[str]) -> None:
         # compare against every key, so the time taken does not say which one nearly matched
         if sum(hmac.compare_digest(given_b, k.encode()) for k in keys):
             return
-    raise ClientError(401, "a valid API key is required: send `Authorization: Bearer KEY` or `x-api-key: KEY`")
+    raise Unauthenticated("a valid API key is required: send `Authorization: Bearer KEY` or `x-api-key: KEY`")

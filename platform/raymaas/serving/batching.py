@@ -1,5 +1,9 @@
 """Batched prediction: the dynamic batcher of a replica, and the predict calls that run a
-batch of requests as few forward passes as possible."""
+batch of requests as few forward passes as possible.
+
+A batch function answers each item with its result or the exception it failed with (one bad
+request must not fail the others); the Batcher raises that exception to the item's caller, so
+a caller of `submit` gets a result or an exception, never an error as a value."""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from raymaas.serving.errors import InvalidInput, ModelFailure, ServingError, Unavailable
 from raymaas.serving.following import LoadedModel
-from raymaas.serving.protocol import ClientError, schema_json, shorten
+from raymaas.serving.protocol import schema_json, shorten
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,22 +80,24 @@ def _split(result, counts: list[int]) -> list | None:
 
 
 def predict_one(item: PredictItem):
-    """Predict one request; a model that rejects a checked input is the client's 422."""
+    """Predict one request: its result, or the error it failed with (returned, not raised: a
+    batch function's answer). A model that rejects a checked input is the client's 422; any
+    other failure is the model's, a 500."""
     from mlflow.exceptions import MlflowException
 
     try:
         return item.loaded.predict(item.data, item.params, item.checked)
     except MlflowException as err:
-        return ClientError(
-            422, f"the model rejected the input: {shorten(err.message)}", expected=schema_json(item.loaded.signature)
+        return InvalidInput(
+            f"the model rejected the input: {shorten(err.message)}", expected=schema_json(item.loaded.signature)
         )
     except (ValueError, TypeError, KeyError, IndexError) as err:
-        return ClientError(
-            422, f"the model rejected the input: {shorten(str(err))}", expected=schema_json(item.loaded.signature)
+        return InvalidInput(
+            f"the model rejected the input: {shorten(str(err))}", expected=schema_json(item.loaded.signature)
         )
     except Exception as err:
         logger.exception("prediction failed")
-        return err
+        return ModelFailure(f"the model failed: {shorten(str(err))}")
 
 
 def predict_batch(items: list[PredictItem]) -> list:
@@ -128,16 +135,31 @@ class Batcher:
     forms each batch as soon as the previous one has been *formed* and lets it wait for its
     turn: under a steady closed-loop load its batches stay at 1 (measured: 32 requests in
     the replica, batches of 1, 80 requests/s where a 15 ms batch allows 2,000).
+
+    `submit` answers the item's result or raises what it failed with: the exception the
+    batch function answered for it, or, if the whole call raised, that (a ServingError as it
+    is, anything else as a ModelFailure).
+
+    Work that must not slow the requests (a shadow rollout's copies) goes to a second Batcher
+    made with `yield_to=` the first: it runs a batch only while the first has nothing queued
+    nor running, and holds at most `max_queued` items; beyond, `submit` raises Unavailable at
+    once (the copy is dropped, and counted in `dropped`).
     """
 
-    def __init__(self, fn, max_batch_size: int, wait_s: float = 0.0):
+    def __init__(
+        self, fn, max_batch_size: int, wait_s: float = 0.0, yield_to: Batcher | None = None, max_queued: int = 0
+    ):
         from collections import deque
 
         self.fn = fn  # list of items -> list of results, run in a thread (torch releases the GIL)
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
+        self.yield_to = yield_to
+        self.max_queued = max_queued  # 0: no bound
+        self.dropped = 0  # items refused for a full queue
         self._queue: deque = deque()
         self._ready: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None  # set while nothing is queued nor running
         self._task: asyncio.Task | None = None
         self.batch_sizes: deque = deque(maxlen=1000)  # the last 1,000, for whoever wants to look
         self.batch_hooks: list = []  # called with each batch's size (metrics); must be quick
@@ -146,15 +168,32 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._ready = asyncio.Event()
+            self._idle = asyncio.Event()
             self._task = loop.create_task(self._run())
+        if self.max_queued and len(self._queue) >= self.max_queued:
+            self.dropped += 1
+            raise Unavailable(f"the queue holds {self.max_queued} items already")
         future = loop.create_future()
         self._queue.append((item, future))
+        self._idle.clear()
         self._ready.set()
-        return await future
+        result = await future
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def wait_idle(self) -> None:
+        """Until nothing is queued nor running (at once if this batcher never ran)."""
+        while self._idle is not None and not self._idle.is_set():
+            await self._idle.wait()
 
     async def _run(self) -> None:
         while True:
+            if not self._queue:
+                self._idle.set()
             await self._ready.wait()
+            if self.yield_to is not None:
+                await self.yield_to.wait_idle()
             if self.wait_s and len(self._queue) < self.max_batch_size:
                 await asyncio.sleep(self.wait_s)
             batch = []
@@ -175,6 +214,9 @@ class Batcher:
             try:
                 results = await asyncio.to_thread(self.fn, [item for item, _ in batch])
             except Exception as err:  # noqa: BLE001 - every waiting request gets the failure
+                if not isinstance(err, ServingError):
+                    logger.exception("a batch failed")
+                    err = ModelFailure(f"the batch failed: {shorten(str(err))}")
                 results = [err] * len(batch)
             for (_, future), result in zip(batch, results, strict=False):
                 if not future.done():

@@ -26,10 +26,20 @@ a body that is not JSON (its client reads the text either way); the model's vers
 GET /models/NAME and every prediction's x-model-version. None of the three needs an API key:
 health checks and MLflow's client send none, and they say nothing a key guards.
 
+A prediction's steps (read, decode, pick the version, infer, encode) are the data plane's
+(raymaas.serving.dataplane); every step, and every action, raises a typed error
+(raymaas.serving.errors) that `_answer` turns into the response, the one place errors become
+HTTP; anything else raised is logged and answered 500 in the same JSON.
+
 Extensions add actions and observe predictions without editing the protocol or the batching
-code. `build_model_app(spec, extensions=[...])` takes factories (a callable that takes the
-endpoint and returns an `EndpointExtension`; a subclass of it is one); every replica's
-endpoint builds one of each in its __init__, after its model is loaded:
+code. The endpoint's extensions are assembled in one list, `build_model_app`'s: the platform's
+own (monitoring when spec.monitoring.enabled, with its MonitorHub deployment; /explain when
+spec.explain.enabled, with its Explainer deployment) and those given to it. Each is a
+`Plugin(factory, settings, handle)`: every replica's endpoint calls factory(endpoint,
+settings, handle) in its __init__, after its model is loaded, so an extension gets only its
+own slice of the spec and its own deployment's handle. `build_model_app(spec,
+extensions=[...])` also takes bare factories (a callable taking the endpoint, settings and
+handle, e.g. a subclass of `EndpointExtension`), given no settings nor handle:
 
     class MyExtension(EndpointExtension):
         def routes(self):
@@ -40,20 +50,16 @@ endpoint builds one of each in its __init__, after its model is loaded:
             return JSONResponse({"version": followed.current.version, ...})
 
         async def feedback(self, request, name):
-            body = await read_body(request, self.endpoint.spec.max_request_bytes)
-            ...                                    # raise ClientError(4xx, ...) for a bad one
+            body = await self.endpoint.plane.read(request)
+            ...                                    # raise InvalidInput(...) for a bad one
 
         def on_prediction(self, loaded, data, result, request_id):
             ...                                    # quick: queue, count, sample
 
     build_model_app(spec, extensions=[MyExtension])
 
-(The platform's own monitoring, raymaas.serving.monitoring, is such an extension; it is
-added when spec.monitoring.enabled, with its MonitorHub deployment handed to the endpoint.
-So is POST /models/NAME/explain, raymaas.serving.explaining, with its Explainer deployment.)
-
 - routes(): the endpoint answers METHOD /models/NAME/ACTION with `await handler(request, name)`
-  once the API key checks out (an action needs a key as invocations does). A ClientError
+  once the API key checks out (an action needs a key as invocations does). A ServingError
   raised there is its answer. An action taken twice is an error when the replica starts.
   An unknown action answers 404 (`no published model at ...; GET /models lists them`), a
   known one with another method 405.
@@ -69,7 +75,8 @@ So is POST /models/NAME/explain, raymaas.serving.explaining, with its Explainer 
 - on_shadow(loaded, data, result, request_id, answered, seconds): during a shadow rollout,
   called after the candidate (loaded) predicted its copy of a request the followed version
   answered (answered: that answer); result is the candidate's output, or the exception or
-  ClientError it failed with; seconds its predict's. Called off the request's way.
+  ServingError it failed with; seconds its predict's. Called off the request's way, only
+  for the copies that ran (not those dropped under load).
 - on_response(name, action, response, seconds): called after every answer of the app
   (errors too; name and action None where the path named no model), for metrics.
 - stop(): when the endpoint goes away.
@@ -83,14 +90,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 from raymaas.serving.auth import check_api_key, load_api_keys
-from raymaas.serving.batching import Batcher, PredictItem, predict_batch
+from raymaas.serving.dataplane import DataPlane, encode
+from raymaas.serving.errors import MethodNotAllowed, ModelFailure, NotFound, ServingError, Unavailable
 from raymaas.serving.explaining import Explanations, build_explainer
 from raymaas.serving.extension import (
     EndpointExtension,
     Handler,
+    Plugin,
     PredictionHook,
     ResponseHook,
     ShadowHook,
@@ -105,16 +113,7 @@ from raymaas.serving.index import (
     list_published_models,
 )
 from raymaas.serving.monitoring import Monitoring
-from raymaas.serving.protocol import (
-    MODELS_PREFIX,
-    ClientError,
-    error_response,
-    parse_scoring_request,
-    predictions_json,
-    read_body,
-    relative_path,
-)
-from raymaas.serving.routing import STICKY_HEADER
+from raymaas.serving.protocol import MODELS_PREFIX, error_response, relative_path
 from raymaas.serving.specs import ModelEndpointSpec, ServeSpec
 
 logger = logging.getLogger("ray.serve")
@@ -242,24 +241,19 @@ def _endpoint_class(max_models_per_replica: int):
         """Serves the models of one application: one model per replica set, or several
         multiplexed. Parses, validates, batches and answers in the replica the proxy picked."""
 
-        def __init__(
-            self,
-            spec: dict,
-            extensions: Sequence[Callable[[Any], EndpointExtension]] = (),
-            monitor: Any = None,
-            explainer: Any = None,
-        ):
+        def __init__(self, spec: dict, plugins: Sequence[Plugin] = ()):
             from raymaas import paths
 
             self.spec = ServeSpec.model_validate(spec)
-            self.monitor_hub = monitor  # the app's MonitorHub deployment handle (monitoring on), else None
-            self.explainer = explainer  # the app's Explainer deployment handle (explain on), else None
             self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
             self.api_keys = load_api_keys()
             self.by_name = {m.name: m for m in self.spec.models}
             self.shared = len(self.spec.models) > 1
-            self.batcher = Batcher(
-                predict_batch, self.spec.batching.max_batch_size, self.spec.batching.batch_wait_timeout_s
+            self.plane = DataPlane(
+                self.spec.max_request_bytes,
+                self.spec.batching.max_batch_size,
+                self.spec.batching.batch_wait_timeout_s,
+                self.spec.rollout.max_shadow_queued,
             )
             self.dedicated: FollowedModel | None = None
             if not self.shared:
@@ -277,7 +271,7 @@ def _endpoint_class(max_models_per_replica: int):
             self.response_hooks: list[ResponseHook] = []
             self.shadow_hooks: list[ShadowHook] = []
             self._shadows: set[asyncio.Task] = set()  # shadow predictions in flight (held: the loop keeps weak refs)
-            self.extensions = [factory(self) for factory in extensions]
+            self.extensions = [plugin.factory(self, plugin.settings, plugin.handle) for plugin in plugins]
             for ext in self.extensions:
                 for (method, action), handler in ext.routes().items():
                     key = (method.upper(), action)
@@ -362,62 +356,59 @@ def _endpoint_class(max_models_per_replica: int):
                 handler = self.routes.get((request.method, action))
                 if handler is None:
                     if action == INVOCATIONS:
-                        raise ClientError(405, f"predict with POST {MODELS_PREFIX}/{name}/{INVOCATIONS}")
+                        raise MethodNotAllowed(f"predict with POST {MODELS_PREFIX}/{name}/{INVOCATIONS}")
                     methods = sorted(m for m, a in self.routes if a == action)
-                    raise ClientError(405, f"use {' or '.join(methods)} {MODELS_PREFIX}/{name}/{action}")
+                    raise MethodNotAllowed(f"use {' or '.join(methods)} {MODELS_PREFIX}/{name}/{action}")
                 if (request.method, action) not in PUBLIC_ROUTES:
                     check_api_key(request.headers, self.api_keys)
                 return await handler(request, name)
-            except ClientError as err:
-                return error_response(err)
+            except ServingError as err:
+                return self._error(request, err)
+            except Exception as err:  # a bug, not the client's: still an answer in the protocol's JSON
+                logger.exception("answering %s %s failed", request.method, request.url.path)
+                return self._error(request, ModelFailure(f"the endpoint failed: {type(err).__name__}: {err}"))
+
+        @staticmethod
+        def _error(request: Request, err: ServingError) -> Response:
+            """The answer of an error: the version picked for the request, if one was, named in its headers."""
+            loaded = getattr(request.state, "loaded", None)
+            return error_response(err, loaded.headers() if loaded is not None else None)
 
         async def invocations(self, request: Request, name: str) -> Response:
-            """POST /models/NAME/invocations: parse, check, batch, predict (by the version the
-            route picks: raymaas.serving.routing)."""
-            loaded = None
-            try:
-                body = await read_body(request, self.spec.max_request_bytes)
-                followed = await self.get_model(name)
-                chosen = followed.route(request.headers.get(STICKY_HEADER))
-                loaded = chosen.answer
-                content_type = request.headers.get("content-type", "")
-                data, params = parse_scoring_request(body, content_type, loaded.signature, loaded.strings_as_objects)
-                result = await self.batcher.submit(PredictItem(loaded, data, params))
-                if isinstance(result, ClientError):
-                    raise result
-                if isinstance(result, Exception):
-                    return JSONResponse(
-                        {"error_code": "INTERNAL_ERROR", "message": f"the model failed: {result}"},
-                        status_code=500,
-                        headers=loaded.headers(),
-                    )
-                answer = Response(predictions_json(result), media_type="application/json", headers=loaded.headers())
-                request_id = _request_id() if self.prediction_hooks or chosen.shadow is not None else ""
-                for hook in self.prediction_hooks:
-                    try:
-                        hook(loaded, data, result, request_id)
-                    except Exception:  # an observer's failure is not the client's
-                        logger.exception("prediction hook %r failed", hook)
-                if chosen.shadow is not None:
-                    shadow = (chosen.shadow, body, content_type, loaded, data, params, result, request_id)
-                    task = asyncio.get_running_loop().create_task(self._shadow(*shadow))
-                    self._shadows.add(task)
-                    task.add_done_callback(self._shadows.discard)
-                return answer
-            except ClientError as err:
-                return error_response(err, loaded.headers() if loaded else None)
+            """POST /models/NAME/invocations: the data plane's read, pick, decode, infer, encode
+            (the version by raymaas.serving.routing); then the prediction hooks, and the
+            shadow copy if the route gave one."""
+            body = await self.plane.read(request)
+            chosen = self.plane.pick(await self.get_model(name), request)
+            loaded = chosen.answer
+            data, params = body.decode(loaded)
+            result = await self.plane.infer(loaded, data, params)
+            answer = encode(result, loaded)
+            request_id = _request_id() if self.prediction_hooks or chosen.shadow is not None else ""
+            for hook in self.prediction_hooks:
+                try:
+                    hook(loaded, data, result, request_id)
+                except Exception:  # an observer's failure is not the client's
+                    logger.exception("prediction hook %r failed", hook)
+            if chosen.shadow is not None:
+                shadow = (chosen.shadow, body, loaded, data, params, result, request_id)
+                task = asyncio.get_running_loop().create_task(self._shadow(*shadow))
+                self._shadows.add(task)
+                task.add_done_callback(self._shadows.discard)
+            return answer
 
-        async def _shadow(self, candidate, body, content_type, answered_by, data, params, answer, request_id):
-            """A shadow rollout's copy of a request: the candidate predicts it through the same
-            batcher, and the shadow hooks see its answer (or failure) beside the one returned."""
+        async def _shadow(self, candidate, body, answered_by, data, params, answer, request_id):
+            """A shadow rollout's copy of a request: the candidate predicts it when the model is
+            idle (the data plane's shadow batcher), and the shadow hooks see its answer (or
+            failure) beside the one returned. A copy dropped under load is not seen."""
             started = time.perf_counter()
             try:
                 if candidate.signature != answered_by.signature:  # parsed for the other version's signature
-                    data, params = parse_scoring_request(
-                        body, content_type, candidate.signature, candidate.strings_as_objects
-                    )
-                result = await self.batcher.submit(PredictItem(candidate, data, params))
-            except ClientError as err:
+                    data, params = body.decode(candidate)
+                result = await self.plane.infer_shadow(candidate, data, params)
+            except Unavailable:
+                return  # too many copies wait for an idle model: dropped (counted in plane.shadow_batcher.dropped)
+            except ServingError as err:
                 result = err
             seconds = time.perf_counter() - started
             for hook in self.shadow_hooks:
@@ -445,11 +436,11 @@ def _endpoint_class(max_models_per_replica: int):
                 name, rest = parts[0], parts[1:]
             if rest is not None and (not rest or rest[0] in self.actions):
                 return name, rest[0] if rest else None
-            raise ClientError(404, f"no published model at {'/'.join(parts) or '/'}; GET /models lists them")
+            raise NotFound(f"no published model at {'/'.join(parts) or '/'}; GET /models lists them")
 
         def __del__(self):
-            if hasattr(self, "batcher"):
-                self.batcher.stop()
+            if hasattr(self, "plane"):
+                self.plane.stop()
             if getattr(self, "dedicated", None) is not None:
                 self.dedicated.stop()
             for ext in getattr(self, "extensions", ()):
@@ -532,20 +523,20 @@ def route_docs(extensions: Sequence[EndpointExtension] = ()) -> dict[str, dict]:
     return {f"{method} {action}": doc for (method, action), doc in docs.items()}
 
 
-def build_model_app(spec: ServeSpec, extensions: Sequence[Callable[[Any], EndpointExtension]] = ()):
-    """The Serve application of spec's models (route it at spec.route_prefix), with the
-    extensions each replica's endpoint builds (see this module's docstring)."""
+def build_model_app(spec: ServeSpec, extensions: Sequence[Plugin | Callable[..., EndpointExtension]] = ()):
+    """The Serve application of spec's models (route it at spec.route_prefix). Its extensions,
+    assembled here in one list: the platform's monitoring and /explain where the spec turns
+    them on, each with its spec slice and its deployment, then those given (Plugins, or bare
+    factories: no settings, no handle; see this module's docstring)."""
     from ray import serve
 
     cls = _endpoint_class(spec.max_models_per_replica)
-    monitor = None
+    plugins: list[Plugin] = []
     if spec.monitoring.enabled:
-        monitor = build_monitor_hub(spec)
-        extensions = [Monitoring, *extensions]
-    explainer = None
+        plugins.append(Plugin(Monitoring, spec.monitoring.model_dump(), build_monitor_hub(spec)))
     if spec.explain.enabled:
-        explainer = build_explainer(spec)
-        extensions = [Explanations, *extensions]
+        plugins.append(Plugin(Explanations, spec.explain.model_dump(), build_explainer(spec)))
+    plugins += [e if isinstance(e, Plugin) else Plugin(e) for e in extensions]
     deployment = serve.deployment(
         cls,
         name=ENDPOINT_DEPLOYMENT,
@@ -556,4 +547,4 @@ def build_model_app(spec: ServeSpec, extensions: Sequence[Callable[[Any], Endpoi
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=10,
     )
-    return deployment.bind(spec.model_dump(), list(extensions), monitor, explainer)
+    return deployment.bind(spec.model_dump(), plugins)

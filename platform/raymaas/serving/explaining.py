@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from raymaas.modelcode.images import image_shape
+from raymaas.serving.errors import InvalidInput, ModelFailure, ServingError, TooLarge, Unavailable, error_of_status
 from raymaas.serving.extension import EndpointExtension
 from raymaas.serving.index import IMAGES_ONLY, SCORING_SCHEMA, error_doc
-from raymaas.serving.protocol import JSON_MEDIA_TYPE, ClientError, error_response, parse_scoring_request, read_body
+from raymaas.serving.specs import ExplainSpec
 
 logger = logging.getLogger("ray.serve")
 
@@ -167,10 +168,10 @@ class Explanations(EndpointExtension):
 
     route_docs = ROUTE_DOCS
 
-    def __init__(self, endpoint):
-        super().__init__(endpoint)
-        self.spec = endpoint.spec.explain
-        self.explainer = endpoint.explainer
+    def __init__(self, endpoint, settings: dict, explainer):
+        super().__init__(endpoint, settings, explainer)
+        self.spec = ExplainSpec.model_validate(settings)
+        self.explainer = explainer  # the application's Explainer deployment
 
     def routes(self):
         return {("POST", EXPLAIN): self.explain}
@@ -179,91 +180,78 @@ class Explanations(EndpointExtension):
         from ray.serve.exceptions import BackPressureError
         from starlette.responses import JSONResponse
 
-        loaded = None
+        body = await self.endpoint.plane.read(request)
+        loaded = (await self.endpoint.get_model(name)).current
+        request.state.loaded = loaded  # its errors name the version, as /invocations' do
+        payload = body.json() if body.is_json else None
+        target = split_target(payload, request.query_params.get(TARGET_PARAM))
+        image = split_image(payload, request.query_params.get(IMAGE_PARAM), loaded.signature)
+        # a JSON body: the payload just read, less explain's params; strings as MLflow parses them (the
+        # explainer's model is a pyfunc of its own)
+        data, _ = body.decode(loaded, objects=False)
+        rows = _rows(data)
+        if rows > self.spec.max_rows:
+            raise TooLarge(f"explain takes at most {self.spec.max_rows} rows a request (explain.max_rows); got {rows}")
         try:
-            body = await read_body(request, self.endpoint.spec.max_request_bytes)
-            loaded = (await self.endpoint.get_model(name)).current
-            content_type = request.headers.get("content-type", "")
-            body, target = split_target(body, content_type, request.query_params.get(TARGET_PARAM))
-            body, image = split_image(body, content_type, request.query_params.get(IMAGE_PARAM), loaded.signature)
-            data, _ = parse_scoring_request(body, content_type, loaded.signature)
-            rows = _rows(data)
-            if rows > self.spec.max_rows:
-                raise ClientError(
-                    413, f"explain takes at most {self.spec.max_rows} rows a request (explain.max_rows); got {rows}"
-                )
-            try:
-                answer = await self.explainer.explain.remote(name, loaded.version, data, target, image)
-            except BackPressureError:
-                raise ClientError(
-                    503,
-                    "the explainer is at capacity (explain.max_ongoing_requests and max_queued_requests); retry later",
-                ) from None
-            if "error" in answer:
-                raise ClientError(answer["status"], answer["error"])
-            return JSONResponse({"model": name, "version": loaded.version, **answer}, headers=loaded.headers())
-        except ClientError as err:
-            headers = loaded.headers() if loaded else {}
-            if err.status == 503:
-                headers["retry-after"] = "1"
-            return error_response(err, headers)
+            answer = await self.explainer.explain.remote(name, loaded.version, data, target, image)
+        except BackPressureError:
+            raise Unavailable(
+                "the explainer is at capacity (explain.max_ongoing_requests and max_queued_requests); retry later"
+            ) from None
+        if "error" in answer:  # an error crossed the handle as a value: its type again
+            raise error_of_status(answer["status"], answer["error"])
+        return JSONResponse({"model": name, "version": loaded.version, **answer}, headers=loaded.headers())
 
 
-def split_target(body: bytes, content_type: str, query: str | None = None) -> tuple[bytes, Any]:
-    """(the body without params.target, the target or None): target is explain's own param,
-    not the model's; the rest is checked as /invocations checks it. query: `?target=` of the
-    URL, for any body (an image body has no params to carry it); given twice is a 422."""
-    body, target, found = _json_param(body, content_type, TARGET_PARAM)
+def split_target(payload, query: str | None = None) -> Any:
+    """The target, taken out of a JSON body's params (payload, parsed; None for a body of
+    another type) or `?target=` of the URL (the only way for an image body, which has no
+    params): explain's own param, not the model's; the rest is checked as /invocations
+    checks it. Given twice is a 422."""
+    target, found = _take_param(payload, TARGET_PARAM)
     if found and target is not None and not isinstance(target, (str, int, float, bool)):
-        raise ClientError(422, f"params.target must be a class label or an output index, got {json.dumps(target)}")
+        raise InvalidInput(f"params.target must be a class label or an output index, got {json.dumps(target)}")
     if query is None:
-        return body, target
+        return target
     if found:
-        raise ClientError(422, "target is given twice, in params.target and in the URL (?target=): give it once")
-    return body, query
+        raise InvalidInput("target is given twice, in params.target and in the URL (?target=): give it once")
+    return query
 
 
-def split_image(body: bytes, content_type: str, query: str | None, signature) -> tuple[bytes, bool]:
-    """(the body without params.image, whether to answer each attribution map as a PNG): like
-    target, explain's own param, from params.image or `?image=` (true/false/1/0), given once;
-    asking it of a model that is not of images is a 422."""
-    body, value, found = _json_param(body, content_type, IMAGE_PARAM)
+def split_image(payload, query: str | None, signature) -> bool:
+    """Whether to answer each attribution map as a PNG too: like target, explain's own param,
+    taken out of params.image of payload, or `?image=` (true/false/1/0), given once; asking
+    it of a model that is not of images is a 422."""
+    value, found = _take_param(payload, IMAGE_PARAM)
     if query is not None:
         if found:
-            raise ClientError(422, "image is given twice, in params.image and in the URL (?image=): give it once")
+            raise InvalidInput("image is given twice, in params.image and in the URL (?image=): give it once")
         value, found = query, True
     if not found:
-        return body, False
+        return False
     where = "?image=" if query is not None else "params.image"
     text = value if isinstance(value, str) else json.dumps(value)  # 1.0 stays "1.0": not a flag
     if text.strip().lower() not in FLAGS:
-        raise ClientError(422, f"{where} must be true or false (or 1, 0), got {text}")
+        raise InvalidInput(f"{where} must be true or false (or 1, 0), got {text}")
     image = FLAGS[text.strip().lower()]
     if image and image_shape(signature) is None:
-        raise ClientError(
-            422,
+        raise InvalidInput(
             f"{where}: an attribution map is drawn for a model of images only (a float32 tensor "
             "[-1, C, H, W] with C 1 or 3); this model's input is not one",
         )
-    return body, image
+    return image
 
 
-def _json_param(body: bytes, content_type: str, name: str) -> tuple[bytes, Any, bool]:
-    """(the body without params[name], its value, whether the body had params[name])."""
-    mime = (content_type or JSON_MEDIA_TYPE).split(";")[0].strip().lower()
-    if mime not in (JSON_MEDIA_TYPE, ""):
-        return body, None, False
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return body, None, False  # parse_scoring_request says what is wrong with it
+def _take_param(payload, name: str) -> tuple[Any, bool]:
+    """(params[name] of a parsed JSON body, whether it had one), taken out of payload (and its
+    params with it once empty), so the rest decodes as the model's input."""
     params = payload.get("params") if isinstance(payload, dict) else None
     if not isinstance(params, dict) or name not in params:
-        return body, None, False
+        return None, False
     value = params.pop(name)
     if not params:
         del payload["params"]
-    return json.dumps(payload).encode(), value, True
+    return value, True
 
 
 def _rows(data) -> int:
@@ -332,7 +320,12 @@ def _explainer_class():
             self.batcher = Batcher(self._explain_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s)
 
         async def explain(self, name: str, version: str, data, target, image: bool = False) -> dict:
-            return await self.batcher.submit((name, version, data, target, image))
+            """The explanation, or {"error", "status"}: an error crosses the handle as a value
+            (a raised one would arrive wrapped in Ray's RayTaskError), made a type again by the caller."""
+            try:
+                return await self.batcher.submit((name, version, data, target, image))
+            except ServingError as err:
+                return {"error": err.message, "status": err.status}
 
         # ------------------------------------------------------------ in the batch thread
 
@@ -376,7 +369,7 @@ def _explainer_class():
                 for i, answer in zip(idx, self._explain_one(name, version, datas, items[idx[0]][3], merged)):
                     results[i] = answer
             for item, answer in zip(items, results):
-                if item[4] and "explanations" in answer:  # each request's rows are its own dicts
+                if item[4] and isinstance(answer, dict):  # each request's rows are its own dicts
                     for row in answer["explanations"]:
                         row["attribution_png"] = attribution_png(np.asarray(row["attributions"]))
             return results
@@ -392,10 +385,10 @@ def _explainer_class():
                     work = {"n_steps": self.config.n_steps}
                 explanation = explainer.explain(datas[0] if merged is None else merged, target, **work)
             except ExplainError as err:
-                return [{"error": str(err), "status": 422}] * len(datas)
+                return [InvalidInput(str(err))] * len(datas)
             except Exception as err:
                 logger.exception("explaining %s version %s failed", name, version)
-                return [{"error": f"the explanation failed: {err}", "status": 500}] * len(datas)
+                return [ModelFailure(f"the explanation failed: {err}")] * len(datas)
             whole = explanation.to_json()
             answers, start = [], 0
             for data in datas:

@@ -6,7 +6,7 @@ explaining) import this module, and it imports none of them."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from raymaas.serving.following import LoadedModel
 
@@ -21,6 +21,16 @@ ResponseHook = Callable[[str | None, str | None, Any, float], None]
 ShadowHook = Callable[[LoadedModel, Any, Any, str, Any, float], None]
 
 
+class Plugin(NamedTuple):
+    """One extension of an endpoint as build_model_app assembles them: every replica's endpoint
+    calls factory(endpoint, settings, handle). settings: the extension's own slice of the
+    serve spec (a dict: it travels to the replicas), handle: its own deployment's, if any."""
+
+    factory: Callable[..., Any]
+    settings: dict | None = None
+    handle: Any = None
+
+
 class EndpointExtension:
     """What a module plugs into a model endpoint: actions under /models/NAME/ and a look at
     every successful prediction. Subclass it and override what you need."""
@@ -32,8 +42,10 @@ class EndpointExtension:
     # {(METHOD, ACTION): OpenAPI operation} of its routes, for /openapi.json
     route_docs: dict[tuple[str, str], dict] = {}
 
-    def __init__(self, endpoint):
-        self.endpoint = endpoint  # the replica's ModelEndpoint: spec, get_model(name), ...
+    def __init__(self, endpoint, settings: dict | None = None, handle: Any = None):
+        self.endpoint = endpoint  # the replica's ModelEndpoint: get_model(name), plane, by_name, tracking_uri
+        self.settings = settings  # its own slice of the serve spec, if build_model_app gave one
+        self.handle = handle  # its own deployment's handle, if any
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         """{(METHOD, ACTION): handler} this extension answers under /models/NAME/ACTION."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from raymaas.monitoring.live import live_scores
-from raymaas.serving.protocol import ClientError
+from raymaas.serving.errors import NotFound
 
 logger = logging.getLogger("ray.serve")
 
@@ -122,7 +122,7 @@ def _hub_class():
 
         def _state(self, model: str) -> _ModelState:
             if model not in self.models:
-                raise ClientError(404, f"no published model {model!r} in this application")
+                raise NotFound(f"no published model {model!r} in this application")
             return self.models[model]
 
         # -------------------------------------------------------------- from the replicas

@@ -33,12 +33,8 @@ import logging
 import re
 
 from raymaas.modelcode.images import image_shape
-from raymaas.serving.protocol import (
-    MODELS_PREFIX,
-    ClientError,
-    error_response,
-    relative_path,
-)
+from raymaas.serving.errors import NotFound
+from raymaas.serving.protocol import MODELS_PREFIX, error_response, relative_path
 from raymaas.serving.specs import IndexSpec
 
 logger = logging.getLogger("ray.serve")
@@ -75,12 +71,11 @@ def _index_class():
             if request.method != "GET":
                 if parts[:1] == ["models"]:
                     return error_response(
-                        ClientError(
-                            404,
+                        NotFound(
                             f"no published model named {parts[1] if len(parts) > 1 else ''!r}; GET /models lists them",
                         )
                     )
-                return error_response(ClientError(404, f"nothing at /{'/'.join(parts)}"))
+                return error_response(NotFound(f"nothing at /{'/'.join(parts)}"))
             if parts in (["health"], ["-", "healthz"], ["ping"]):
                 return JSONResponse({"status": "ok"})
             if parts == ["version"]:  # as MLflow's scoring server (see raymaas.serving.endpoint)
@@ -96,10 +91,8 @@ def _index_class():
 
                 return HTMLResponse(get_swagger_ui_html(openapi_url="/openapi.json", title=self.spec.title).body)
             if parts[:1] == ["models"] and len(parts) >= 2:
-                return error_response(
-                    ClientError(404, f"no published model named {parts[1]!r}; GET /models lists them")
-                )
-            return error_response(ClientError(404, f"nothing at /{'/'.join(parts)}; see /docs"))
+                return error_response(NotFound(f"no published model named {parts[1]!r}; GET /models lists them"))
+            return error_response(NotFound(f"nothing at /{'/'.join(parts)}; see /docs"))
 
     return ModelIndex
 

@@ -57,10 +57,12 @@ from collections import deque
 import numpy as np
 
 from raymaas.monitoring.window import InputWindow, prediction_values, rows_of
+from raymaas.serving.errors import BadRequest, InvalidInput, ModelFailure
 from raymaas.serving.extension import EndpointExtension
 from raymaas.serving.hub import TRAFFIC_KEPT
 from raymaas.serving.index import SCORING_SCHEMA, error_doc
-from raymaas.serving.protocol import VERSION_HEADER, ClientError, parse_scoring_request, read_body
+from raymaas.serving.protocol import VERSION_HEADER
+from raymaas.serving.specs import MonitoringSpec
 
 logger = logging.getLogger("ray.serve")
 
@@ -206,15 +208,15 @@ class Monitoring(EndpointExtension):
 
     route_docs = ROUTE_DOCS
 
-    def __init__(self, endpoint):
+    def __init__(self, endpoint, settings: dict, hub):
         from ray import serve
         from ray.serve.metrics import Counter as PromCounter
         from ray.serve.metrics import Histogram
 
-        super().__init__(endpoint)
-        self.spec = endpoint.spec.monitoring
-        self.hub = endpoint.monitor_hub
-        self.references = {m.name: m.reference for m in endpoint.spec.models}
+        super().__init__(endpoint, settings, hub)
+        self.spec = MonitoringSpec.model_validate(settings)
+        self.hub = hub  # the application's MonitorHub
+        self.references = {name: m.reference for name, m in endpoint.by_name.items()}
         context = serve.get_replica_context()
         replica_id = getattr(context, "replica_id", None)
         self.replica = getattr(replica_id, "unique_id", None) or str(getattr(context, "replica_tag", id(self)))
@@ -242,6 +244,11 @@ class Monitoring(EndpointExtension):
         self.batch_size = Histogram(
             "raymaas_batch_size", description="requests per predict batch", boundaries=BATCH_BOUNDARIES
         )
+        self.shadow_dropped = PromCounter(
+            "raymaas_shadow_dropped",
+            description="shadow copies dropped: the replica was too busy to predict them (rollout.max_shadow_queued)",
+        )
+        self._dropped_seen = 0
         self.predicted = PromCounter(
             "raymaas_predicted_class",
             description="classifiers' answers by label",
@@ -252,7 +259,7 @@ class Monitoring(EndpointExtension):
             description="regression answers in the reference profile's bins",
             tag_keys=("model", "version", "output", "bin"),
         )
-        endpoint.batcher.batch_hooks.append(self._on_batch)
+        endpoint.plane.batcher.batch_hooks.append(self._on_batch)
         if endpoint.dedicated is not None:  # its model is loaded: its window is ready before the first request
             self._window(endpoint.dedicated.current)
 
@@ -314,6 +321,10 @@ class Monitoring(EndpointExtension):
 
     def _on_batch(self, size: int) -> None:
         self.batch_size.observe(size)
+        dropped = self.endpoint.plane.shadow_batcher.dropped
+        if dropped > self._dropped_seen:
+            self.shadow_dropped.inc(dropped - self._dropped_seen)
+            self._dropped_seen = dropped
 
     # ------------------------------------------------------------------ reports to the hub
 
@@ -383,44 +394,40 @@ class Monitoring(EndpointExtension):
         rows with their "labels" beside it."""
         from starlette.responses import JSONResponse
 
-        body = await read_body(request, self.endpoint.spec.max_request_bytes)
+        body = await self.endpoint.plane.read(request)
         try:
-            payload = json.loads(body)
-        except ValueError:
-            raise ClientError(400, "the feedback body is not JSON") from None
+            payload = body.json()
+        except BadRequest:
+            raise BadRequest("the feedback body is not JSON") from None
         if not isinstance(payload, dict) or "labels" not in payload:
-            raise ClientError(
-                422,
+            raise InvalidInput(
                 'feedback needs "labels": {"REQUEST_ID": LABEL, ...} (ids from the x-request-id header of '
                 'predictions), or a scoring body (e.g. "dataframe_split") with its rows\' "labels" list',
             )
         labels = payload.pop("labels")
         if payload:  # rows with their labels: predict them here, score against the labels
-            return JSONResponse(await self._rows_feedback(name, payload, labels))
+            return JSONResponse(await self._rows_feedback(name, body, payload, labels))
         if not isinstance(labels, dict) or not labels or not all(isinstance(k, str) for k in labels):
-            raise ClientError(422, '"labels" must map request ids (x-request-id of each prediction) to their labels')
+            raise InvalidInput('"labels" must map request ids (x-request-id of each prediction) to their labels')
         for rid, label in labels.items():
             if not _is_label(label):
-                raise ClientError(422, f"the label of request {rid!r} is not a value or a list of values: {label!r}")
+                raise InvalidInput(f"the label of request {rid!r} is not a value or a list of values: {label!r}")
         if any(model == name for model, _ in self.windows):
             await self.push(only=name)  # this replica's own recent predictions first
         wait_s = 2 * self.spec.push_interval_s + 0.5  # the other replicas' arrive within a push interval
         return JSONResponse(await self.hub.feedback.remote(name, labels, wait_s))
 
-    async def _rows_feedback(self, name: str, payload: dict, labels) -> dict:
-        from raymaas.serving.batching import PredictItem
-
+    async def _rows_feedback(self, name: str, body, payload: dict, labels) -> dict:
         followed = await self.endpoint.get_model(name)
         loaded = followed.current
-        data, params = parse_scoring_request(json.dumps(payload).encode(), "application/json", loaded.signature)
+        data, _ = body.decode(loaded, payload)  # the body without its labels
         rows = rows_of(data)
         if not isinstance(labels, list) or len(labels) != rows or not all(_is_label(v) for v in labels):
-            raise ClientError(422, f'"labels" must be a list of {rows} labels, one per row of the input')
-        result = await self.endpoint.batcher.submit(PredictItem(loaded, data, None))
-        if isinstance(result, ClientError):
-            raise result
-        if isinstance(result, Exception):
-            raise ClientError(422, f"the model could not score the rows: {result}")
+            raise InvalidInput(f'"labels" must be a list of {rows} labels, one per row of the input')
+        try:
+            result = await self.endpoint.plane.infer(loaded, data, None)
+        except ModelFailure as err:
+            raise InvalidInput(f"the model could not score the rows: {err}") from None
         return await self.hub.score_rows.remote(name, loaded.version, prediction_values(result), labels)
 
     # ------------------------------------------------------------------ payload logging

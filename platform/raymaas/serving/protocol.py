@@ -23,6 +23,13 @@ from email.parser import BytesParser
 from typing import Any
 
 from raymaas.modelcode.images import image_shape
+from raymaas.serving.errors import (
+    BadRequest,
+    InvalidInput,
+    ServingError,
+    TooLarge,
+    UnsupportedMediaType,
+)
 
 MODELS_PREFIX = "/models"
 VERSION_HEADER = "x-model-version"
@@ -35,27 +42,6 @@ CSV_MEDIA_TYPE = "text/csv"
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/jpg")
 MULTIPART_MEDIA_TYPE = "multipart/form-data"
 
-ERROR_CODES = {
-    400: "MALFORMED_REQUEST",
-    401: "UNAUTHENTICATED",
-    404: "RESOURCE_DOES_NOT_EXIST",
-    405: "METHOD_NOT_ALLOWED",
-    413: "REQUEST_TOO_LARGE",
-    415: "UNSUPPORTED_MEDIA_TYPE",
-    422: "INVALID_PARAMETER_VALUE",
-    500: "INTERNAL_ERROR",  # the model (or its explainer) failed: not the client's to fix
-    503: "TEMPORARILY_UNAVAILABLE",
-}
-
-
-class ClientError(Exception):
-    """A request the client must fix; carries its HTTP status."""
-
-    def __init__(self, status: int, message: str, **extra):
-        super().__init__(message)
-        self.status = status
-        self.body = {"error_code": ERROR_CODES.get(status, "BAD_REQUEST"), "message": message, **extra}
-
 
 async def read_body(request, limit: int) -> bytes:
     """The request body, or 413 once it is over limit bytes (Content-Length or streamed)."""
@@ -63,14 +49,14 @@ async def read_body(request, limit: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise ClientError(413, f"request body of {declared} bytes is over the limit of {limit}")
+                raise TooLarge(f"request body of {declared} bytes is over the limit of {limit}")
         except ValueError:
-            raise ClientError(400, "Content-Length is not a number") from None
+            raise BadRequest("Content-Length is not a number") from None
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ClientError(413, f"request body is over the limit of {limit} bytes")
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -92,9 +78,6 @@ def parse_scoring_request(
     `str` that MLflow's parsing gives, for a model that reads them as objects anyway (the
     platform's own: raymaas.modelcode.tabular); building the `str` columns is most of a
     one-row request's parsing in a table of mixed types."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.pyfunc.scoring_server import infer_and_parse_data
-
     mime = (content_type or JSON_MEDIA_TYPE).split(";")[0].strip().lower()
     if mime == CSV_MEDIA_TYPE:
         return parse_csv_body(body, signature), None
@@ -102,30 +85,41 @@ def parse_scoring_request(
         return parse_image_body(body, content_type, signature), None
     if mime not in (JSON_MEDIA_TYPE, ""):
         images = " or images (image/png, image/jpeg, multipart/form-data)" if image_shape(signature) else ""
-        raise ClientError(
-            415,
+        raise UnsupportedMediaType(
             f"send application/json in one of the MLflow scoring formats {list(SCORING_FORMATS)}, "
             f"or text/csv (a header row, then rows){images}; got {mime!r}",
         )
+    return parse_scoring_payload(parse_json(body), signature, strings_as_objects)
+
+
+def parse_json(body: bytes) -> Any:
+    """A JSON body, or the 400 that says why it is not one."""
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
-        raise ClientError(400, f"the body is not valid JSON: {err}") from None
+        raise BadRequest(f"the body is not valid JSON: {err}") from None
+
+
+def parse_scoring_payload(payload: Any, signature, strings_as_objects: bool = False) -> tuple[Any, dict | None]:
+    """A JSON body already parsed (json.loads) -> (model input checked against the signature,
+    params), as parse_scoring_request answers for it: for a caller that read the body's own
+    fields first (explain's params, feedback's labels), so the body is parsed once."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
     if not isinstance(payload, dict):
-        raise ClientError(
-            422,
+        raise InvalidInput(
             f"the body must be a JSON object with exactly one of {list(SCORING_FORMATS)}, got a {type(payload).__name__}",
         )
     formats = [k for k in SCORING_FORMATS if k in payload]
     if len(formats) != 1:
-        raise ClientError(
-            422,
+        raise InvalidInput(
             f"the body must have exactly one of {list(SCORING_FORMATS)}, got keys {sorted(payload)}",
             expected=schema_json(signature),
         )
     params = payload.get("params")
     if params is not None and not isinstance(params, dict):
-        raise ClientError(422, "params must be a JSON object")
+        raise InvalidInput("params must be a JSON object")
     if params is not None:
         params = check_params(params, signature)
     fmt = formats[0]
@@ -141,7 +135,7 @@ def parse_scoring_request(
                 if data is not None:
                     return data, params  # checked here: what _enforce_schema would make of it
             data = infer_and_parse_data({fmt: value}, input_schema)
-    except ClientError:
+    except ServingError:
         raise
     except MlflowException as err:
         raise _unreadable(f"cannot read {fmt!r}", err.message, hint, signature) from None
@@ -164,15 +158,14 @@ def _enforce(data, input_schema, signature, hint: str | None):
         raise _unreadable("input does not match the model's signature", message, hint, signature) from None
 
 
-def _unreadable(what: str, message: str, hint: str | None, signature) -> ClientError:
+def _unreadable(what: str, message: str, hint: str | None, signature) -> InvalidInput:
     """The 422 of an input MLflow refused; led by what the column check found, if anything."""
     if hint:
-        return ClientError(
-            422,
+        return InvalidInput(
             f"input does not match the model's signature: {hint} ({shorten(message, 300)})",
             expected=schema_json(signature),
         )
-    return ClientError(422, f"{what}: {shorten(message)}", expected=schema_json(signature))
+    return InvalidInput(f"{what}: {shorten(message)}", expected=schema_json(signature))
 
 
 def _as_tensor(value, input_schema):
@@ -268,10 +261,9 @@ def _column_specs(input_schema) -> _Columns | None:
     return columns
 
 
-def _missing(columns: _Columns, missing: list[str], signature) -> ClientError:
+def _missing(columns: _Columns, missing: list[str], signature) -> InvalidInput:
     s = "s" if len(missing) > 1 else ""
-    return ClientError(
-        422,
+    return InvalidInput(
         f"input does not match the model's signature: missing input column{s} {columns.describe(missing)}",
         expected=schema_json(signature),
     )
@@ -394,8 +386,7 @@ def _frame_from_columns(found: dict, columns: _Columns, signature, objects: bool
         if not set(map(type, found[name])) <= accepted:
             altered = [v for v in found[name] if _altered_by_mlflow(kind, v)]
             if altered:
-                raise ClientError(
-                    422,
+                raise InvalidInput(
                     f"input does not match the model's signature: {_wrong_value(name, kind, altered[0])}",
                     expected=schema_json(signature),
                 )
@@ -471,9 +462,9 @@ def parse_csv_body(body: bytes, signature):
     try:
         text = body.decode("utf-8-sig")  # a byte-order mark is not part of the first column's name
     except UnicodeDecodeError as err:
-        raise ClientError(400, f"the text/csv body is not UTF-8: {err}") from None
+        raise BadRequest(f"the text/csv body is not UTF-8: {err}") from None
     if not text.strip():
-        raise ClientError(400, "the text/csv body is empty: send a header row, then one row per input")
+        raise BadRequest("the text/csv body is empty: send a header row, then one row per input")
     input_schema = signature.inputs if signature is not None else None
     hint = None
     rows = _csv_rows(text)
@@ -486,8 +477,8 @@ def parse_csv_body(body: bytes, signature):
     return _enforce(_read_csv(text, input_schema, hint, signature), input_schema, signature, hint)
 
 
-def _csv_no_rows() -> ClientError:
-    return ClientError(422, "the text/csv body has a header row but no rows to predict")
+def _csv_no_rows() -> InvalidInput:
+    return InvalidInput("the text/csv body has a header row but no rows to predict")
 
 
 def _csv_rows(text: str) -> list[list[str]] | None:
@@ -504,8 +495,7 @@ def _csv_rows(text: str) -> list[list[str]] | None:
             if not row:
                 continue
             if rows and len(row) > len(rows[0]):
-                raise ClientError(
-                    400,
+                raise BadRequest(
                     f"the body is not valid CSV: line {reader.line_num} has {len(row)} fields, "
                     f"the header {len(rows[0])}",
                 )
@@ -601,9 +591,9 @@ def _read_csv(text: str, input_schema, hint: str | None, signature):
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=dtype)
     except pd.errors.EmptyDataError as err:
-        raise ClientError(400, f"the body is not valid CSV: {err}") from None
+        raise BadRequest(f"the body is not valid CSV: {err}") from None
     except pd.errors.ParserError as err:
-        raise ClientError(400, f"the body is not valid CSV: {shorten(str(err).strip())}") from None
+        raise BadRequest(f"the body is not valid CSV: {shorten(str(err).strip())}") from None
     except (ValueError, TypeError, OverflowError) as err:  # a value its column's type refuses
         raise _unreadable("cannot read the CSV with the signature's column types", str(err), hint, signature) from None
     if frame.empty:
@@ -635,8 +625,7 @@ def parse_image_body(body: bytes, content_type: str, signature):
 
     shape = image_shape(signature)
     if shape is None:
-        raise ClientError(
-            415,
+        raise UnsupportedMediaType(
             "this model takes no images (image bodies are for a model whose input is one float32 tensor "
             "[-1, C, H, W], C 1 or 3): send application/json in one of the MLflow scoring formats "
             f"{list(SCORING_FORMATS)}, or text/csv (a header row, then rows)",
@@ -660,24 +649,23 @@ def read_image(data: bytes, shape: tuple[int, int, int], label: str):
 
     _, height, width = shape
     if not data:
-        raise ClientError(422, f"{label} is empty: send a PNG or JPEG file")
+        raise InvalidInput(f"{label} is empty: send a PNG or JPEG file")
     stream = io.BytesIO(data)
     try:
         with Image.open(stream, formats=IMAGE_FORMATS) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ClientError(
-                    413,
+                raise TooLarge(
                     f"{label} is {image.width}x{image.height} pixels, over the limit of {MAX_IMAGE_PIXELS:,}: "
                     f"the model reads {width}x{height}, so send it smaller",
                 )
             return pixels(image, shape)
-    except ClientError:
+    except ServingError:
         raise
     except Image.DecompressionBombError as err:
-        raise ClientError(413, f"{label} is too large to decode: {err}") from None
+        raise TooLarge(f"{label} is too large to decode: {err}") from None
     except Exception as err:  # UnidentifiedImageError, OSError (truncated), SyntaxError (a bad PNG chunk), ...
         reason = f"{type(err).__name__}: {err}".replace(f" {stream!r}", "")  # Pillow names the stream
-        raise ClientError(422, f"{label} does not decode as a PNG or JPEG image ({shorten(reason, 300)})") from None
+        raise InvalidInput(f"{label} does not decode as a PNG or JPEG image ({shorten(reason, 300)})") from None
 
 
 def form_files(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
@@ -685,21 +673,21 @@ def form_files(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     A part is a file if its Content-Type is image/*, or it has a filename and no type or
     application/octet-stream; any other part (a text field, a text/plain file) is a 422."""
     if "\r" in content_type or "\n" in content_type:
-        raise ClientError(400, "the Content-Type header holds a line break")
+        raise BadRequest("the Content-Type header holds a line break")
     # The standard library's MIME parser reads the body once the header is put before it: it
     # takes the boundary from the header and keeps each part's bytes as sent (8bit, binary).
     head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
     message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
     boundary = message.get_boundary()
     if not boundary:
-        raise ClientError(400, "multipart/form-data needs a boundary: Content-Type: multipart/form-data; boundary=...")
+        raise BadRequest("multipart/form-data needs a boundary: Content-Type: multipart/form-data; boundary=...")
     parts = message.get_payload()
     if not message.is_multipart() or not parts:
-        raise ClientError(
-            422, f"the multipart/form-data body has no parts (none starts with --{boundary}): send image files"
+        raise InvalidInput(
+            f"the multipart/form-data body has no parts (none starts with --{boundary}): send image files"
         )
     if any(isinstance(d, email.errors.CloseBoundaryNotFoundDefect) for d in message.defects):
-        raise ClientError(400, f"the multipart/form-data body ends before its closing boundary --{boundary}--")
+        raise BadRequest(f"the multipart/form-data body ends before its closing boundary --{boundary}--")
     files = []
     for i, part in enumerate(parts, start=1):
         filename = part.get_filename()
@@ -707,10 +695,9 @@ def form_files(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
         label = f"part {i}" + (f" ({filename!r})" if filename else f" (field {field!r})" if field else "")
         declared = part.get_content_type() if "content-type" in part else None  # get_content_type's default: text/plain
         if part.is_multipart():
-            raise ClientError(422, f"{label} is {declared}, not an image: send each image as a part of its own")
+            raise InvalidInput(f"{label} is {declared}, not an image: send each image as a part of its own")
         if not ((declared or "").startswith("image/") or (filename and declared in (None, "application/octet-stream"))):
-            raise ClientError(
-                422,
+            raise InvalidInput(
                 f"{label} is {declared or 'a form field'}, not an image: each part of the body is a PNG or JPEG "
                 "file (Content-Type image/png or image/jpeg, or a filename); form fields are not read "
                 "(to /explain, give target in the URL: ?target=...)",
@@ -736,14 +723,14 @@ def check_params(params: dict, signature) -> dict:
     unknown = sorted(set(params) - set(declared))
     if unknown:
         known = ", ".join(f"{p.name} ({p.dtype})" for p in declared.values()) or "none"
-        raise ClientError(422, f"unknown params {unknown}: this model takes {known}")
+        raise InvalidInput(f"unknown params {unknown}: this model takes {known}")
     from mlflow.exceptions import MlflowException
     from mlflow.models.utils import _enforce_params_schema
 
     try:
         return _enforce_params_schema(params, signature.params)
     except MlflowException as err:
-        raise ClientError(422, f"params: {err.message}") from None
+        raise InvalidInput(f"params: {err.message}") from None
 
 
 def predictions_json(result) -> bytes:
@@ -753,14 +740,18 @@ def predictions_json(result) -> bytes:
     return json.dumps({"predictions": _get_jsonable_obj(result, pandas_orient="records")}, cls=NumpyEncoder).encode()
 
 
-def error_response(err: ClientError, headers: dict | None = None):
-    """The JSON response of a client error (a 401 says which scheme to use)."""
+def error_response(err: ServingError, headers: dict | None = None):
+    """The HTTP answer of a ServingError: its status, its JSON body, the headers its status
+    asks for (a 401's scheme, a 503's Retry-After) over the headers given (e.g. the version's).
+    The one place an error becomes a response."""
     from starlette.responses import Response
 
-    extra = dict(headers or {})
-    if err.status == 401:
-        extra["www-authenticate"] = "Bearer"
-    return Response(json.dumps(err.body).encode(), status_code=err.status, media_type="application/json", headers=extra)
+    return Response(
+        json.dumps(err.body).encode(),
+        status_code=err.status,
+        media_type="application/json",
+        headers={**(headers or {}), **err.headers()},
+    )
 
 
 def relative_path(request) -> list[str]:

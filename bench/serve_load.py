@@ -400,7 +400,10 @@ def rollout_rounds(tracking_uri: str, port: int, quick: bool, rounds: int) -> di
     with mlflow.start_run(run_name=f"{TINY}-candidate"):
         info = log_classifier(module, np.random.default_rng(0).random((8, 64), dtype=np.float32))
     candidate = str(mlflow.register_model(info.model_uri, TINY).version)
-    never = RolloutPolicy(steps=[50, 100], min_labels=10**9)  # the hub holds: the split stays as it is
+    # the hub holds, whatever it sees: the split stays as it is (no labels ever suffice, no guard trips)
+    never = RolloutPolicy(
+        steps=[50, 100], min_labels=10**9, min_requests=10**9, max_latency_ratio=1e9, max_error_rate_increase=1.0
+    )
     url = f"http://127.0.0.1:{port}/models/{TINY}"
 
     def serving(mode: str | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ class PredictItem:
     data: Any
     params: dict | None
     checked: bool = True
+    seconds: float = 0.0  # set by predict_batch: the predict calls of the batch it ran in, not its wait
 
 
 def _rows(data) -> int | None:
@@ -103,6 +105,7 @@ def predict_one(item: PredictItem):
 def predict_batch(items: list[PredictItem]) -> list:
     """Run a batch as few predict calls as possible: one per model version whose inputs
     concatenate (the forward pass runs once on all rows); results split back per request."""
+    started = time.perf_counter()
     results: list = [None] * len(items)
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
@@ -123,6 +126,9 @@ def predict_batch(items: list[PredictItem]) -> list:
                     continue
         for i in idx:
             results[i] = predict_one(items[i])
+    seconds = time.perf_counter() - started
+    for item in items:
+        item.seconds = seconds
     return results
 
 

@@ -27,6 +27,7 @@ import logging
 from typing import Any
 
 from raymaas.serving.batching import Batcher, PredictItem, predict_batch
+from raymaas.serving.errors import ServingError
 from raymaas.serving.following import LoadedModel
 from raymaas.serving.protocol import (
     JSON_MEDIA_TYPE,
@@ -111,9 +112,16 @@ class DataPlane:
         """The model's output for data, batched with the other requests; raises what it failed with."""
         return await self.batcher.submit(PredictItem(loaded, data, params, checked))
 
-    async def infer_shadow(self, loaded: LoadedModel, data: Any, params: dict | None) -> Any:
-        """A shadow copy's output, when the model is idle; Unavailable if too many copies wait."""
-        return await self.shadow_batcher.submit(PredictItem(loaded, data, params))
+    async def infer_shadow(self, loaded: LoadedModel, data: Any, params: dict | None) -> tuple[Any, float]:
+        """A shadow copy's output and the seconds its predict took (not its wait for an idle
+        model: the candidate's latency, as its guard compares it), predicted when the model is
+        idle; Unavailable if too many copies wait. A failure is raised, its seconds on it."""
+        item = PredictItem(loaded, data, params)
+        try:
+            return await self.shadow_batcher.submit(item), item.seconds
+        except ServingError as err:
+            err.seconds = item.seconds
+            raise
 
     def stop(self) -> None:
         self.batcher.stop()

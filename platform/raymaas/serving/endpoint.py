@@ -75,7 +75,8 @@ handle, e.g. a subclass of `EndpointExtension`), given no settings nor handle:
 - on_shadow(loaded, data, result, request_id, answered, seconds): during a shadow rollout,
   called after the candidate (loaded) predicted its copy of a request the followed version
   answered (answered: that answer); result is the candidate's output, or the exception or
-  ServingError it failed with; seconds its predict's. Called off the request's way, only
+  ServingError it failed with; seconds its predict's (the batch's predict calls, not its wait
+  for an idle model). Called off the request's way, only
   for the copies that ran (not those dropped under load).
 - on_response(name, action, response, seconds): called after every answer of the app
   (errors too; name and action None where the path named no model), for metrics.
@@ -401,16 +402,14 @@ def _endpoint_class(max_models_per_replica: int):
             """A shadow rollout's copy of a request: the candidate predicts it when the model is
             idle (the data plane's shadow batcher), and the shadow hooks see its answer (or
             failure) beside the one returned. A copy dropped under load is not seen."""
-            started = time.perf_counter()
             try:
                 if candidate.signature != answered_by.signature:  # parsed for the other version's signature
                     data, params = body.decode(candidate)
-                result = await self.plane.infer_shadow(candidate, data, params)
+                result, seconds = await self.plane.infer_shadow(candidate, data, params)
             except Unavailable:
                 return  # too many copies wait for an idle model: dropped (counted in plane.shadow_batcher.dropped)
             except ServingError as err:
-                result = err
-            seconds = time.perf_counter() - started
+                result, seconds = err, getattr(err, "seconds", 0.0)
             for hook in self.shadow_hooks:
                 try:
                     hook(candidate, data, result, request_id, answer, seconds)

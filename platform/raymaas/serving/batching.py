@@ -188,6 +188,10 @@ class Batcher:
             raise result
         return result
 
+    def __len__(self) -> int:
+        """Items queued, not yet in a batch."""
+        return len(self._queue)
+
     async def wait_idle(self) -> None:
         """Until nothing is queued nor running (at once if this batcher never ran)."""
         while self._idle is not None and not self._idle.is_set():

@@ -112,6 +112,14 @@ class DataPlane:
         """The model's output for data, batched with the other requests; raises what it failed with."""
         return await self.batcher.submit(PredictItem(loaded, data, params, checked))
 
+    def shadow_room(self) -> bool:
+        """Whether a shadow copy would be queued now; if not, it is dropped (and counted) here,
+        before any work is spent on it."""
+        if len(self.shadow_batcher) < self.shadow_batcher.max_queued:
+            return True
+        self.shadow_batcher.dropped += 1
+        return False
+
     async def infer_shadow(self, loaded: LoadedModel, data: Any, params: dict | None) -> tuple[Any, float]:
         """A shadow copy's output and the seconds its predict took (not its wait for an idle
         model: the candidate's latency, as its guard compares it), predicted when the model is

@@ -391,7 +391,7 @@ def _endpoint_class(max_models_per_replica: int):
                     hook(loaded, data, result, request_id)
                 except Exception:  # an observer's failure is not the client's
                     logger.exception("prediction hook %r failed", hook)
-            if chosen.shadow is not None:
+            if chosen.shadow is not None and self.plane.shadow_room():
                 shadow = (chosen.shadow, body, loaded, data, params, result, request_id)
                 task = asyncio.get_running_loop().create_task(self._shadow(*shadow))
                 self._shadows.add(task)

@@ -102,7 +102,7 @@ class RolloutSpec(SpecModel):
     enabled: bool = Field(True, description="follow rollouts of the champion started in the registry")
     interval_s: float = Field(10.0, gt=0, description="seconds between the monitor hub's decisions on a rollout")
     max_shadow_queued: int = Field(
-        64,
+        16,
         ge=1,
         description="shadow copies a replica holds waiting for its model to be idle (copies run only then, so "
         "they never delay a request); more are dropped and counted",

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     learner = result.get("learners", {}).get("__all_modules__", {})
     updates = learner.get("num_module_steps_trained", None)
-    print(f"return mean {result['env_runners'].get('episode_return_mean', float('nan')):.1f}; last learner stats: {updates}")
+    print(
+        f"return mean {result['env_runners'].get('episode_return_mean', float('nan')):.1f}; last learner stats: {updates}"
+    )
 
     print("\nRLlib's timers (the last iteration's, seconds; a timer RLlib smooths is its moving mean):")
     for name, value in sorted(_flat(result.get("timers", {})).items()):

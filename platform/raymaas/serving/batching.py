@@ -188,9 +188,13 @@ class Batcher:
             raise result
         return result
 
-    def __len__(self) -> int:
-        """Items queued, not yet in a batch."""
-        return len(self._queue)
+    def admits(self) -> bool:
+        """Whether submit would queue an item now; if not, the item counts as dropped (for a
+        caller that decides before spending any work on it)."""
+        if not self.max_queued or len(self._queue) < self.max_queued:
+            return True
+        self.dropped += 1
+        return False
 
     async def wait_idle(self) -> None:
         """Until nothing is queued nor running (at once if this batcher never ran)."""

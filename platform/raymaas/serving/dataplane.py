@@ -115,10 +115,7 @@ class DataPlane:
     def shadow_room(self) -> bool:
         """Whether a shadow copy would be queued now; if not, it is dropped (and counted) here,
         before any work is spent on it."""
-        if len(self.shadow_batcher) < self.shadow_batcher.max_queued:
-            return True
-        self.shadow_batcher.dropped += 1
-        return False
+        return self.shadow_batcher.admits()
 
     async def infer_shadow(self, loaded: LoadedModel, data: Any, params: dict | None) -> tuple[Any, float]:
         """A shadow copy's output and the seconds its predict took (not its wait for an idle

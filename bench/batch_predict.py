@@ -11,7 +11,7 @@ Both sides write the same output (id, prediction) to Parquet. Each runs in a fre
 - peer: imports, `mlflow.pyfunc.load_model`, `pandas.read_parquet`, then `predict` on each
   chunk of BATCH rows, the output written. Its rows/s: rows / (read + predict + write).
 - ours: `raymaas predict` on a local Ray (started by the job) with
-  `--concurrency 1` and `2`. Its rows/s from the run's metrics: `rows_per_second` over the
+  `--actors 1` and `2`. Its rows/s from the run's metrics: `rows_per_second` over the
   job's scoring (actors started and models loaded included), and `steady_rows_per_second`
   once the first block is back (actors up, as the peer's rate is with its model loaded).
 The target (>= 1.5x the peer on this 2-core machine) is judged on the steady rate with 2
@@ -188,7 +188,7 @@ def run_ours(uri: str, source: Path, out: Path, actors: int, args, env: dict) ->
         str(out),
         "--passthrough",
         "id",
-        "--concurrency",
+        "--actors",
         str(actors),
         "--batch-size",
         str(args.batch_size),

@@ -167,7 +167,7 @@ def test_parquet_folder_stopped_half_way_resumes_without_rescoring(models, ray_h
     spec = tmp_path / "predict.yaml"
     spec.write_text(
         f"kind: predict\nname: resume-test\nmodel: batch-tensor\ninput: {source}\noutput: {out}\n"
-        "passthrough_columns: [id]\nconcurrency: 1\nmlflow: {run_name: resume-me}\n"
+        "passthrough_columns: [id]\nactors: 1\nmlflow: {run_name: resume-me}\n"
     )
     # Batches of 4 rows: slow enough to be stopped after its first file or few.
     log = tmp_path / "first.log"  # a file, not a pipe: a wait that times out reads it
@@ -445,3 +445,73 @@ def test_object_store_sizes_and_cluster_addresses_are_checked(tmp_path):
         validate_spec(PredictSpec, {**base, "output": str(tmp_path / "in" / "out")})
     with pytest.raises(SpecError, match="submit it"):
         run_predict(validate_spec(PredictSpec, base), address="http://127.0.0.1:8265")
+
+
+def test_actors_take_a_fixed_pool_or_a_range_and_name_the_field(tmp_path, capsys):
+    from raymaas.batch.job import describe_actors
+    from raymaas.specs import SpecError, validate_spec
+
+    base = {"name": "p", "model": "m", "input": str(tmp_path / "in"), "output": str(tmp_path / "out")}
+    assert validate_spec(PredictSpec, base).actor_range == (2, 2)  # the default: a fixed pool of 2
+    for given, expected in [(3, (3, 3)), ([1, 4], (1, 4)), ("1:4", (1, 4)), ("2", (2, 2)), ([2, 2], (2, 2))]:
+        spec = validate_spec(PredictSpec, {**base, "actors": given})
+        assert spec.actor_range == expected, given
+    # a YAML spec (and --set) writes a range as a list, and the logged spec.yaml reads back the same
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"name: p\nmodel: m\ninput: {tmp_path / 'in'}\noutput: {tmp_path / 'out'}\nactors: [1, 4]\n")
+    spec = load_spec(PredictSpec, spec_file)
+    assert spec.actors == (1, 4) and spec.model_dump(mode="json")["actors"] == [1, 4]
+    # a list (YAML 1.1 reads an unquoted 2:6 as the base-60 number 126)
+    assert load_spec(PredictSpec, spec_file, ["actors=[2, 6]"]).actor_range == (2, 6)
+    assert validate_spec(PredictSpec, {**base, **spec.model_dump(mode="json")}).actor_range == (1, 4)
+    assert describe_actors((1, 4)) == "1 to 4 actors" and describe_actors((1, 1)) == "1 actor"
+    for bad, message in [
+        ([3, 1], "MIN 3 is more than MAX 1"),
+        ("3:1", "MIN 3 is more than MAX 1"),
+        (0, "must be at least 1"),
+        ([0, 4], "MIN must be at least 1"),
+        ([1, 2, 3], "a range is [MIN, MAX]"),
+        ("many", "N or MIN:MAX"),
+        (1.5, "N or [MIN, MAX]"),
+    ]:
+        with pytest.raises(SpecError, match="actors: ") as caught:
+            validate_spec(PredictSpec, {**base, "actors": bad})
+        assert message in str(caught.value), (bad, str(caught.value))
+    # the old name: a fixed pool, with a warning; never beside actors
+    capsys.readouterr()
+    assert validate_spec(PredictSpec, {**base, "concurrency": 3}).actor_range == (3, 3)
+    assert "concurrency is deprecated: write actors: 3" in capsys.readouterr().err
+    with pytest.raises(SpecError, match="concurrency is the old name of actors: give actors only"):
+        validate_spec(PredictSpec, {**base, "concurrency": 3, "actors": [1, 4]})
+    with pytest.raises(SpecError, match="concurrency .* at least 1"):
+        validate_spec(PredictSpec, {**base, "concurrency": 0})
+
+
+def test_predict_options_build_the_actor_pool(tmp_path, capsys):
+    import argparse
+
+    from raymaas.cli.predict import configure, spec_from_args
+    from raymaas.specs import validate_spec
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+
+    def spec_of(*options: str) -> PredictSpec:
+        args = parser.parse_args(["m", str(tmp_path / "in"), str(tmp_path / "out"), *options])
+        return validate_spec(PredictSpec, spec_from_args(args))
+
+    assert spec_of().actor_range == (2, 2)
+    assert spec_of("--actors", "1:4").actor_range == (1, 4)
+    assert spec_of("--actors", "3").actor_range == (3, 3)
+    assert spec_of("--concurrency", "3").actor_range == (3, 3)  # the old option: actors 3, and a warning
+    assert "concurrency is deprecated" in capsys.readouterr().err
+    for options, message in [
+        (["--actors", "4:1"], "argument --actors: MIN 4 is more than MAX 1"),
+        (["--actors", "0"], "argument --actors: must be at least 1"),
+        (["--actors", "0:2"], "argument --actors: MIN must be at least 1"),
+        (["--actors", "2", "--concurrency", "2"], "argument --concurrency: not allowed with argument --actors"),
+    ]:
+        with pytest.raises(SystemExit) as caught:
+            spec_of(*options)
+        assert caught.value.code == 2
+        assert message in capsys.readouterr().err, options

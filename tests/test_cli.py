@@ -103,6 +103,20 @@ def test_explain_lists_fields_with_defaults_and_descriptions():
     assert "probabilities" in rows and "passthrough_columns" in rows, sorted(rows)
 
 
+def test_predict_takes_an_actor_range_and_refuses_a_bad_one_before_ray(tmp_path):
+    proc = raymaas("predict", "--help")
+    assert proc.returncode == 0 and "--actors N|MIN:MAX" in proc.stdout and "deprecated: --actors N" in proc.stdout
+    out = str(tmp_path / "out")
+    proc = raymaas("predict", "m", str(tmp_path), out, "--actors", "4:1")
+    assert proc.returncode == 2 and "argument --actors: MIN 4 is more than MAX 1" in proc.stderr, proc.stderr
+    proc = raymaas("predict", "m", str(tmp_path), out, "--actors", "0")
+    assert proc.returncode == 2 and "argument --actors: must be at least 1" in proc.stderr, proc.stderr
+    proc = raymaas("explain", "predict")
+    rows = {row["field"]: row for row in parse_table(proc.stdout)}
+    assert rows["actors"]["default"] == "2" and "[MIN, MAX]" in rows["actors"]["description"]
+    assert "concurrency" not in rows  # the old name is read, not listed
+
+
 def test_job_kind_from_the_spec(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: x\nalgo: PPO\n")

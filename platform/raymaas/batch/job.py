@@ -8,13 +8,19 @@
     connect                 a local Ray, or the cluster at address / RAY_ADDRESS
     one MLflow run          in the model's experiment; continued by mlflow.run_name
     Ray Data                read_parquet / read_csv / read_binary_files (images)
-                            -> map_batches(BatchScorer, a pool of N actors)
+                            -> map_batches(BatchScorer, a pool of N actors, or one that
+                               Ray Data grows from MIN to MAX as work waits)
                             -> the driver writes each file's part once all its rows are back
     final status            FINISHED, FAILED or KILLED (raymaas.runtime.lifecycle)
 
 Spec fields are named after the Ray Data arguments they become (`batch_size`, `num_cpus`,
-`num_gpus` of `map_batches`, `concurrency` its actor pool's size, as Ray called it before 2.51
-made it `compute=ActorPoolStrategy(size=N)`; `object_store_memory` of `ray.init`).
+`num_gpus` of `map_batches`; `object_store_memory` of `ray.init`), but for `actors`, the model
+actors' pool: N, `ActorPoolStrategy(size=N)`, or [MIN, MAX], `ActorPoolStrategy(min_size=MIN,
+max_size=MAX)`, an autoscaling pool. The job starts once MIN actors fit; on an autoscaling
+cluster, while the cluster is busy (over half its CPUs, say), Ray Data's own cluster autoscaler
+asks Ray's for bundles of the actors' resources up to MAX (at most every 10 s, through the
+AutoscalingCoordinator), and the pool grows onto the nodes that join. `concurrency`, the field's old name (map_batches' own before Ray 2.51), still reads
+as a fixed pool and warns: one field holds the pool, so no rule has to say which of two wins.
 
 Resumption is raymaas's own, by input file (raymaas.batch.plan), not Ray Data's checkpointing
 (`DataContext.checkpoint_config`, 2.60): that one needs a unique id column in every input,
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +98,12 @@ class PredictSpec(JobSpec):
         description="rows per model call (map_batches batch_size); unset, an image model's is as many images as "
         "decode to 64 MiB, up to 4096",
     )
-    concurrency: int = Field(
-        2, ge=1, description="model actors, each loading the model once (map_batches' ActorPoolStrategy size)"
+    actors: int | tuple[int, int] = Field(
+        2,
+        description="model actors, each loading the model once: N, a pool of N; or [MIN, MAX], a pool that Ray Data "
+        "grows from MIN to MAX while rows wait (ActorPoolStrategy min_size, max_size): the job starts once MIN fit, "
+        "an autoscaling cluster adds nodes for the rest (YAML reads an unquoted 1:4 as the number 64: write [1, 4]). "
+        "`concurrency: N`, its old name, is actors: N",
     )
     num_cpus: float = Field(1, ge=0, description="CPUs each model actor reserves (map_batches num_cpus)")
     num_gpus: float | None = Field(
@@ -106,6 +117,32 @@ class PredictSpec(JobSpec):
         None,
         description="bytes (or 100MB, 1GiB) of object store for the local Ray this job starts; a cluster's is its own",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_concurrency(cls, data):
+        """`concurrency: N` (specs before `actors`, `--concurrency N`) is `actors: N`."""
+        if not isinstance(data, dict) or "concurrency" not in data:
+            return data
+        if "actors" in data:
+            raise ValueError("concurrency is the old name of actors: give actors only")
+        value = data["concurrency"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"concurrency (the old name of actors) must be a whole number of at least 1, got {value!r}"
+            )
+        print(f"warning: concurrency is deprecated: write actors: {value} (the same fixed pool)", file=sys.stderr)
+        return {("actors" if k == "concurrency" else k): v for k, v in data.items()}
+
+    @field_validator("actors", mode="before")
+    @classmethod
+    def _pool(cls, value):
+        return parse_actors(value)
+
+    @property
+    def actor_range(self) -> tuple[int, int]:
+        """(MIN, MAX) of the model actors' pool; equal for a fixed one."""
+        return (self.actors, self.actors) if isinstance(self.actors, int) else self.actors
 
     @field_validator("use_gpu", mode="before")
     @classmethod
@@ -148,6 +185,37 @@ class PredictSpec(JobSpec):
         if twice:
             raise ValueError(f"passthrough_columns names {twice} twice")
         return self
+
+
+def parse_actors(value) -> int | tuple[int, int]:
+    """The actors' pool from a spec value or an option: N (or [N, N]) a fixed pool, [MIN, MAX] or
+    "MIN:MAX" an autoscaling one. ValueError says what is wrong."""
+    if isinstance(value, str):
+        parts = value.strip().split(":")
+        try:
+            value = int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"N or MIN:MAX, e.g. 2 or 1:4; got {value!r}") from None
+    if isinstance(value, list | tuple):
+        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"a range is [MIN, MAX], two whole numbers; got {value!r}")
+        low, high = value
+        if low < 1:
+            raise ValueError(f"MIN must be at least 1 (a pool starts with one actor at least); got {low}")
+        if low > high:
+            raise ValueError(f"MIN {low} is more than MAX {high}")
+        return low if low == high else (low, high)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"N or [MIN, MAX], whole numbers; got {value!r}")
+    if value < 1:
+        raise ValueError(f"must be at least 1; got {value}")
+    return value
+
+
+def describe_actors(actor_range: tuple[int, int]) -> str:
+    """What the job's lines say of the pool: "2 actors", "1 to 4 actors"."""
+    low, high = actor_range
+    return _count(low, "actor") if low == high else f"{low:,} to {high:,} actors"
 
 
 @dataclass(frozen=True)
@@ -272,7 +340,9 @@ def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome
         _check_reachable(job)
         use_gpu = cluster.resolve_use_gpu(spec.use_gpu)
         per_actor = {"CPU": spec.num_cpus, "GPU": spec.num_gpus if spec.num_gpus is not None else float(use_gpu)}
-        _wait_for_actors(per_actor, spec.concurrency, spec.placement_timeout_s)
+        # MIN actors must fit before anything starts; on an autoscaling cluster the rest come as
+        # nodes join (Ray Data asks the autoscaler for them once the pool is busy)
+        _wait_for_actors(per_actor, spec.actor_range[0], spec.placement_timeout_s)
         model, inputs, output = job.model, job.input, job.output
         job_run = tracking.start_job_run(
             client,
@@ -288,6 +358,7 @@ def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome
                 "raymaas.output": output.output,
                 "raymaas.errors_output": output.errors,
                 "raymaas.features": inputs.features.describe(),
+                "raymaas.actors": ":".join(map(str, dict.fromkeys(spec.actor_range))),
                 "device": "cuda" if per_actor["GPU"] else "cpu",
                 "ray_version": ray.__version__,
             },
@@ -363,14 +434,14 @@ def score(spec: PredictSpec, job: _Plan, per_actor: dict, tracking_uri: str, cli
                 },
                 batch_size=job.batch_size,
                 batch_format="pyarrow",
-                # `concurrency=N` before Ray 2.51; a fixed pool of N actors
-                compute=ray.data.ActorPoolStrategy(size=spec.concurrency),
+                # `concurrency=N` or `(MIN, MAX)` before Ray 2.51
+                compute=ray.data.ActorPoolStrategy(min_size=spec.actor_range[0], max_size=spec.actor_range[1]),
                 num_cpus=per_actor["CPU"],
                 num_gpus=per_actor["GPU"],
             )
             print(
                 f"raymaas: scoring {_count(len(todo), _unit_noun(inputs))} ({sum(u.num_rows for u in todo):,} rows) "
-                f"with {job.model.uri} on {_count(spec.concurrency, 'actor')}, batches of {job.batch_size}",
+                f"with {job.model.uri} on {describe_actors(spec.actor_range)}, batches of {job.batch_size}",
                 flush=True,
             )
             for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -538,11 +609,12 @@ def _empty_schema(job: _Plan, prediction_column: str):
 
 
 def _connect(address: str | None, spec: PredictSpec) -> None:
-    """A local Ray with room for the actors and one read task at a time besides them (Ray Data's
-    read tasks take a CPU each: with every CPU held by an actor, nothing would be read)."""
+    """A local Ray with room for the most actors the pool may grow to and one read task at a time
+    besides them (Ray Data's read tasks take a CPU each: with every CPU held by an actor, nothing
+    would be read)."""
     from raymaas.runtime import cluster
 
-    actors_cpus = math.ceil(spec.concurrency * spec.num_cpus)
+    actors_cpus = math.ceil(spec.actor_range[1] * spec.num_cpus)
     num_cpus = max(os.cpu_count() or 1, actors_cpus + 1)
     cluster.connect(
         address,
@@ -564,13 +636,14 @@ def _connect(address: str | None, spec: PredictSpec) -> None:
     context.target_max_block_size = int(min(block, store / 16)) if store else block
 
 
-def _wait_for_actors(per_actor: dict, concurrency: int, timeout_s: float) -> None:
+def _wait_for_actors(per_actor: dict, actors: int, timeout_s: float) -> None:
+    """Until the cluster holds `actors` actors (an autoscaling pool's MIN) and a read task."""
     from raymaas.runtime.cluster import ResourceError, wait_for_resources
 
-    needed = {k: v * concurrency for k, v in per_actor.items() if v}
+    needed = {k: v * actors for k, v in per_actor.items() if v}
     needed["CPU"] = needed.get("CPU", 0) + 1  # a read task beside the actors
     try:
-        wait_for_resources(needed, timeout_s, bundles=[{k: v for k, v in per_actor.items() if v}] * concurrency)
+        wait_for_resources(needed, timeout_s, bundles=[{k: v for k, v in per_actor.items() if v}] * actors)
     except ResourceError as err:  # its hints name the supervised spec's fields
         raise ResourceError(
             str(err)

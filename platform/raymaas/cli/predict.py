@@ -1,7 +1,8 @@
 """`raymaas predict MODEL INPUT OUTPUT`: score a file or folder with a registered model on Ray Data.
 
     raymaas predict digits-mlp@champion holdout.csv scores/ --passthrough id,label
-    raymaas predict models:/churn/7 s3-export/ out/ --concurrency 4 --use-gpu auto --address HEAD:6379
+    raymaas predict models:/churn/7 s3-export/ out/ --actors 4 --use-gpu auto --address HEAD:6379
+    raymaas predict churn s3-export/ out/ --actors 1:8 --address HEAD:6379   (a pool that grows with the cluster)
     raymaas predict digit-images data/digit-images labels/   (a folder of PNG/JPEG files, an image model)
 
 The options build a raymaas.batch.job.PredictSpec, the spec `python -m jobs.predict SPEC`
@@ -50,7 +51,8 @@ def spec_from_args(args: argparse.Namespace) -> dict:
         "feature_columns": _columns(args.feature_columns) if args.feature_columns else None,
         "prediction_column": args.prediction_column,
         "batch_size": args.batch_size,
-        "concurrency": args.concurrency,
+        "actors": args.actors,
+        "concurrency": args.concurrency,  # the old --actors N: the spec warns and reads it as actors
         "num_cpus": args.num_cpus,
         "num_gpus": args.num_gpus,
         "use_gpu": {"true": True, "false": False}.get(args.use_gpu, args.use_gpu),
@@ -59,6 +61,16 @@ def spec_from_args(args: argparse.Namespace) -> dict:
     }
     data.update({k: v for k, v in optional.items() if v is not None})
     return data
+
+
+def actor_pool(text: str) -> int | tuple[int, int]:
+    """--actors N or MIN:MAX, checked as the spec's `actors` is."""
+    from raymaas.batch.job import parse_actors
+
+    try:
+        return parse_actors(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def job_name(model: str) -> str:
@@ -102,9 +114,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(default: every column but the pass-through ones)",
     )
     parser.add_argument("--batch-size", type=positive_int, metavar="N", help="rows per model call (default: 4096)")
-    parser.add_argument(
-        "--concurrency", type=positive_int, metavar="N", help="model actors, each loading the model once (default: 2)"
+    pool = parser.add_mutually_exclusive_group()
+    pool.add_argument(
+        "--actors",
+        type=actor_pool,
+        metavar="N|MIN:MAX",
+        help="model actors, each loading the model once: N, or a pool Ray Data grows from MIN to MAX while rows "
+        "wait; the job starts once MIN fit, an autoscaling cluster adds nodes for the rest (default: 2)",
     )
+    pool.add_argument("--concurrency", type=positive_int, metavar="N", help="deprecated: --actors N")
     parser.add_argument("--num-cpus", type=float, metavar="N", help="CPUs per model actor (default: 1)")
     parser.add_argument(
         "--num-gpus", type=float, metavar="N", help="GPUs per model actor (default: 1 if GPUs are used, else 0)"

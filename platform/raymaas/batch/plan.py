@@ -48,6 +48,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raymaas.model_refs import ModelRef, ModelRefError
 from raymaas.modelcode.images import MODES, image_shape
 from raymaas.specs import SpecError
 
@@ -77,12 +78,12 @@ COLUMN_DTYPES = {
 
 
 @dataclass(frozen=True)
-class ModelRef:
+class PinnedModel:
     """A registered model version, pinned: every actor loads `uri`, even if the alias moves."""
 
     name: str
     version: str
-    requested: str  # what the spec said: NAME, NAME@ALIAS, models:/...
+    requested: str  # what the spec said: NAME, NAME@ALIAS, models:/... (raymaas.model_refs)
     run_id: str | None  # the run that produced the version
     experiment_id: str | None  # that run's experiment: where the scoring run goes
     signature: object  # mlflow.models.ModelSignature
@@ -92,76 +93,49 @@ class ModelRef:
 
     @property
     def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+        return ModelRef(self.name, version=self.version).uri
 
 
-def parse_model_reference(ref: str) -> tuple[str, str | None, str | None]:
-    """NAME (its champion), NAME@ALIAS, NAME/VERSION, or models:/ forms of the last two ->
-    (name, alias, version)."""
-    usage = f"model {ref!r}: give NAME, NAME@ALIAS, NAME/VERSION, models:/NAME@ALIAS or models:/NAME/VERSION"
-    body = ref.removeprefix("models:/")
-    name, at, alias = body.partition("@")
-    if at:
-        if not name or not alias or "/" in name or "@" in alias:
-            raise SpecError(usage)
-        return name, alias, None
-    name, slash, version = body.partition("/")
-    if slash:
-        if not name or not version.isdigit():
-            raise SpecError(f"{usage} (a version is a number)")
-        return name, None, version
-    if not name:
-        raise SpecError(usage)
-    if ref.startswith("models:/") and name.startswith("m-"):
-        raise SpecError(f"{usage}: {ref} is a logged model, not a registered one (register it first)")
-    return name, "champion", None
-
-
-def resolve_model(client, ref: str) -> ModelRef:
-    """The registered version ref stands for now, with its signature; SpecError naming what
-    the registry lacks."""
+def resolve_model(client, requested: str) -> PinnedModel:
+    """The registered version a reference (raymaas.model_refs: NAME is its champion) stands
+    for now, with its signature; SpecError naming the reference and what is wrong with it: its
+    form, a logged model (batch scoring pins a registered version), what the registry lacks."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    name, alias, version = parse_model_reference(ref)
-    where = client.tracking_uri
+    from raymaas.tracking.registry import find_version
+
     try:
-        registered = client.get_registered_model(name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise SpecError(f"cannot read the model registry at {where}: {err.message}") from None
-        raise SpecError(f"model {ref!r}: no registered model named {name!r} in {where} (`raymaas models`)") from None
+        ref = ModelRef.parse(requested).registered("batch scoring")
+    except ModelRefError as err:
+        raise SpecError(str(err)) from None
     try:
-        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        if version:
-            raise SpecError(f"model {ref!r}: registered model {name!r} has no version {version}") from None
-        aliases = ", ".join(sorted(registered.aliases or {})) or "none"
-        raise SpecError(
-            f"model {ref!r}: registered model {name!r} has no alias {alias!r} (its aliases: {aliases}; "
-            "NAME/VERSION names a version)"
-        ) from None
+        mv = find_version(client, ref)
+    except LookupError as err:
+        raise SpecError(f"model {requested!r}: {err}") from None
     experiment_id = None
     if mv.run_id:
         try:
             experiment_id = client.get_run(mv.run_id).info.experiment_id
         except MlflowException:
             experiment_id = None  # the run was deleted; the version outlives it
-    uri = f"models:/{name}/{mv.version}"
+    uri = ModelRef(ref.name, version=str(mv.version)).uri
     try:
         info = mlflow.models.get_model_info(uri)
     except Exception as err:
-        raise SpecError(f"model {ref!r}: cannot read {uri}: {err}") from None
+        raise SpecError(f"model {requested!r}: cannot read {uri}: {err}") from None
     if info.signature is None or info.signature.inputs is None:
         raise SpecError(
-            f"model {ref!r} ({uri}) has no input signature: batch scoring checks the input against it "
+            f"model {requested!r} ({uri}) has no input signature: batch scoring checks the input against it "
             "before it starts; log the model with a signature"
         )
-    download_uri = client.get_model_version_download_uri(name, str(mv.version))
-    return ModelRef(name, str(mv.version), ref, mv.run_id or None, experiment_id, info.signature, download_uri)
+    download_uri = client.get_model_version_download_uri(ref.name, str(mv.version))
+    return PinnedModel(
+        ref.name, str(mv.version), requested, mv.run_id or None, experiment_id, info.signature, download_uri
+    )
 
 
-def check_probabilities(model: ModelRef) -> None:
+def check_probabilities(model: PinnedModel) -> None:
     """Probabilities come from models that declare a boolean `probabilities` parameter in their
     signature (MLflow's inference params): predict(x, params={"probabilities": True}) then
     returns them (TorchClassifier: the prediction and a probability_<class> column per class)."""
@@ -723,7 +697,7 @@ def errors_folder(output: Path) -> Path:
     return output.with_name(output.name + "-errors")
 
 
-def plan_output(output: str, run_name: str | None, model: ModelRef, input_root: str, overwrite: bool) -> OutputPlan:
+def plan_output(output: str, run_name: str | None, model: PinnedModel, input_root: str, overwrite: bool) -> OutputPlan:
     """Refuse an output folder that holds anything but this run's own earlier work (unless
     overwrite), and say which units are done."""
     out = Path(output)
@@ -765,7 +739,7 @@ def plan_output(output: str, run_name: str | None, model: ModelRef, input_root: 
     return OutputPlan(str(out), str(errors), done, resumed=True, clear=False)
 
 
-def marker_content(run_name: str, model: ModelRef, input_root: str) -> dict:
+def marker_content(run_name: str, model: PinnedModel, input_root: str) -> dict:
     return {"run_name": run_name, "model": model.uri, "input": input_root}
 
 

@@ -54,7 +54,7 @@ class BatchScorer:
 
     def __init__(
         self,
-        model_uri: str,  # the pinned version's files (plan.ModelRef.download_uri)
+        model_uri: str,  # the pinned version's files (plan.PinnedModel.download_uri)
         tracking_uri: str,
         features: Features,
         unit_paths: list[str],

@@ -329,8 +329,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Publish registered models with Ray Serve: the applications of a Serve config file
     (default serve/config.yaml), or models named NAME (its champion), NAME@ALIAS or
-    NAME/VERSION, each its own application at /models/NAME with the default settings, plus
-    the index at /. Start a local Ray (or join --address), deploy, print the endpoints,
+    NAME/VERSION (pinned: a version is served until redeployed), or their models:/ URIs, each
+    its own application at /models/NAME with the default settings, plus the index at /. Start a local Ray (or join --address), deploy, print the endpoints,
     serve until Ctrl-C."""
     from raymaas.serving.deploy import check_models, deploy_config, deploy_models, serve_targets
 
@@ -661,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="CONFIG | MODEL",
         help="a Serve config file (default: serve/config.yaml), or registered models: NAME (its champion), "
-        "NAME@ALIAS or NAME/VERSION, each published at /models/NAME with the default settings",
+        "NAME@ALIAS, NAME/VERSION or their models:/ URIs, each published at /models/NAME with the default settings",
     )
     serve_cmd.add_argument(
         "--address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"

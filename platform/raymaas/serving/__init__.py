@@ -45,7 +45,7 @@ from raymaas.serving.auth import (
 )
 from raymaas.serving.batching import Batcher, PredictItem, predict_batch, predict_one
 from raymaas.serving.dataplane import DataPlane
-from raymaas.serving.deploy import DeployedApp, check_models, deploy_config, deploy_models, parse_model_reference
+from raymaas.serving.deploy import DeployedApp, check_models, deploy_config, deploy_models, endpoint_spec
 from raymaas.serving.endpoint import INVOCATIONS, EndpointExtension, build_model_app
 from raymaas.serving.errors import ServingError
 from raymaas.serving.extension import Plugin
@@ -119,12 +119,12 @@ __all__ = [
     "check_models",
     "deploy_config",
     "deploy_models",
+    "endpoint_spec",
     "haproxy_ingress_env",
     "list_published_models",
     "load_api_keys",
     "load_serving_model",
     "openapi_document",
-    "parse_model_reference",
     "parse_scoring_request",
     "predict_batch",
     "predict_one",

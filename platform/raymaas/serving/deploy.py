@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from raymaas.model_refs import ModelRef
 from raymaas.serving.specs import ModelEndpointSpec
 
 DEFAULT_CONFIG = "serve/config.yaml"
@@ -54,22 +55,13 @@ def deploy_config(config_path: str, http_host: str | None = None, http_port: int
 # --------------------------------------------------------------------------- models by reference
 
 
-def parse_model_reference(ref: str) -> ModelEndpointSpec:
-    """NAME (its champion), NAME@ALIAS or NAME/VERSION -> the model's endpoint spec."""
-    usage = f"{ref!r} is not a model reference: give NAME, NAME@ALIAS or NAME/VERSION"
-    name, at, alias = ref.partition("@")
-    if at:
-        if not name or not alias or "/" in name or "@" in alias:
-            raise ValueError(usage)
-        return ModelEndpointSpec(name=name, alias=alias)
-    name, slash, version = ref.partition("/")
-    if slash:
-        if not name or not version.isdigit():
-            raise ValueError(f"{usage} (a version is a number)")
-        return ModelEndpointSpec(name=name, version=version)
-    if not name:
-        raise ValueError(usage)
-    return ModelEndpointSpec(name=name)
+def endpoint_spec(text: str) -> ModelEndpointSpec:
+    """A model reference (raymaas.model_refs) -> the endpoint spec that publishes it: NAME and
+    NAME@ALIAS follow the alias, NAME/VERSION serves that version until redeployed (as
+    `mlflow models serve -m models:/NAME/VERSION` does). A logged model is refused: an
+    endpoint answers at /models/NAME and follows the registry (ModelRefError, a ValueError)."""
+    ref = ModelRef.parse(text).registered("`raymaas serve`")
+    return ModelEndpointSpec(name=ref.name, alias=ref.alias, version=ref.version)
 
 
 def serve_targets(args: Sequence[str]) -> tuple[str | None, list[ModelEndpointSpec]]:
@@ -93,7 +85,7 @@ def serve_targets(args: Sequence[str]) -> tuple[str | None, list[ModelEndpointSp
     for ref in refs:
         if ref.endswith(CONFIG_SUFFIXES):
             raise FileNotFoundError(f"Serve config {ref} does not exist")
-    models = [parse_model_reference(r) for r in refs]
+    models = [endpoint_spec(r) for r in refs]
     names = [m.name for m in models]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -106,37 +98,11 @@ def serve_targets(args: Sequence[str]) -> tuple[str | None, list[ModelEndpointSp
 def check_models(models: Sequence[ModelEndpointSpec], tracking_uri: str) -> list[str]:
     """The version each model reference stands for now; LookupError, saying which reference
     the registry at tracking_uri lacks, before anything starts."""
-    from mlflow.exceptions import MlflowException
-
     from raymaas.tracking import get_client
+    from raymaas.tracking.registry import find_version
 
     client = get_client(tracking_uri)
-    versions = []
-    for spec in models:
-        try:
-            registered = client.get_registered_model(spec.name)
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise LookupError(f"cannot read the model registry at {tracking_uri}: {err.message}") from None
-            raise LookupError(
-                f"no registered model named {spec.name!r} in {tracking_uri} (`raymaas models` lists them)"
-            ) from None
-        try:
-            if spec.version:
-                version = client.get_model_version(spec.name, spec.version).version
-            else:
-                version = client.get_model_version_by_alias(spec.name, spec.alias).version
-        except MlflowException:
-            if spec.version:
-                raise LookupError(f"registered model {spec.name!r} has no version {spec.version}") from None
-            aliases = sorted(registered.aliases or {})
-            known = f"its aliases: {', '.join(aliases)}" if aliases else "it has no aliases"
-            raise LookupError(
-                f"registered model {spec.name!r} has no alias {spec.alias!r} ({known}; "
-                f"NAME/VERSION publishes a version)"
-            ) from None
-        versions.append(str(version))
-    return versions
+    return [str(find_version(client, spec.ref).version) for spec in models]
 
 
 def deploy_models(

@@ -7,11 +7,10 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from raymaas.model_refs import CHAMPION, ModelRef, ModelRefError
 from raymaas.monitoring.rollout import RolloutPolicy
 from raymaas.serving.protocol import MODELS_PREFIX
 from raymaas.specs import SpecModel
-
-CHAMPION = "champion"
 
 
 class AutoscalingSpec(SpecModel):
@@ -141,11 +140,32 @@ class ModelEndpointSpec(SpecModel):
             raise ValueError("give an alias or a version, not both")
         if not self.version and not self.alias:
             self.alias = CHAMPION
+        try:  # the rules of a reference on the command line (raymaas.model_refs)
+            ModelRef(self.name, alias=self.alias, version=self.version)
+        except ModelRefError as err:
+            raise ValueError(_refusal(self.name, err)) from None
         return self
 
     @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.name, alias=self.alias, version=self.version)
+
+    @property
     def model_uri(self) -> str:
-        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
+        return self.ref.uri
+
+
+def _refusal(name: str, err: ModelRefError) -> str:
+    """Why a model's fields are refused; a reference given as its name (`name: digits@champion`)
+    is answered with the fields it stands for."""
+    try:
+        meant = ModelRef.parse(name)
+    except ModelRefError:
+        meant = None
+    if meant is not None and meant.model_id is None and meant.name != name:
+        pick = f"alias: {meant.alias}" if meant.alias else f"version: {meant.version}"
+        return f"name {name!r} is a model reference, not a registered model's name: give name: {meant.name} and {pick}"
+    return f"model {name!r}: {err}"
 
 
 class ServeSpec(SpecModel):

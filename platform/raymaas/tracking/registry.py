@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from raymaas.model_refs import CHAMPION, ModelRef
+
 CANDIDATE = "candidate"
-CHAMPION = "champion"
 # Version tags that record the gate's decision, so the registry UI shows why.
 GATE_METRIC_TAG = "raymaas.gate_metric"
 GATE_VALUE_TAG = "raymaas.gate_value"
@@ -82,6 +83,31 @@ def promote(client: MlflowClient, name: str, version: str) -> None:
     client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, DECISION_TAG, "champion")
     client.set_model_version_tag(name, version, REASON_TAG, "promoted by hand")
+
+
+def find_version(client: MlflowClient, ref: ModelRef):
+    """The ModelVersion a registered model's reference (raymaas.model_refs) stands for now;
+    LookupError saying what the registry lacks: the model, the version, or the alias (with
+    the aliases it has)."""
+    where = client.tracking_uri
+    try:
+        registered = client.get_registered_model(ref.name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise LookupError(f"cannot read the model registry at {where}: {err.message}") from None
+        raise LookupError(f"no registered model named {ref.name!r} in {where} (`raymaas models` lists them)") from None
+    try:
+        if ref.version is not None:
+            return client.get_model_version(ref.name, ref.version)
+        return client.get_model_version_by_alias(ref.name, ref.alias)
+    except MlflowException:
+        if ref.version is not None:
+            raise LookupError(f"registered model {ref.name!r} has no version {ref.version}") from None
+        aliases = sorted(registered.aliases or {})
+        known = f"its aliases: {', '.join(aliases)}" if aliases else "it has no aliases"
+        raise LookupError(
+            f"registered model {ref.name!r} has no alias {ref.alias!r} ({known}; NAME/VERSION names a version)"
+        ) from None
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str):

@@ -1,11 +1,18 @@
 """`raymaas up` / `raymaas down`: a Ray head and an MLflow tracking server on this machine.
 
 For the `ray job submit` workflow on one machine: `up` starts `ray start --head` and
-`mlflow server` (SQLite store and artifact folder in RAYMAAS_HOME), both on 127.0.0.1 only,
-writes what it started to $RAYMAAS_HOME/.raymaas/cluster.json and prints the addresses and the
-`export` lines a shell needs. `down` stops exactly those processes, by PID: the head's
-processes are the ones whose command line names its own Ray temp dir (and their children),
-so any other Ray on the machine is left alone.
+`mlflow server`, both on 127.0.0.1 only, writes what it started to
+$RAYMAAS_HOME/.raymaas/cluster.json and prints the addresses and the `export` lines a shell
+needs. `down` stops exactly those processes, by PID: the head's processes are the ones whose
+command line names its own Ray temp dir (and their children), so any other Ray on the
+machine is left alone.
+
+The server's backend store is a SQLite file in RAYMAAS_HOME unless given (a `postgresql://`
+URI, as cluster.yaml's head runs). It serves the artifacts itself (`--serve-artifacts`, into
+a folder in RAYMAAS_HOME or the `s3://...` given), so clients log them over HTTP as
+`mlflow-artifacts:` URIs and no node needs the server's disk. A password in the store's URI
+reaches the server through its environment only: never a command line, the state file or
+printed output (`masked`).
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 STATE_FILE = Path(".raymaas") / "cluster.json"
 HOST = "127.0.0.1"
+# `mlflow server --backend-store-uri`'s own environment variable.
+BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"
 
 
 @dataclass
@@ -37,6 +47,8 @@ class LocalCluster:
     mlflow_pid: int
     started_at: float
     metrics_url: str = ""  # the head's Prometheus export (Ray's and the endpoints' metrics)
+    backend_store: str = ""  # the MLflow server's backend store URI, its password masked
+    artifacts_destination: str = ""  # where the MLflow server keeps the artifacts it serves
 
     def exports(self) -> list[str]:
         """The shell lines that point Ray's and MLflow's clients at this cluster."""
@@ -47,6 +59,15 @@ class LocalCluster:
             f"export MLFLOW_TRACKING_URI={self.mlflow_url}",
             f"export RAYMAAS_HOME={self.home}",
         ]
+
+
+def masked(uri: str) -> str:
+    """uri with the password of its user info, if any, as ***: what may be printed or saved."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
 def state_path(home: Path) -> Path:
@@ -87,11 +108,19 @@ def start(
     autoscaling_config: Path | None = None,
     env: dict[str, str] | None = None,
     timeout_s: float = 180,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | Path | None = None,
 ) -> LocalCluster:
     """Start an MLflow server and a Ray head; return where they listen. Ports given are used as
     they are; the others are Ray's and MLflow's usual ones (6379, 8265, 5000) when free, else
     any free port. autoscaling_config and env go to `ray start --head` (Ray's autoscaler, e.g.
-    its fake multi-node provider with env RAY_FAKE_CLUSTER=1)."""
+    its fake multi-node provider with env RAY_FAKE_CLUSTER=1).
+
+    backend_store_uri: the MLflow server's database, e.g. `postgresql://USER:PASSWORD@HOST:PORT/DB`
+    (psycopg2; without a password in it, libpq's PGPASSWORD or ~/.pgpass from this environment);
+    default: home/mlflow.db. artifacts_destination: a folder or an object store URI
+    (`s3://bucket/path`, credentials from this environment) that the server writes the
+    artifacts it serves to; default: home/mlartifacts."""
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     existing = read_state(home)
@@ -105,34 +134,10 @@ def start(
     mlflow_port = mlflow_port or free_port(5000)
     mlflow_url = f"http://{HOST}:{mlflow_port}"
 
-    # MLflow: the same SQLite file the embedded default uses, so earlier runs stay visible;
-    # artifacts of new experiments are proxied by the server into home/mlartifacts.
-    mlflow_log = open(logs / "mlflow-server.log", "ab")
-    mlflow_proc = subprocess.Popen(
-        [
-            str(bin_dir / "mlflow"),
-            "server",
-            "--host",
-            HOST,
-            "--port",
-            str(mlflow_port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{home / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(home / "mlartifacts"),
-        ],
-        stdout=mlflow_log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        cwd=str(home),
-        # MLflow 3.17's server also starts a job runner (Huey consumers for its GenAI jobs,
-        # several processes) unless told not to; the platform runs none of those jobs, and on
-        # a small head they take CPU from the jobs and endpoints. A user who wants them sets
-        # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ},
-        start_new_session=True,  # Ctrl-C in the shell that ran `raymaas up` must not stop it
+    backend_store_uri = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
+    artifacts_destination = str(artifacts_destination or home / "mlartifacts")
+    mlflow_proc = start_mlflow_server(
+        mlflow_port, backend_store_uri, artifacts_destination, log=logs / "mlflow-server.log", cwd=home
     )
     # Short: Ray's socket paths under it must fit in 107 characters.
     temp_dir = Path(tempfile.mkdtemp(prefix="rmu", dir="/tmp"))
@@ -146,6 +151,8 @@ def start(
         mlflow_pid=mlflow_proc.pid,
         started_at=time.time(),
         metrics_url=f"http://{HOST}:{metrics_port}/metrics",
+        backend_store=masked(backend_store_uri),
+        artifacts_destination=masked(artifacts_destination),
     )
     state_path(home).write_text(json.dumps(asdict(cluster), indent=1) + "\n")
     try:
@@ -157,7 +164,8 @@ def start(
             "MLFLOW_TRACKING_URI": mlflow_url,
             **(env or {}),
         }
-        for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_REGISTRY_URI"):
+        # Jobs talk to the tracking server, never to its database: its URI stays with the server.
+        for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_REGISTRY_URI", BACKEND_STORE_ENV):
             head_env.pop(var, None)
         from raymaas.runtime.cluster import ensure_auth_token
 
@@ -187,12 +195,55 @@ def start(
         if started.returncode != 0:
             raise RuntimeError(f"ray start failed:\n{(started.stdout + started.stderr)[-3000:]}")
         deadline = time.monotonic() + timeout_s
-        _wait_for_http(f"{mlflow_url}/health", deadline, "the MLflow server", logs / "mlflow-server.log")
+        _wait_for_http(
+            f"{mlflow_url}/health",
+            deadline,
+            "the MLflow server",
+            logs / "mlflow-server.log",
+            process=mlflow_proc,
+            secret=urlsplit(backend_store_uri).password,
+        )
         _wait_for_http(f"{cluster.dashboard_url}/api/version", deadline, "the Ray dashboard")
     except BaseException:
         stop(home)
         raise
     return cluster
+
+
+def start_mlflow_server(
+    port: int, backend_store_uri: str, artifacts_destination: str, log: Path, cwd: Path
+) -> subprocess.Popen:
+    """`mlflow server` on HOST:port, in a session of its own (Ctrl-C in the shell that ran
+    `raymaas up` must not stop it), output appended to log. It serves the artifacts (clients get
+    mlflow-artifacts:/ URIs for new experiments and log them over HTTP) from
+    artifacts_destination. The store's URI goes by the environment (the option's own variable):
+    a password in it would be in every `ps` listing on a command line."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--serve-artifacts",
+                "--artifacts-destination",
+                artifacts_destination,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(cwd),
+            # MLflow 3.17's server also starts a job runner (Huey consumers for its GenAI jobs,
+            # several processes) unless told not to; the platform runs none of those jobs, and on
+            # a small head they take CPU from the jobs and endpoints. A user who wants them sets
+            # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
+            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, BACKEND_STORE_ENV: backend_store_uri},
+            start_new_session=True,
+        )
 
 
 def stop(home: Path) -> list[int]:
@@ -251,7 +302,16 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _wait_for_http(url: str, deadline: float, what: str, log: Path | None = None) -> None:
+def _wait_for_http(
+    url: str,
+    deadline: float,
+    what: str,
+    log: Path | None = None,
+    process: subprocess.Popen | None = None,
+    secret: str | None = None,
+) -> None:
+    """Until url answers; a RuntimeError with log's tail (secret masked in it) at the deadline
+    or as soon as process has exited (a server that cannot reach its database)."""
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2):
@@ -259,9 +319,13 @@ def _wait_for_http(url: str, deadline: float, what: str, log: Path | None = None
         except urllib.error.HTTPError:
             return  # it answers (Ray's dashboard says 401 without its token): it is up
         except OSError:
-            if time.monotonic() > deadline:
-                tail = log.read_text()[-2000:] if log and log.is_file() else ""
-                raise RuntimeError(f"{what} did not answer at {url}\n{tail}") from None
+            exited = process is not None and process.poll() is not None
+            if exited or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:] if log and log.is_file() else ""
+                if secret:
+                    tail = tail.replace(secret, "***")
+                status = f" (it exited with {process.returncode})" if exited else ""
+                raise RuntimeError(f"{what} did not answer at {url}{status}\n{tail}") from None
             time.sleep(0.5)
 
 

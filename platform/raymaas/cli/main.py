@@ -534,13 +534,17 @@ def cmd_up(args: argparse.Namespace) -> int:
             port=args.port,
             dashboard_port=args.dashboard_port,
             mlflow_port=args.mlflow_port,
+            # a password in the URI goes to the server's environment only; printed and saved masked
+            backend_store_uri=args.backend_store_uri or os.environ.get(localcluster.BACKEND_STORE_ENV),
+            artifacts_destination=args.artifacts_destination,
         )
     except RuntimeError as err:
         raise CliError(str(err)) from None
+    store = f"store {cluster.backend_store}, artifacts {cluster.artifacts_destination}" if cluster.backend_store else ""
     print(
         f"raymaas: Ray head            {cluster.gcs_address}\n"
         f"raymaas: dashboard, job API  {cluster.dashboard_url}\n"
-        f"raymaas: MLflow server       {cluster.mlflow_url}   (store and artifacts in {cluster.home})\n"
+        f"raymaas: MLflow server       {cluster.mlflow_url}   ({store or f'store and artifacts in {cluster.home}'})\n"
         f"raymaas: Prometheus metrics  {cluster.metrics_url}   (Ray's and every endpoint's)\n"
         f"raymaas: for this shell:\n"
         + "".join(f"  {line}\n" for line in cluster.exports())
@@ -742,6 +746,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--dashboard-port", type=positive_int, help="Ray dashboard and job API port (default: 8265 if free)"
     )
     up.add_argument("--mlflow-port", type=positive_int, help="MLflow server port (default: 5000 if free)")
+    up.add_argument(
+        "--backend-store-uri",
+        metavar="URI",
+        help="the MLflow server's database, e.g. postgresql://USER@HOST:5432/DB with the password in PGPASSWORD "
+        "(default: $MLFLOW_BACKEND_STORE_URI, else a SQLite file in --home)",
+    )
+    up.add_argument(
+        "--artifacts-destination",
+        metavar="URI",
+        help="where the MLflow server keeps the artifacts it serves over HTTP: a folder or s3://BUCKET/PATH "
+        "(default: mlartifacts in --home)",
+    )
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop what `raymaas up` started", description=cmd_down.__doc__)

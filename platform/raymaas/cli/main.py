@@ -12,16 +12,13 @@ embedded SQLite store of the project; see raymaas.paths). Job kinds come from ra
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import secrets
-import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -30,21 +27,10 @@ from raymaas.cli.args import positive_int
 from raymaas.cli.predict import add_parser as add_predict_parser
 from raymaas.cli.rollout import add_parser as add_rollout_parser
 from raymaas.kinds import KINDS, SWEEP_ENTRYPOINT, JobKind, UnknownKind, get_kind, kind_of
+from raymaas.runtime.submit import SubmitError, job_args, submit_job
 from raymaas.serving.ingress import INGRESSES
 from raymaas.specs import EXIT_INVALID_SPEC, SpecError, describe_fields, load_spec, read_spec_file
 
-# What never travels with a job: the environment, the local MLflow store, Train storage.
-JOB_EXCLUDES = [
-    ".venv",
-    ".git",
-    "mlartifacts",
-    "mlflow.db",
-    "ray_results",
-    ".raymaas",
-    "__pycache__",
-    ".pytest_cache",
-    "*.egg-info",
-]
 # Shown by `raymaas runs`: the first of these a run has (each kind's gate metric, then RL's
 # training return for a run that has not evaluated yet), else its first metric by name.
 MAIN_METRICS = (*dict.fromkeys(k.gate_metric for k in KINDS.values()), "val_rmse", "episode_return_mean")
@@ -80,7 +66,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not (root / (module.replace(".", "/") + ".py")).is_file():
         raise CliError(f"no entrypoint {module} in {root} for {kind.name} jobs")
     if args.address:
-        return submit_job(args.address, root, module, spec_path, args.set)
+        try:
+            return submit_job(args.address, root, module, spec_path, args.set)
+        except SubmitError as err:
+            raise CliError(str(err), err.exit_code) from None
     return run_local(root, module, spec_path, args.set)
 
 
@@ -100,7 +89,7 @@ def validate_job_spec(kind: JobKind, spec_path: Path, overrides: Sequence[str]):
 
 def run_local(root: Path, module: str, spec_path: Path, overrides: Sequence[str]) -> int:
     """`python -m MODULE SPEC --set ...` with this Python, output streamed; its exit code."""
-    cmd = [sys.executable, "-m", module, str(spec_path), *_set_args(overrides)]
+    cmd = [sys.executable, *job_args(module, str(spec_path), overrides)]
     env = dict(os.environ)
     if root != Path.cwd().resolve():
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
@@ -110,107 +99,6 @@ def run_local(root: Path, module: str, spec_path: Path, overrides: Sequence[str]
     except KeyboardInterrupt:
         # The job got the same Ctrl-C and marks its MLflow run KILLED before it exits.
         return proc.wait()
-
-
-def submit_job(address: str, root: Path, module: str, spec_path: Path, overrides: Sequence[str]) -> int:
-    """Submit the job to the cluster's job API with the project's code, follow its logs."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    from raymaas.runtime.cluster import _use_token_auth_if_available, job_env, raymaas_code_dir
-
-    try:
-        rel_spec = spec_path.resolve().relative_to(root)
-    except ValueError:
-        raise CliError(
-            f"spec {spec_path} is outside the project folder {root}, so it would not travel with the job",
-            EXIT_INVALID_SPEC,
-        ) from None
-    # Where the job tracks and keeps checkpoints, as for a local job (raymaas.paths.FORWARDED_ENV),
-    # and the Ray settings a local job's processes get (cluster.JOB_ENV_DEFAULTS).
-    env_vars = {**job_env(), "MLFLOW_TRACKING_URI": paths.tracking_uri()}
-    runtime_env = {
-        "working_dir": str(root),
-        "py_modules": [raymaas_code_dir()],
-        "env_vars": env_vars,
-        "excludes": JOB_EXCLUDES,
-    }
-    entrypoint = shlex.join(["python", "-m", module, rel_spec.as_posix(), *_set_args(overrides)])
-
-    # An explicit --address must win: Ray's client otherwise takes RAY_ADDRESS (often the
-    # GCS address of the same cluster, which it cannot use without joining it).
-    for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
-        os.environ.pop(var, None)
-    # The dashboard of a Ray 2.60 cluster answers 401 unless the saved token is sent, which
-    # the client does only in token mode.
-    _use_token_auth_if_available()
-    try:
-        client = JobSubmissionClient(address)
-    except ConnectionError as err:
-        raise CliError(f"cannot reach the Ray job API at {address}: {err}") from None
-    job_id = _submit_with_retry(
-        client,
-        submission_id=f"raymaas-{spec_path.stem}-{secrets.token_hex(4)}",
-        entrypoint=entrypoint,
-        runtime_env=runtime_env,
-        metadata={"raymaas.spec": str(rel_spec)},
-    )
-    print(
-        f"raymaas: submitted {job_id} to {address}: {entrypoint}\n"
-        f"raymaas: MLflow store {env_vars['MLFLOW_TRACKING_URI']}\n"
-        f"raymaas: following its logs (Ctrl-C stops following, not the job: `ray job stop --address {address} {job_id}`)",
-        flush=True,
-    )
-    try:
-        asyncio.run(_print_job_logs(client, job_id))
-    except KeyboardInterrupt:
-        print(f"\nraymaas: stopped following {job_id}; it keeps running", file=sys.stderr)
-        return 130
-    except RuntimeError as err:  # the log stream broke; the job itself may be fine
-        print(f"raymaas: lost the log stream of {job_id}: {err}", file=sys.stderr)
-    info = _wait_for_job_end(client, job_id)
-    exit_code = "" if info.driver_exit_code is None else f", driver exit code {info.driver_exit_code}"
-    # On failure Ray's message repeats the last 20,000 characters of the logs just printed.
-    message = (info.message or "").partition("\n")[0]
-    print(f"raymaas: job {job_id} {info.status}{exit_code}: {message}", flush=True)
-    if info.status == JobStatus.SUCCEEDED:
-        return 0
-    # The driver's own verdicts, found on the cluster: 2 the spec cannot run there (e.g. a
-    # node-local MLflow store on a multi-node cluster), 3 the cluster lacks the resources.
-    return info.driver_exit_code if info.driver_exit_code in (EXIT_INVALID_SPEC, 3) else 1
-
-
-def _submit_with_retry(client, timeout_s: float = 120, **request) -> str:
-    # A head that has just started (or is busy) may not have its job agent up yet: the job API
-    # then answers 500 "No available agent to submit job, please try again later" before it
-    # creates anything, so trying again is safe.
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return client.submit_job(**request)
-        except RuntimeError as err:
-            if "No available agent" not in str(err) or time.monotonic() >= deadline:
-                raise CliError(f"the Ray job API refused the job: {err}") from None
-            print("raymaas: the cluster's job agent is not ready yet; trying again", file=sys.stderr, flush=True)
-            time.sleep(2)
-
-
-async def _print_job_logs(client, job_id: str) -> None:
-    async for lines in client.tail_job_logs(job_id):
-        print(lines, end="", flush=True)
-
-
-def _wait_for_job_end(client, job_id: str, timeout_s: float = 60):
-    # The log stream closes when the driver exits; the status may lag it by a moment.
-    deadline = time.monotonic() + timeout_s
-    while True:
-        info = client.get_job_info(job_id)
-        if info.status.is_terminal() or time.monotonic() >= deadline:
-            return info
-        time.sleep(1)
-
-
-def _set_args(overrides: Iterable[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
 
 
 # --------------------------------------------------------------------------- runs and models

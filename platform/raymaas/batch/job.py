@@ -40,9 +40,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from raymaas.specs import EXIT_INVALID_SPEC, JobSpec, MlflowSpec, SpecError
+from raymaas.specs import JobSpec, MlflowSpec, SpecError
 
-EXIT_NO_RESOURCES = 3
 # An image model's default batch: as many images as decode to this many bytes (at most
 # batch_size's default). 4096 RGB images of 224x224 would be 2.4 GB of float32 in each actor.
 IMAGE_BATCH_BYTES = 64 << 20
@@ -278,20 +277,9 @@ def batch_rows(spec: PredictSpec, features) -> int:
 
 def run_and_report(spec: PredictSpec, address: str | None = None) -> int:
     """run_predict, its outcome printed; the exit code (`raymaas predict`, `python -m jobs.predict`)."""
-    import sys
+    from raymaas.runtime.entrypoint import report
 
-    from raymaas.runtime.cluster import ResourceError
-
-    try:
-        outcome = run_predict(spec, address=address)
-    except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID_SPEC
-    except ResourceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_NO_RESOURCES
-    print("\n".join(outcome.lines()), flush=True)
-    return 0
+    return report(lambda: run_predict(spec, address=address))
 
 
 def plan_job(spec: PredictSpec, client) -> _Plan:
@@ -315,11 +303,9 @@ def plan_job(spec: PredictSpec, client) -> _Plan:
 
 def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome:
     """Score spec.input with the model into spec.output on Ray Data, as one MLflow run."""
-    import ray
-
     from raymaas import paths, tracking
     from raymaas.runtime import cluster
-    from raymaas.runtime.lifecycle import call_interruptibly, final_status
+    from raymaas.runtime.lifecycle import JobDriver, call_interruptibly, final_status
     from raymaas.specs import flatten
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -334,9 +320,15 @@ def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome
     client = tracking.get_client(tracking_uri)
     job = plan_job(spec, client)
 
-    _connect(address, spec)
-    print(f"raymaas: Ray's logs (model actors, Ray Data) in {cluster.ray_logs_dir()}", flush=True)
-    try:
+    with JobDriver.connect(
+        address,
+        logs="model actors, Ray Data",
+        client=client,
+        checkpoints=False,
+        num_cpus=_local_cpus(spec),
+        object_store_memory=None if address else spec.object_store_memory,
+    ) as driver:
+        _configure_data()
         _check_reachable(job)
         use_gpu = cluster.resolve_use_gpu(spec.use_gpu)
         per_actor = {"CPU": spec.num_cpus, "GPU": spec.num_gpus if spec.num_gpus is not None else float(use_gpu)}
@@ -344,8 +336,7 @@ def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome
         # nodes join (Ray Data asks the autoscaler for them once the pool is busy)
         _wait_for_actors(per_actor, spec.actor_range[0], spec.placement_timeout_s)
         model, inputs, output = job.model, job.input, job.output
-        job_run = tracking.start_job_run(
-            client,
+        job_run = driver.start_run(
             job.experiment_name,
             job.run_name,
             params={**flatten(spec.model_dump(mode="json")), "batch_size": job.batch_size},
@@ -360,13 +351,7 @@ def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome
                 "raymaas.features": inputs.features.describe(),
                 "raymaas.actors": ":".join(map(str, dict.fromkeys(spec.actor_range))),
                 "device": "cuda" if per_actor["GPU"] else "cpu",
-                "ray_version": ray.__version__,
             },
-        )
-        print(
-            f"raymaas: MLflow run {job_run.run_id} ({job.run_name}) in {tracking_uri}"
-            + (" [continuing]" if job_run.resumed else ""),
-            flush=True,
         )
         with final_status(client, job_run.run_id) as status:
             _log_spec(client, job_run.run_id, spec)
@@ -374,9 +359,6 @@ def run_predict(spec: PredictSpec, address: str | None = None) -> PredictOutcome
                 lambda: score(spec, job, per_actor, tracking_uri, client=client, run_id=job_run.run_id)
             )
             status.set("FINISHED")
-    finally:
-        # Now, not at interpreter exit, where Ray's teardown waits on threads.
-        ray.shutdown()
     return PredictOutcome(
         run_id=job_run.run_id,
         run_name=job.run_name,
@@ -608,20 +590,16 @@ def _empty_schema(job: _Plan, prediction_column: str):
     return pa.schema([*fields, pa.field(prediction_column, prediction)])
 
 
-def _connect(address: str | None, spec: PredictSpec) -> None:
-    """A local Ray with room for the most actors the pool may grow to and one read task at a time
-    besides them (Ray Data's read tasks take a CPU each: with every CPU held by an actor, nothing
-    would be read)."""
-    from raymaas.runtime import cluster
-
+def _local_cpus(spec: PredictSpec) -> int:
+    """The CPUs of a local Ray: room for the most actors the pool may grow to and one read task
+    at a time besides them (Ray Data's read tasks take a CPU each: with every CPU held by an
+    actor, nothing would be read)."""
     actors_cpus = math.ceil(spec.actor_range[1] * spec.num_cpus)
-    num_cpus = max(os.cpu_count() or 1, actors_cpus + 1)
-    cluster.connect(
-        address,
-        num_cpus=num_cpus,
-        log_to_driver=False,
-        object_store_memory=None if address else spec.object_store_memory,
-    )
+    return max(os.cpu_count() or 1, actors_cpus + 1)
+
+
+def _configure_data() -> None:
+    """Ray Data's settings for this job, once Ray is up."""
     import ray.data
 
     context = ray.data.DataContext.get_current()

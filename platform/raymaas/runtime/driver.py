@@ -1,13 +1,16 @@
-"""The one driver skeleton every job kind runs: connect, one MLflow run, train, publish, end.
+"""The driver every job kind runs: connect, one MLflow run, train, publish, end.
 
     run_job(spec, kind, address, prepare=..., train=...)
-      open the MLflow store          (in a thread, while Ray starts)
-      cluster.connect(...)           a local Ray, or the cluster at address / RAY_ADDRESS
-      check_multi_node_storage       a store or checkpoint folder only one node reaches: exit 2
+      JobDriver.connect(...)         open the MLflow store while Ray starts, connect (a local
+                                     Ray, or the cluster at address / RAY_ADDRESS), refuse a
+                                     store or checkpoint folder only one node reaches (exit 2)
       prepare(storage_path)          the kind's own checks and data, before any run exists
-      start_job_run                  the job's one run: created, or continued by run name
+      driver.start_run               the job's one run: created, or continued by run name
       train(job)                     inside final_status: FINISHED, FAILED or KILLED, never RUNNING
       publish_model(...)             spec, plots, model, register, gate (raymaas.tracking.publish)
+
+The skeleton (JobDriver.connect, start_run, final_status) is raymaas.runtime.lifecycle's,
+shared with sweeps (raymaas.sweep.job) and batch scoring (raymaas.batch.job).
 
 A kind supplies prepare and train and gets a JobOutcome back; see raymaas.supervised.job and
 raymaas.rl.job. The kind's row in raymaas.kinds names its gate metric and direction; a spec
@@ -16,12 +19,10 @@ may name another (mlflow.gate_metric, JobSpec.gate).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from raymaas import paths
 from raymaas.kinds import JobKind
 from raymaas.specs import JobSpec
 
@@ -155,57 +156,33 @@ def run_job(
     run's tags. num_cpus, py_modules and prestart_workers go to cluster.connect; warm_imports
     are imported in a thread while Ray starts.
     """
-    import ray
-
     from raymaas import tracking
-    from raymaas.runtime import cluster
-    from raymaas.runtime.lifecycle import final_status, in_background
+    from raymaas.runtime.lifecycle import JobDriver, final_status
     from raymaas.tracking.publish import publish_model
 
     gate = spec.gate(kind)
-    tracking_uri = paths.tracking_uri()
-    # While Ray starts (seconds, mostly waiting on its processes): open the store (a new
-    # SQLite store runs MLflow's migrations) and import what the kind will import anyway.
-    opening = in_background(tracking.get_client, tracking_uri, name="raymaas-mlflow")
-    # One thread, in order; waited for before train: torch's packages import each other in
-    # circles, and the same package imported by two threads at once can come back half
-    # initialised ("cannot import name 'IndentedBuffer' from partially initialized module
-    # 'torch._inductor.utils'", seen once in an RL job).
-    warming = in_background(lambda: [importlib.import_module(m) for m in warm_imports], name="raymaas-imports")
-    # The job prints its own progress; what Ray's processes print stays in Ray's log folder.
-    cluster.connect(
-        address, num_cpus=num_cpus, py_modules=list(py_modules), prestart_workers=prestart_workers, log_to_driver=False
-    )
-    print(f"raymaas: Ray's logs (workers, Train controller) in {cluster.ray_logs_dir()}", flush=True)
-    client = opening.result()
-    storage_path = paths.checkpoint_storage()
-    # Several nodes: refuse a SQLite store or a node-local checkpoint folder before anything starts.
-    cluster.check_multi_node_storage(tracking_uri, storage_path)
-    prepared, tags = prepare(storage_path)
-
-    run_name = spec.mlflow.run_name or tracking.new_run_name(spec.name)
-    job_run = tracking.start_job_run(
-        client,
-        spec.experiment_name,
-        run_name,
-        params=spec.tracked_params(),
-        tags={"raymaas.job_kind": kind.name, "ray_version": ray.__version__, **tags},
-    )
-    print(
-        f"raymaas: MLflow run {job_run.run_id} ({run_name}) in {tracking_uri}"
-        + (" [continuing]" if job_run.resumed else ""),
-        flush=True,
-    )
-    job = Job(spec, kind, client, job_run, tracking_uri, storage_path)
-    try:
-        with final_status(client, job_run.run_id) as status:
-            warming.result()
+    with JobDriver.connect(
+        address,
+        logs="workers, Train controller",
+        warm_imports=warm_imports,
+        num_cpus=num_cpus,
+        py_modules=list(py_modules),
+        prestart_workers=prestart_workers,
+    ) as driver:
+        prepared, tags = prepare(driver.storage_path)
+        run_name = spec.mlflow.run_name or tracking.new_run_name(spec.name)
+        job_run = driver.start_run(
+            spec.experiment_name,
+            run_name,
+            params=spec.tracked_params(),
+            tags={"raymaas.job_kind": kind.name, **tags},
+        )
+        job = Job(spec, kind, driver.client, job_run, driver.tracking_uri, driver.storage_path)
+        with final_status(driver.client, job_run.run_id) as status:
+            driver.warming.result()
             trained = train(job, prepared)
-            published = publish_model(client, job_run.run_id, spec, gate, trained)
+            published = publish_model(driver.client, job_run.run_id, spec, gate, trained)
             status.set("FINISHED")
         for fn in job.deferred:
             fn()
-    finally:
-        # Now, not at interpreter exit: there Ray's teardown took 10 s after a Train job (1.5 s here).
-        ray.shutdown()
-    return JobOutcome.of(job_run.run_id, run_name, job_run.experiment_id, tracking_uri, published, gate, trained)
+    return JobOutcome.of(job_run.run_id, run_name, job_run.experiment_id, driver.tracking_uri, published, gate, trained)

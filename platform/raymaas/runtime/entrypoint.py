@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from raymaas.specs import EXIT_INVALID_SPEC, SpecError, load_spec, read_spec_file
 
@@ -50,19 +52,26 @@ def main(argv: list[str] | None = None, kind: str | None = None, sweep: bool = F
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID_SPEC
 
+    if spec.is_sweep:
+        from raymaas.sweep.job import run_sweep
+
+        return report(lambda: run_sweep(spec, job_kind, address=args.address))
+    return report(lambda: job_kind.load_run()(spec, address=args.address))
+
+
+def report(job: Callable[[], Any]) -> int:
+    """Run job() (run_job, run_sweep or run_predict) and print its outcome's lines; the exit
+    code: 0 done, 2 a SpecError (checks that need the cluster or the data: storage, RLlib's own,
+    file contents), 3 a ResourceError. Any other exception propagates (exit 1); a stopped job
+    exits 130/143 from final_status."""
     from raymaas.runtime.cluster import ResourceError
 
     try:
-        if spec.is_sweep:
-            from raymaas.sweep.job import run_sweep
-
-            outcome = run_sweep(spec, job_kind, address=args.address)
-        else:
-            outcome = job_kind.load_run()(spec, address=args.address)
+        outcome = job()
     except ResourceError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NO_RESOURCES
-    except SpecError as err:  # checks that need the cluster or the data: storage, RLlib's own, file contents
+    except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID_SPEC
     print("\n".join(outcome.lines()), flush=True)

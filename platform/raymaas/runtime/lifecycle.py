@@ -1,17 +1,32 @@
-"""A job's end: the MLflow run's final status, blocking Ray calls that SIGTERM can interrupt,
-and start-up work in the background.
+"""A job's lifecycle in its driver, the same for single jobs, sweeps and batch scoring:
 
-Shared by every job kind's driver (`raymaas.runtime.driver`).
+    with JobDriver.connect(address, logs=...) as driver:
+                                open the MLflow store while Ray starts (in_background), connect,
+                                say where Ray's logs are, check multi-node storage; Ray shut
+                                down when the block ends, however it ends
+        ...                     the job's own checks: no run yet
+        run = driver.start_run(experiment, run_name, params=..., tags=...)
+                                the job's one MLflow run, created or continued by name, and
+                                the line that names it
+        with final_status(driver.client, run.run_id) as status:
+            ...                 the work: the run ends FINISHED, FAILED or KILLED, never RUNNING
+            status.set("FINISHED")
+
+and blocking Ray calls that SIGTERM can interrupt (call_interruptibly). The exit codes of what
+such a job raises are raymaas.runtime.entrypoint's (report). Used by raymaas.runtime.driver
+(run_job), raymaas.sweep.job (run_sweep) and raymaas.batch.job (run_predict).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -92,3 +107,102 @@ def final_status(client, run_id: str):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@dataclass
+class JobDriver:
+    """A job's driver once Ray is up: its tracking store, checkpoint folder and MLflow run.
+    As a context manager (`with JobDriver.connect(...) as driver:`), Ray is shut down when the
+    block ends, however it ends: now, not at interpreter exit, where Ray's teardown took 10 s
+    after a Train job (1.5 s here) and waits on the threads of a batch job."""
+
+    tracking_uri: str
+    client: Any  # mlflow.tracking.MlflowClient
+    storage_path: str | None  # where checkpoints go (None: a job that keeps none)
+    warming: Future  # warm_imports; wait for it before the work imports them too
+    run: Any = None  # raymaas.tracking.JobRun, once start_run made it
+
+    @classmethod
+    def connect(
+        cls,
+        address: str | None,
+        *,
+        logs: str,
+        client=None,
+        checkpoints: bool = True,
+        warm_imports: Sequence[str] = (),
+        **connect_options,
+    ) -> JobDriver:
+        """Connect to Ray for one job (cluster.connect: address, else RAY_ADDRESS, else a local
+        Ray with connect_options), opening the MLflow store meanwhile unless the job has (client).
+
+        logs says what writes to Ray's log folder, in the line that names it. checkpoints: the
+        checkpoint folder (paths.checkpoint_storage) is the job's, and a store or folder that
+        only one node of several reaches is refused (SpecError, exit 2). warm_imports are
+        imported in a thread while Ray starts (driver.warming)."""
+        import ray
+
+        from raymaas import paths
+        from raymaas.runtime import cluster
+        from raymaas.tracking import get_client
+
+        tracking_uri = paths.tracking_uri()
+        # While Ray starts (seconds, mostly waiting on its processes): open the store (a new
+        # SQLite store runs MLflow's migrations) and import what the job will import anyway.
+        opening = None if client is not None else in_background(get_client, tracking_uri, name="raymaas-mlflow")
+        # One thread, in order; waited for before the work: torch's packages import each other
+        # in circles, and the same package imported by two threads at once can come back half
+        # initialised ("cannot import name 'IndentedBuffer' from partially initialized module
+        # 'torch._inductor.utils'", seen once in an RL job).
+        warming = in_background(lambda: [importlib.import_module(m) for m in warm_imports], name="raymaas-imports")
+        # The job prints its own progress; what Ray's processes print stays in Ray's log folder.
+        cluster.connect(address, log_to_driver=False, **connect_options)
+        print(f"raymaas: Ray's logs ({logs}) in {cluster.ray_logs_dir()}", flush=True)
+        try:
+            client = opening.result() if opening is not None else client
+            storage_path = None
+            if checkpoints:
+                storage_path = paths.checkpoint_storage()
+                # Several nodes: refuse a SQLite store or a node-local checkpoint folder before anything starts.
+                cluster.check_multi_node_storage(tracking_uri, storage_path)
+        except BaseException:
+            ray.shutdown()
+            raise
+        return cls(tracking_uri, client, storage_path, warming)
+
+    def __enter__(self) -> JobDriver:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import ray
+
+        ray.shutdown()
+
+    def start_run(
+        self,
+        experiment: str,
+        run_name: str,
+        *,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        line: str | None = "MLflow run {run_id} ({run_name})",
+        then: str = "",
+    ):
+        """The job's one MLflow run: continued if one of run_name exists, else created (with
+        params, tags and ray_version). Prints `raymaas: LINE in TRACKING_URI [continuing]THEN`,
+        line formatted with the run's run_id and run_name; None: the job prints its own."""
+        import ray
+
+        from raymaas.tracking import start_job_run
+
+        self.run = start_job_run(
+            self.client, experiment, run_name, params=params, tags={"ray_version": ray.__version__, **tags}
+        )
+        if line is not None:
+            print(
+                f"raymaas: {line.format(run_id=self.run.run_id, run_name=run_name)} in {self.tracking_uri}"
+                + (" [continuing]" if self.run.resumed else "")
+                + then,
+                flush=True,
+            )
+        return self.run

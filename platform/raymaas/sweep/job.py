@@ -1,8 +1,9 @@
 """Sweeps on Ray Tune: one parent MLflow run, one child run per trial, the best trial registered.
 
     run_sweep(spec, kind, address)
-      cluster.connect                one Ray for every trial (the kind's options, for the
-                                     trials that run at once)
+      JobDriver.connect              one Ray for every trial (the kind's options, for the
+                                     trials that run at once), the MLflow store, storage checks
+                                     (raymaas.runtime.lifecycle, as every job)
       parent run                     created, or continued by run name: a resubmitted sweep
       Tuner, or Tuner.restore        a Tune function per trial that reserves nothing itself and
                                      runs the kind's fit (for supervised specs a TorchTrainer,
@@ -17,7 +18,6 @@ A kind takes sweeps by naming a Trials (below) in its raymaas.kinds row.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from raymaas import paths
 from raymaas.specs import validate_spec
 from raymaas.sweep.space import Domain, parse_space, trial_data
 
@@ -133,9 +132,8 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     from ray import tune
 
     from raymaas import tracking
-    from raymaas.runtime import cluster
     from raymaas.runtime.driver import Job
-    from raymaas.runtime.lifecycle import call_interruptibly, final_status, in_background
+    from raymaas.runtime.lifecycle import JobDriver, call_interruptibly, final_status
     from raymaas.tracking.publish import publish_model
 
     trials: Trials = kind.load_sweep()
@@ -147,42 +145,32 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     need = _total(trials.resources(spec), trials.own_resources(spec))
     local = not (address or os.environ.get("RAY_ADDRESS"))
 
-    tracking_uri = paths.tracking_uri()
-    opening = in_background(tracking.get_client, tracking_uri, name="raymaas-mlflow")
     at_once = tc.max_concurrent_trials or (_fits(need, {"CPU": os.cpu_count() or 1}) if local else 1)
     options = trials.connect_options(spec, at_once)
     if options.get("num_cpus"):  # a local Ray: one CPU more holds every trial's own TRIAL_CPU
         options["num_cpus"] += 1
-    warm = options.pop("warm_imports", ())
-    # waited for before Tune starts (runtime.driver.run_job says why)
-    warming = in_background(lambda: [importlib.import_module(m) for m in warm], name="raymaas-imports")
+    warm = options.pop("warm_imports", ())  # imported while Ray starts, waited for before Tune starts
     # With the dashboard: Train V2 frees the workers' placement group of a Train run whose
     # controller died (each trial Tune stops early) from a cleaner actor that asks Ray's State
     # API, which lives in the dashboard. Without it the cleaner only logs "Failed to query Ray
     # Train Controller actor state" and the stopped trials' CPUs stay reserved: the sweep
     # starved once ASHA had stopped two trials on 2 cores (bench/sweep.py, reduction factor 4).
-    cluster.connect(address, log_to_driver=False, include_dashboard=True, **options)
-    print(f"raymaas: Ray's logs (trials, Train controllers) in {cluster.ray_logs_dir()}", flush=True)
+    driver = JobDriver.connect(
+        address, logs="trials, Train controllers", warm_imports=warm, include_dashboard=True, **options
+    )
+    tracking_uri, client, storage_path = driver.tracking_uri, driver.client, driver.storage_path
     need = _total(trials.resources(spec), trials.own_resources(spec))  # use_gpu auto resolved now
     if tc.max_concurrent_trials is None:
         have = ray.cluster_resources()
         at_once = _fits(need, {**have, "CPU": os.cpu_count() or 1} if local else have)
-    client = opening.result()
-    storage_path = paths.checkpoint_storage()
-    cluster.check_multi_node_storage(tracking_uri, storage_path)
 
     run_name = spec.mlflow.run_name or tracking.new_run_name(spec.name)
-    parent = tracking.start_job_run(
-        client,
+    parent = driver.start_run(
         spec.experiment_name,
         run_name,
         params=spec.tracked_params(),
-        tags={
-            "raymaas.job_kind": kind.name,
-            SWEEP_TAG: "parent",
-            "ray_version": ray.__version__,
-            "raymaas.sweep_metric": f"{metric} ({mode})",
-        },
+        tags={"raymaas.job_kind": kind.name, SWEEP_TAG: "parent", "raymaas.sweep_metric": f"{metric} ({mode})"},
+        line=None,  # the sweep's own, below
     )
     print(
         f"raymaas: sweep {run_name}: MLflow parent run {parent.run_id} in {tracking_uri}"
@@ -190,7 +178,7 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
         + f"; up to {at_once} trials at once",
         flush=True,
     )
-    try:
+    with driver:  # Ray shut down however the sweep ends
         with final_status(client, parent.run_id) as status:
             base = spec.model_dump(mode="json")
             trainable = tune.with_resources(
@@ -227,7 +215,7 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
                         tune_config=tune_config,
                         run_config=run_config,
                     )
-                warming.result()
+                driver.warming.result()
                 grid = call_interruptibly(tuner.fit)
             except BaseException:
                 _end_children(client, parent, "KILLED")
@@ -260,8 +248,6 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
                 client.set_model_version_tag(published.model_name, published.version, key, value)
             client.set_tag(parent.run_id, "raymaas.registered_version", f"{published.model_name}/{published.version}")
             status.set("FINISHED")
-    finally:
-        ray.shutdown()  # now, not at interpreter exit (runtime.driver.run_job says why)
 
     from raymaas.runtime.driver import JobOutcome
 

@@ -620,8 +620,11 @@ def _wait_for_actors(per_actor: dict, actors: int, timeout_s: float) -> None:
 
     needed = {k: v * actors for k, v in per_actor.items() if v}
     needed["CPU"] = needed.get("CPU", 0) + 1  # a read task beside the actors
+    # what the autoscaler is asked for: the read task's CPU too, or a cluster of no worker nodes
+    # and 1-CPU node types would be grown to hold the actors only, and wait for the rest
+    bundles = [{k: v for k, v in per_actor.items() if v}] * actors + [{"CPU": 1}]
     try:
-        wait_for_resources(needed, timeout_s, bundles=[{k: v for k, v in per_actor.items() if v}] * actors)
+        wait_for_resources(needed, timeout_s, bundles=bundles)
     except ResourceError as err:  # its hints name the supervised spec's fields
         raise ResourceError(
             str(err)

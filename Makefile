@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format bench bench-deps head stop-head screenshot clean
+.PHONY: demo test test-fast lint format postgres bench bench-deps head stop-head screenshot clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 # Lint first: a minute of pytest is not worth spending on a tree ruff already refuses.
 # --durations=15: every run's log says where its time went.
-test: lint
+test: lint postgres
 	$(PY) -m pytest tests --durations=15
 
 lint: $(STAMP)
@@ -35,8 +35,19 @@ format: $(STAMP)
 
 # What needs no training run and no Serve application (specs, protocol parsing, plans,
 # metrics, drift math, CLI refusals, space checks): a few minutes, for iterating.
-test-fast: $(STAMP)
+test-fast: $(STAMP) postgres
 	$(PY) -m pytest tests -m "not slow" --durations=15
+
+# PostgreSQL's server binaries, for the tests that run the MLflow server on a real database
+# (tests/postgres.py starts a throwaway server of its own; this starts none): Debian's package
+# when they are missing, which needs root (CI is).
+PG_INITDB ?= /usr/lib/postgresql/*/bin/initdb
+postgres:
+	@if ! ls $(PG_INITDB) >/dev/null 2>&1; then \
+		echo "make: installing Debian's postgresql (its server binaries are missing)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+			|| { echo "make: could not install postgresql; as root: apt-get install postgresql" >&2; exit 1; }; \
+	fi
 
 # docs/mlflow-run.png and docs/mlflow-model.png from the project's store (after `make demo`); needs Debian's chromium.
 screenshot: $(STAMP)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 import urllib.error
 import urllib.request
@@ -28,8 +29,6 @@ from raymaas.tracking import JOB_KEY_TAG
 N_JOBS = 8  # submitted at once, one Train worker each: the head offers N_JOBS logical CPUs
 EPOCHS = 3  # the debug spec's
 PREFIX = "tracking-pg"  # experiments, registered models and run names of this module's jobs
-# What never travels with a job (as `raymaas train --address` leaves out).
-JOB_EXCLUDES = [".venv", ".git", "mlruns", "mlartifacts", "mlflow.db", "ray_results", ".raymaas", "__pycache__"]
 
 
 @pytest.fixture(scope="module")
@@ -185,27 +184,23 @@ def _submit(client, **request) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_eight_jobs_at_once_log_every_epoch_and_register_through_the_server(cluster, postgres):
-    from raymaas.runtime.cluster import raymaas_code_dir
+    from raymaas.runtime.cluster import JOB_ENV_DEFAULTS, raymaas_code_dir
+    from raymaas.runtime.submit import JOB_EXCLUDES, job_args
 
     jobs = _job_client(cluster.dashboard_url)
+    # What `raymaas train SPEC --address URL` sends (raymaas.runtime.submit), the store being the server.
     runtime_env = {
         "working_dir": str(REPO),
         "py_modules": [raymaas_code_dir()],
-        "excludes": JOB_EXCLUDES,
-        "env_vars": {
-            "MLFLOW_TRACKING_URI": cluster.mlflow_url,
-            "RAYMAAS_HOME": cluster.home,
-            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-        },
+        "excludes": [*JOB_EXCLUDES, "mlruns"],
+        "env_vars": {**JOB_ENV_DEFAULTS, "MLFLOW_TRACKING_URI": cluster.mlflow_url, "RAYMAAS_HOME": cluster.home},
     }
     names = [f"{PREFIX}-{i}" for i in range(N_JOBS)]
     started = time.monotonic()
     job_ids = {}
     for name in names:
-        entrypoint = (
-            f"python -m jobs.supervised {DEBUG_SPEC.relative_to(REPO)} --set scaling_config.num_workers=1 "
-            f"--set name={name} --set mlflow.run_name={name}-run"
-        )
+        overrides = ["scaling_config.num_workers=1", f"name={name}", f"mlflow.run_name={name}-run"]
+        entrypoint = shlex.join(["python", *job_args("jobs.supervised", str(DEBUG_SPEC.relative_to(REPO)), overrides)])
         job_ids[name] = _submit(
             jobs, submission_id=f"{name}-{os.urandom(3).hex()}", entrypoint=entrypoint, runtime_env=runtime_env
         )

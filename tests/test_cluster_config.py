@@ -32,3 +32,30 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     # every node gets the one auth token (Ray 2.60 token auth) and runs in token mode
     assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     assert "RAY_AUTH_MODE=token" in head_start and "RAY_AUTH_MODE=token" in " ".join(raw["worker_start_ray_commands"])
+
+
+def test_cluster_yaml_sizes_its_node_types_and_commits_no_database_password():
+    """Sweeps count their trials against the worker types' resources x max_workers (read from the
+    launcher's copy of this file on the head); the MLflow database's password is generated on the
+    head, never written here."""
+    from raymaas.runtime.cluster import capacity_of_config
+
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    types = raw["available_node_types"]
+    assert types["cpu_worker"]["resources"]["CPU"] > 0 and types["gpu_worker"]["resources"]["GPU"] == 1
+    head_start = " ".join(raw["head_start_ray_commands"])
+    assert "--serve-artifacts" in head_start and "PGPASSWORD=$(cat ~/.mlflow-db-password)" in head_start
+    text = (REPO / "cluster.yaml").read_text()
+    assert "mlflow:mlflow@" not in text and "PASSWORD 'mlflow'" not in text
+    # what the file says the cluster can grow to, from a head of 0 CPUs: 8 worker nodes at most
+    grown = capacity_of_config(raw, {"CPU": 0.0, "node:10.0.0.1": 1.0}, {})
+    cpus = types["cpu_worker"]["resources"]["CPU"] * 6 + types["gpu_worker"]["resources"]["CPU"] * 2
+    assert grown == {"CPU": cpus, "GPU": 2.0}, grown
+    # the cluster-wide cap takes the largest nodes first; a type left unsized counts what it has now
+    capped = {
+        **raw,
+        "max_workers": 7,
+        "available_node_types": {**types, "gpu_worker": {**types["gpu_worker"], "resources": {}}},
+    }
+    grown = capacity_of_config(capped, {"CPU": 0.0}, {"GPU": 1.0})
+    assert grown == {"CPU": types["cpu_worker"]["resources"]["CPU"] * 6, "GPU": 1.0}, grown

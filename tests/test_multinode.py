@@ -1,18 +1,25 @@
 """Multi-node on one machine, with Ray's own autoscaler and its fake multi-node provider.
 
 The head (0 CPUs, like cluster.yaml's) runs the real autoscaler; the nodes it adds are local
-raylet processes of 1 CPU each. Jobs log to a real MLflow tracking server and checkpoint to a
-folder that every fake node shares (this machine's disk, declared with RAYMAAS_SHARED_STORAGE).
+raylet processes of 1 CPU each. Jobs log to a real MLflow tracking server on PostgreSQL that
+serves the artifacts (as cluster.yaml's head runs it) and checkpoint to a folder that every fake
+node shares (this machine's disk, declared with RAYMAAS_SHARED_STORAGE).
 
 Shown here: a node-local MLflow store or checkpoint folder is refused before anything starts;
 a job that cannot fit the head gets worker nodes and runs spread over them, a worker node
 killed mid-training costs it a restart from the last checkpoint, in the same MLflow run, and
-the nodes go after the idle timeout (one job shows all three); a Serve deployment under load
-gets replicas (and nodes) and gives them back when the load stops.
+the nodes go after the idle timeout (one job shows all three); a sweep on the empty cluster
+puts as many trials in flight as the node types can hold, and the autoscaler adds nodes for
+them; an elastic job (num_workers [1, 2]) grows as nodes join and goes on with fewer after a
+node is lost; a batch job's actor pool (--actors 1:3) grows onto nodes added for it; a Serve
+deployment under load gets replicas (and nodes) and gives them back when the load stops. Every
+test ends with the cluster back to its head alone, as the autoscaler sees it: a node kept busy
+by something left behind fails the test that left it, naming what keeps it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,6 +36,7 @@ import pytest
 import yaml
 
 from conftest import DEBUG_SPEC, REPO, free_port, ray_status, wait_for
+from postgres import postgres_server
 from raymaas.runtime import localcluster
 from raymaas.tracking import JOB_KEY_TAG
 
@@ -120,7 +128,11 @@ def fake_cluster(tmp_path_factory):
         k: os.environ.get(k) for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")
     }
     started = time.monotonic()
+    # MLflow as deployed (cluster.yaml's head): a server on PostgreSQL that serves the artifacts,
+    # so the nodes log, checkpoint and register through HTTP alone. Entered first, left last.
+    database = contextlib.ExitStack()
     try:
+        pg = database.enter_context(postgres_server())
         cluster = localcluster.start(
             home,
             num_cpus=0,
@@ -128,6 +140,8 @@ def fake_cluster(tmp_path_factory):
             dashboard_port=free_port(),
             mlflow_port=free_port(),
             autoscaling_config=config,
+            backend_store_uri=pg.uri,
+            artifacts_destination=home / "served-artifacts",
             env={
                 "RAY_FAKE_CLUSTER": "1",
                 "AUTOSCALER_UPDATE_INTERVAL_S": "1",
@@ -145,6 +159,9 @@ def fake_cluster(tmp_path_factory):
             "RAYMAAS_HOME": str(home),
             # every fake node is a process on this machine: its disk is shared storage
             "RAYMAAS_SHARED_STORAGE": "1",
+            # what the cluster launcher's ~/ray_bootstrap_config.yaml is to a driver on a real
+            # head: the node types a sweep counts its trials against
+            "RAYMAAS_AUTOSCALING_CONFIG": str(config),
         }
         env.pop("MLFLOW_REGISTRY_URI", None)
         os.environ.update(
@@ -168,6 +185,7 @@ def fake_cluster(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        database.close()
         if state is not None:
             gcs_port = int(state.gcs_address.rsplit(":", 1)[1])
             assert not localcluster.head_processes(Path(state.temp_dir), gcs_port), "processes left behind"
@@ -251,8 +269,26 @@ def settle(cluster: FakeCluster) -> None:
         240,
         "no worker nodes (the autoscaler's view included)",
         interval=1,
-        seen=lambda: ray_status(cluster.address),
+        seen=lambda: f"{ray_status(cluster.address)}\nwhat keeps the worker nodes busy:\n{on_worker_nodes()}",
     )
+
+
+def on_worker_nodes() -> str:
+    """The actors and placement groups alive on worker nodes: what keeps a node from going idle."""
+    from ray.util.state import list_actors, list_placement_groups
+
+    nodes = set(worker_nodes())
+    actors = [
+        f"actor {a.class_name} ({a.name or 'unnamed'}, job {a.job_id}) on {a.node_id[:8]}"
+        for a in list_actors(filters=[("state", "=", "ALIVE")])
+        if a.node_id in nodes
+    ]
+    groups = [
+        f"placement group {g.placement_group_id[:8]} ({g.name or 'unnamed'}) {g.state}"
+        for g in list_placement_groups()
+        if g.state != "REMOVED"
+    ]
+    return "\n".join(actors + groups) or "(nothing)"
 
 
 def runs_named(client, run_name: str):
@@ -446,6 +482,215 @@ def test_job_spreads_over_added_nodes_resumes_after_a_node_kill_and_nodes_go_whe
         f"was logged ({'on a new node' if new_nodes else 'on a node the cluster had'}); resumed from epoch {resumed_from}",
         flush=True,
     )
+
+
+def test_sweep_puts_trials_in_flight_for_the_nodes_the_cluster_can_grow_to(fake_cluster, client, tmp_path):
+    """A 4-trial sweep on a cluster with no worker node (and a head with no CPU): the sweep counts
+    its trials against the node types' max_workers, not the empty cluster, so two trials wait
+    pending at once and the autoscaler adds the nodes they ask for; one parent, four children."""
+    from raymaas.sweep.job import SWEEP_TAG
+
+    run_name = "mn-sweep-run"
+    settle(fake_cluster)
+    log = tmp_path / "sweep.log"
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.sweep",
+            str(REPO / "jobs/specs/digits_sweep_debug.yaml"),
+            "--set",
+            "name=mn-sweep",
+            "--set",
+            f"mlflow.run_name={run_name}",
+            "--set",
+            "scaling_config.placement_timeout_s=240",
+        ],
+        cwd=REPO,
+        env=fake_cluster.env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    peak = {"nodes": 0, "trials": 0}
+
+    def ended() -> bool:
+        peak["nodes"] = max(peak["nodes"], len(worker_nodes()))
+        peak["trials"] = max(peak["trials"], len(train_worker_actors()))
+        return driver.poll() is not None
+
+    try:
+        wait_for(ended, 540, "the sweep to end", interval=1, seen=seen_by(fake_cluster, log))
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=30)
+    output = log.read_text()
+    assert driver.returncode == 0, output[-4000:]
+    # 1 CPU a trial's Train worker (+ its own 0.01), 3 nodes of 1 CPU at most: 2 at once
+    assert "up to 2 trials at once" in output and "the cluster can grow to CPU 3" in output, output[-4000:]
+    assert peak["nodes"] >= 2 and peak["trials"] >= 2, peak
+    experiment = client.get_experiment_by_name("mn-sweep").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string=f"tags.`{SWEEP_TAG}` = 'parent'")
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([experiment], filter_string=f"tags.`{SWEEP_TAG}` = '{run_name}'")
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children), [
+        (c.info.run_name, c.info.status) for c in children
+    ]
+    settle(fake_cluster)
+    print(f"\nsweep on an empty cluster: peak {peak['nodes']} worker nodes, {peak['trials']} trials training at once")
+
+
+def test_elastic_job_grows_with_nodes_and_goes_on_with_fewer_after_a_node_is_lost(fake_cluster, client, tmp_path):
+    """num_workers [1, 2]: the job starts once one worker fits and grows as the autoscaler adds a
+    node; a worker's node killed mid-run shrinks the group, which goes on from the last
+    checkpoint in the same MLflow run and finishes. Each epoch logs the group's size."""
+    run_name = "mn-elastic-run"
+    settle(fake_cluster)
+    log = tmp_path / "elastic.log"
+    driver = start_driver(
+        fake_cluster,
+        log,
+        *SLOW_EPOCHS,
+        "--set",
+        "name=mn-elastic",
+        "--set",
+        f"mlflow.run_name={run_name}",
+        "--set",
+        "train_loop_config.epochs=8",
+        "--set",
+        "scaling_config.num_workers=[1, 2]",
+        "--set",
+        "scaling_config.resize_interval_s=5",
+        "--set",
+        "failure_config.max_failures=3",
+    )
+
+    def sizes() -> dict[int, int]:
+        runs = runs_named(client, run_name)
+        if not runs:
+            return {}
+        return {m.step: int(m.value) for m in client.get_metric_history(runs[0].info.run_id, "workers")}
+
+    try:
+        seen = seen_by(fake_cluster, log)
+        wait_for(
+            driver_running(driver, log, lambda: 2 in sizes().values()), 400, "an epoch trained by 2 workers", seen=seen
+        )
+        actor = wait_for(train_worker_actors, 30, "a Ray Train worker", seen=seen)[0]
+        raylet = raylet_of(actor.pid)
+        for proc in [raylet, *raylet.children(recursive=True)]:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        # read after the kill: an epoch the whole group reported as the node went still counts before it
+        time.sleep(2)
+        killed_after = max(sizes())
+        driver.wait(timeout=480)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{exc}; the driver's output:\n{log.read_text()[-4000:]}") from None
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    output = log.read_text()
+    assert driver.returncode == 0, output[-4000:]
+    (run,) = runs_named(client, run_name)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["scaling_config.num_workers"] == "[1, 2]"
+    size = sizes()
+    assert sorted(size) == list(range(8)), size  # every epoch once, in one run
+    after = [size[e] for e in sorted(size) if e > killed_after]
+    # epochs after the loss ran on the node left (the group may grow again later, once the
+    # autoscaler has replaced the node: that is what elastic means)
+    assert 1 in after, size
+    assert int(run.data.tags.get("raymaas.resumed_from_epoch", "0")) >= 1, run.data.tags
+    settle(fake_cluster)
+    print(f"\nelastic job: workers per epoch {[size[e] for e in sorted(size)]}; node killed after epoch {killed_after}")
+
+
+def test_batch_scoring_pool_grows_with_nodes_the_autoscaler_adds(fake_cluster, client, tmp_path):
+    """`raymaas predict --actors 1:3` on an empty cluster: it starts once one model actor (and a
+    read task) fit, Ray Data adds actors while the pool is busy, and the actors it adds wait
+    pending until the autoscaler has added their nodes. Every row scored once, in one run."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import torch
+    from ray.util.state import list_actors
+
+    from raymaas.modelcode.pyfunc import log_classifier
+    from raymaas.tracking import ensure_experiment
+
+    name, width, n_files, rows = "mn-batch", 16, 12, 2000
+    mlflow.set_experiment(experiment_id=ensure_experiment(client, "mn-batch"))
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+    rng = np.random.default_rng(0)
+    with mlflow.start_run(run_name="batch-model"):
+        info = log_classifier(module, rng.normal(size=(8, width)).astype(np.float32))
+    version = mlflow.register_model(info.model_uri, name).version
+    client.set_registered_model_alias(name, "champion", version)
+    source, out = tmp_path / "table", tmp_path / "scores"
+    source.mkdir()
+    for k in range(n_files):
+        frame = pd.DataFrame(rng.normal(size=(rows, width)).astype(np.float32), columns=[f"x{i}" for i in range(width)])
+        frame.insert(0, "id", np.arange(k * rows, (k + 1) * rows, dtype=np.int64))
+        frame.to_parquet(source / f"part-{k:02d}.parquet")
+
+    settle(fake_cluster)
+    log = tmp_path / "predict.log"
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "raymaas.cli",
+            "predict",
+            name,
+            str(source),
+            str(out),
+            "--actors",
+            "1:3",
+            "--batch-size",
+            "8",  # many small batches: a pool busy for long enough to grow
+            "--placement-timeout-s",
+            "240",
+            "--run-name",
+            "mn-batch-run",
+        ],
+        cwd=REPO,
+        env=fake_cluster.env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    peak = {"nodes": 0, "actors": 0}
+
+    def ended() -> bool:
+        peak["nodes"] = max(peak["nodes"], len(worker_nodes()))
+        alive = list_actors(filters=[("state", "=", "ALIVE")])
+        peak["actors"] = max(peak["actors"], sum("MapWorker" in a.class_name for a in alive))
+        return driver.poll() is not None
+
+    try:
+        wait_for(ended, 480, "the batch job to end", interval=1, seen=seen_by(fake_cluster, log))
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=30)
+    output = log.read_text()
+    assert driver.returncode == 0, output[-4000:]
+    assert "on 1 to 3 actors" in output, output[-3000:]
+    # start-up waits for one actor and a read task (2 one-CPU nodes); the pool grew beyond them
+    assert peak["actors"] >= 2 and peak["nodes"] >= 3, (peak, output[-3000:])
+    scored = pd.read_parquet(out)
+    assert sorted(scored["id"]) == list(range(n_files * rows))
+    (run,) = runs_named(client, "mn-batch-run") or client.search_runs(
+        [client.get_experiment_by_name("mn-batch").experiment_id], filter_string="tags.`raymaas.job_kind` = 'predict'"
+    )
+    assert run.info.status == "FINISHED" and run.data.tags["raymaas.actors"] == "1:3"
+    settle(fake_cluster)
+    print(f"\nbatch scoring on an empty cluster: peak {peak['actors']} model actors on {peak['nodes']} worker nodes")
 
 
 def test_serve_replicas_and_nodes_follow_the_load(fake_cluster, client):

@@ -50,6 +50,10 @@ def test_defaults_follow_the_issue():
         ("model.name=raymaas.supervised.models:nothing_here", "model.name", "no callable 'nothing_here'"),
         ("data.validation_fraction=1.5", "data.validation_fraction", "less than 1"),
         ("name=has spaces", "name", "pattern"),
+        ("scaling_config.num_workers=[0, 2]", "scaling_config.num_workers", "min is at least 1"),
+        ("scaling_config.num_workers=[3, 1]", "scaling_config.num_workers", "max is below min"),
+        ("scaling_config.num_workers=[1, 2, 3]", "scaling_config.num_workers", "[min, max]"),
+        ("scaling_config.num_workers=-1", "scaling_config.num_workers", "0 or more"),
     ],
 )
 def test_bad_fields_are_named(override, field, words):
@@ -58,6 +62,17 @@ def test_bad_fields_are_named(override, field, words):
     message = str(err.value)
     line = next(text for text in message.splitlines() if text.strip().startswith(field + ":"))
     assert words in line, message
+
+
+def test_elastic_workers_are_a_range():
+    spec = load_spec(SupervisedSpec, DEBUG_SPEC, ["scaling_config.num_workers=[1, 4]"])
+    scaling = spec.scaling_config
+    assert scaling.num_workers == (1, 4) and scaling.elastic
+    assert (scaling.min_workers, scaling.max_workers, scaling.describe_workers()) == (1, 4, "1-4")
+    assert flatten(spec.model_dump(mode="json"))["scaling_config.num_workers"] == [1, 4]
+    # [n, n] is a fixed group; 0 (local mode) still counts as one worker's resources
+    assert load_spec(SupervisedSpec, DEBUG_SPEC, ["scaling_config.num_workers=[2, 2]"]).scaling_config.num_workers == 2
+    assert load_spec(SupervisedSpec, DEBUG_SPEC, ["scaling_config.num_workers=0"]).scaling_config.min_workers == 1
 
 
 def test_missing_required_name(tmp_path):

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -95,6 +96,8 @@ def connect(
     if address:
         _use_token_auth_if_available()
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+        if autoscaler_may_add_nodes():
+            keep_coordinator_on_head()
     else:
         # "local": a fresh Ray in this process even if `ray start` left a cluster address
         # behind (ray.init() would join that one).
@@ -229,6 +232,33 @@ def wait_for_resources(
                 " For an autoscaling cluster that adds nodes on demand, raise scaling_config.placement_timeout_s."
             )
         time.sleep(0.5)
+
+
+def keep_coordinator_on_head() -> None:
+    """Make sure Ray's AutoscalingCoordinator (see wait_for_resources) lives on the head.
+
+    Ray Data creates that detached actor on the node of whoever asks first, pinned there for the
+    cluster's life. Asked first from a worker node (a sweep's trial waiting for its workers, an
+    elastic Train controller), it kept that node busy forever: the autoscaler never removed it
+    as idle. Created here, from the driver's node when that is the head, else by a task pinned
+    to the head, every later ask finds this one."""
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head = next(
+        (n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None
+    )
+    if head is None or head == ray.get_runtime_context().get_node_id():
+        get_or_create_autoscaling_coordinator()
+        return
+
+    @ray.remote(num_cpus=0)
+    def create() -> None:
+        get_or_create_autoscaling_coordinator()
+
+    ray.get(create.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote())
 
 
 class _ResourceRequest:
@@ -381,3 +411,82 @@ def autoscaler_may_add_nodes() -> bool:
         return state.get_cluster_config() is not None
     except Exception:  # no autoscaler status (yet), or a format this version does not know
         return False
+
+
+# --------------------------------------------------------------------------- what the cluster can grow to
+
+AUTOSCALING_CONFIG_ENV = "RAYMAAS_AUTOSCALING_CONFIG"
+# Where the cluster launcher (`ray up cluster.yaml`) leaves the autoscaler's config on the head,
+# which is where a `ray job submit` driver runs.
+BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The most a cluster can hold at once: resource -> amount, and where that figure came from."""
+
+    resources: dict[str, float]
+    source: str
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k} {v:g}" for k, v in sorted(self.resources.items()) if k in ("CPU", "GPU"))
+        return f"{shown or 'no CPU'} ({self.source})"
+
+
+def growth_capacity() -> Capacity:
+    """What the cluster this driver joined can grow to: the live head plus every worker node
+    type at its max_workers (the cluster-wide max_workers capping the count), so that a sweep
+    can put enough trials in flight for the autoscaler to see them pending and add nodes.
+
+    Read from, in order: the cluster config Ray keeps in its GCS (autoscaler v2, KubeRay: what
+    Ray Train V2 itself checks against); the autoscaler's config file named by
+    RAYMAAS_AUTOSCALING_CONFIG, or the one the cluster launcher leaves on the head
+    (~/ray_bootstrap_config.yaml); else what the cluster has now (a cluster without an
+    autoscaler does not grow). A node type whose resources the file leaves for the provider to
+    detect (`resources: {}`) counts only through its live nodes: say them in the config to
+    count them before they exist (cluster.yaml does).
+    """
+    now = {k: float(v) for k, v in ray.cluster_resources().items()}
+    try:
+        from ray._private.state import state
+
+        from_gcs = state.get_max_resources_from_cluster_config()
+    except Exception:  # no GCS config API in this version, or nothing kept there
+        from_gcs = None
+    if from_gcs:
+        grown = {k: float(v) for k, v in from_gcs.items()}
+        return Capacity({k: max(grown.get(k, 0.0), now.get(k, 0.0)) for k in {*grown, *now}}, "the GCS cluster config")
+    named = os.environ.get(AUTOSCALING_CONFIG_ENV)
+    path = Path(named).expanduser() if named else BOOTSTRAP_CONFIG.expanduser()
+    if (named or path.is_file()) and autoscaler_may_add_nodes():
+        import yaml
+
+        try:
+            config = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ResourceError(f"{path}: cannot read the autoscaler's config ({err})") from err
+        head = next(
+            (n["Resources"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), {}
+        )
+        return Capacity(capacity_of_config(config, head, now), f"the autoscaler's node types in {path}")
+    return Capacity(now, "the cluster's nodes now: no autoscaler that adds nodes")
+
+
+def capacity_of_config(config: dict, head: dict[str, float], now: dict[str, float]) -> dict[str, float]:
+    """An autoscaler config's ceiling: the head's resources as they are plus each worker type's
+    resources x max_workers, largest nodes first until the config's own max_workers (the
+    cluster-wide cap on worker nodes); never below what the cluster has now."""
+    types = config.get("available_node_types") or {}
+    head_type = config.get("head_node_type")
+    total = {k: float(v) for k, v in head.items() if not k.startswith("node:")}
+    room = int(config.get("max_workers", sum(int(t.get("max_workers", 0)) for t in types.values())))
+    workers = [
+        (dict(t.get("resources") or {}), int(t.get("max_workers", 0))) for name, t in types.items() if name != head_type
+    ]
+    for resources, count in sorted(workers, key=lambda w: -float(w[0].get("CPU", 0))):
+        count = min(count, room)
+        room -= count
+        for k, v in resources.items():
+            total[k] = total.get(k, 0.0) + float(v) * count
+    # A type the file does not size (resources: {}) still counts with what its nodes have now.
+    return {k: max(total.get(k, 0.0), now.get(k, 0.0)) for k in {*total, *now}}

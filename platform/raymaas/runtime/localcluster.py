@@ -167,6 +167,12 @@ def start(
         # Jobs talk to the tracking server, never to its database: its URI stays with the server.
         for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_REGISTRY_URI", BACKEND_STORE_ENV):
             head_env.pop(var, None)
+        # The head's processes (and the nodes an autoscaler starts from it) name their own
+        # cluster: Ray's State API, called inside workers without an address (Train V2's
+        # PlacementGroupCleaner, which frees a stopped trial's workers), otherwise looks for Ray
+        # on this machine, and with any other Ray here (or fake nodes, which list the head twice)
+        # it finds several, fails, and the trial's placement group is never freed.
+        head_env["RAY_ADDRESS"] = f"{HOST}:{port}"
         from raymaas.runtime.cluster import ensure_auth_token
 
         ensure_auth_token()  # a head with token auth, as exports() tells its clients

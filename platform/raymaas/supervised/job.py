@@ -23,13 +23,24 @@ from raymaas.sweep.job import Trials
 
 
 class ScalingSpec(SpecModel):
-    num_workers: int = Field(2, ge=0, description="Ray Train workers (0 runs the loop in this process, for debugging)")
+    num_workers: int | tuple[int, int] = Field(
+        2,
+        description="Ray Train workers (0 runs the loop in this process, for debugging), or [min, max]: "
+        "elastic, the job starts once min workers fit and grows to max as nodes join; a lost node shrinks "
+        "the group and training goes on from the last checkpoint",
+    )
     use_gpu: bool | Literal["auto"] = Field(
         "auto", description="auto: GPUs (NCCL) if the cluster has any, else CPUs (gloo)"
     )
     resources_per_worker: dict[str, float] = Field({"CPU": 1}, description="Ray resources each worker reserves")
     placement_timeout_s: float = Field(
         10, gt=0, description="seconds to wait for the cluster to offer the resources before failing"
+    )
+    resize_interval_s: float = Field(
+        60,
+        gt=0,
+        description="elastic num_workers: how often a running group looks for room to grow (a restart from "
+        "the last checkpoint with more workers)",
     )
 
     @field_validator("use_gpu", mode="before")
@@ -38,6 +49,42 @@ class ScalingSpec(SpecModel):
         if value in (True, False, "auto"):
             return value
         raise ValueError("must be true, false or auto")
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, value):
+        if isinstance(value, bool):
+            raise ValueError("must be a number of workers or [min, max]")
+        if isinstance(value, float) and value.is_integer():  # 2.0, as a sweep's uniform draws it
+            value = int(value)
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("must be 0 or more")
+            return value
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(type(v) is int for v in value):
+            low, high = value
+            if low < 1:
+                raise ValueError(f"[{low}, {high}]: an elastic group's min is at least 1 worker")
+            if high < low:
+                raise ValueError(f"[{low}, {high}]: max is below min")
+            return (low, high) if low < high else low
+        raise ValueError(f"{value!r}: give a number of workers or [min, max] (two whole numbers)")
+
+    @property
+    def min_workers(self) -> int:
+        """Workers the job needs to start: all of them, or an elastic group's min (1 in local mode)."""
+        return max(1, self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers)
+
+    @property
+    def max_workers(self) -> int:
+        return max(1, self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers)
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    def describe_workers(self) -> str:
+        return f"{self.num_workers[0]}-{self.num_workers[1]}" if self.elastic else str(self.num_workers)
 
 
 class FailureSpec(SpecModel):
@@ -145,7 +192,7 @@ def _worker_resources(spec: SupervisedSpec) -> tuple[bool, dict[str, float], int
     per_worker = dict(scaling.resources_per_worker)
     if use_gpu:
         per_worker.setdefault("GPU", 1)
-    return use_gpu, per_worker, max(1, scaling.num_workers)
+    return use_gpu, per_worker, scaling.min_workers
 
 
 def _trial_resources(spec: SupervisedSpec) -> dict[str, float]:
@@ -157,7 +204,7 @@ def _trial_resources(spec: SupervisedSpec) -> dict[str, float]:
         _, per_worker, workers = _worker_resources(spec)
     else:
         scaling = spec.scaling_config
-        per_worker, workers = dict(scaling.resources_per_worker), max(1, scaling.num_workers)
+        per_worker, workers = dict(scaling.resources_per_worker), scaling.min_workers
         if scaling.use_gpu is True:
             per_worker.setdefault("GPU", 1)
     return {k: v * workers for k, v in per_worker.items()}
@@ -170,7 +217,7 @@ def _connect_options(spec: SupervisedSpec, concurrent: int = 1) -> dict:
     from raymaas.runtime import cluster
 
     scaling = spec.scaling_config
-    needed_cpus = concurrent * max(1, scaling.num_workers) * scaling.resources_per_worker.get("CPU", 1)
+    needed_cpus = concurrent * scaling.max_workers * scaling.resources_per_worker.get("CPU", 1)
     user_code = [] if spec.model.name in BUILTIN_MODELS else [cluster.package_dir_of(spec.model.name.split(":")[0])]
     return {
         # Logical CPUs for a local Ray: the workers' own, plus room for Ray Data's read
@@ -196,7 +243,7 @@ def _prepare(spec: SupervisedSpec, storage_path: str):
     tags = {
         "task": spec.task,
         **data.notes,
-        "num_workers": str(scaling.num_workers),
+        "num_workers": scaling.describe_workers(),
         "device": "cuda" if use_gpu else "cpu",
         "torch_backend": "nccl" if use_gpu else "gloo",
     }
@@ -252,7 +299,10 @@ def _run_trainer(job, prepared, in_tune: bool = False):
         train_loop_config=config.model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=spec.scaling_config.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+            num_workers=spec.scaling_config.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=per_worker,
+            elastic_resize_monitor_interval_s=spec.scaling_config.resize_interval_s,
         ),
         run_config=ray.train.RunConfig(
             name=job.run.run_name,
@@ -276,7 +326,7 @@ def _run_trainer(job, prepared, in_tune: bool = False):
     if in_tune:  # a trial's progress is the sweep driver's to print
         result = trainer.fit()
     else:
-        with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs):
+        with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs, elastic=spec.scaling_config.elastic):
             result = call_interruptibly(trainer.fit)
     log_unlogged_epochs(job.client, job.run_id, result)
     last = result.metrics or {}
@@ -608,13 +658,15 @@ class _EpochPrinter:
         "val_r2",
         "val_reconstruction_error",
         "val_roc_auc",
+        "workers",
         "epoch_seconds",
     )
 
-    def __init__(self, client, run_id: str, epochs: int, interval_s: float = 1.0):
+    def __init__(self, client, run_id: str, epochs: int, interval_s: float = 1.0, elastic: bool = False):
         import threading
 
         self.client, self.run_id, self.epochs, self.interval_s = client, run_id, epochs, interval_s
+        self.elastic = elastic  # the group's size changes: each epoch says it
         self.printed = -1
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="raymaas-epochs", daemon=True)
@@ -649,7 +701,11 @@ class _EpochPrinter:
                 history[k] = {m.step: m.value for m in self.client.get_metric_history(self.run_id, k)}
         for epoch in new:
             values = {k: history[k].get(epoch) for k in self.KEYS}
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if v is not None and k != "epoch_seconds")
+            shown = "  ".join(
+                f"{k} {v:.4g}" for k, v in values.items() if v is not None and k not in ("epoch_seconds", "workers")
+            )
+            if values["workers"] is not None and self.elastic:
+                shown += f"  on {values['workers']:.0f} workers"
             seconds = values["epoch_seconds"]
             print(
                 f"raymaas: epoch {epoch + 1}/{self.epochs}  {shown}" + (f"  ({seconds:.2f}s)" if seconds else ""),

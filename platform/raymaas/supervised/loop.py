@@ -179,6 +179,8 @@ def train_loop_per_worker(config: dict) -> None:
             "epoch_seconds": seconds,
             "samples_per_second": train_n / max(seconds, 1e-9),
             "start_epoch": start_epoch,
+            # the group's size for this epoch: an elastic job's grows and shrinks with the cluster
+            "workers": world,
         }
         # every rank holds the same all-reduced metrics, so every rank takes the same decision
         stopping = loop.early_stopping

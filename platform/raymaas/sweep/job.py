@@ -132,6 +132,7 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     from ray import tune
 
     from raymaas import tracking
+    from raymaas.runtime import cluster
     from raymaas.runtime.driver import Job
     from raymaas.runtime.lifecycle import JobDriver, call_interruptibly, final_status
     from raymaas.tracking.publish import publish_model
@@ -160,9 +161,15 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     )
     tracking_uri, client, storage_path = driver.tracking_uri, driver.client, driver.storage_path
     need = _total(trials.resources(spec), trials.own_resources(spec))  # use_gpu auto resolved now
+    capacity = None
     if tc.max_concurrent_trials is None:
-        have = ray.cluster_resources()
-        at_once = _fits(need, {**have, "CPU": os.cpu_count() or 1} if local else have)
+        if local:
+            at_once = _fits(need, {**ray.cluster_resources(), "CPU": os.cpu_count() or 1})
+        else:
+            # As many trials as the cluster can grow to hold: the ones that do not fit now wait
+            # pending, and what they ask for is what makes the autoscaler add nodes.
+            capacity = cluster.growth_capacity()
+            at_once = _fits(need, capacity.resources)
 
     run_name = spec.mlflow.run_name or tracking.new_run_name(spec.name)
     parent = driver.start_run(
@@ -175,7 +182,8 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     print(
         f"raymaas: sweep {run_name}: MLflow parent run {parent.run_id} in {tracking_uri}"
         + (" [continuing]" if parent.resumed else "")
-        + f"; up to {at_once} trials at once",
+        + f"; up to {at_once} trials at once"
+        + (f" (each needs {_shown(need)}; the cluster can grow to {capacity.describe()})" if capacity else ""),
         flush=True,
     )
     with driver:  # Ray shut down however the sweep ends
@@ -269,6 +277,10 @@ def _total(*parts: dict[str, float]) -> dict[str, float]:
         for k, v in part.items():
             total[k] = total.get(k, 0) + v
     return total
+
+
+def _shown(resources: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if v) or "nothing"
 
 
 def _fits(need: dict[str, float], have: dict[str, float]) -> int:

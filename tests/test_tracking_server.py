@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -81,6 +82,29 @@ def test_a_store_password_is_masked_wherever_it_is_shown():
     )
     for plain in ("postgresql://mlflow@db/mlflow", "sqlite:////srv/mlflow.db", "s3://bucket/artifacts", "/srv/art"):
         assert localcluster.masked(plain) == plain
+
+
+def test_a_server_that_exits_fails_at_once_its_log_shown_without_the_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "from-the-env")
+    log = tmp_path / "mlflow-server.log"
+    log.write_text("could not connect to postgresql://u:p@ss@db/m (p%40ss) with from-the-env\n")
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as raised:
+        localcluster._wait_for_http(
+            f"http://{localcluster.HOST}:{free_port()}/health",
+            time.monotonic() + 60,
+            "the MLflow server",
+            log,
+            process=exited,
+            secrets=localcluster._secrets_of("postgresql://u:p%40ss@db/m"),
+        )
+    assert time.monotonic() - started < 10  # not the deadline: the process had exited
+    message = str(raised.value)
+    assert "exited with 0" in message and "could not connect" in message, message
+    for secret in ("p@ss", "p%40ss", "from-the-env"):
+        assert secret not in message, message
 
 
 def test_mlflow_server_on_postgres_takes_a_run_and_its_artifacts_over_http(postgres, tmp_path):

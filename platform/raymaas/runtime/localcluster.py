@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 STATE_FILE = Path(".raymaas") / "cluster.json"
 HOST = "127.0.0.1"
@@ -68,6 +68,14 @@ def masked(uri: str) -> str:
         return uri
     user, _, host = parts.netloc.rpartition("@")
     return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
+
+
+def _secrets_of(uri: str) -> tuple[str, ...]:
+    """What the server's log must not show: the password of uri as written (percent-encoded)
+    and as the database driver reads it, and libpq's PGPASSWORD."""
+    password = urlsplit(uri).password
+    found = (password, unquote(password)) if password else ()
+    return tuple(dict.fromkeys(s for s in (*found, os.environ.get("PGPASSWORD")) if s))
 
 
 def state_path(home: Path) -> Path:
@@ -117,8 +125,9 @@ def start(
     its fake multi-node provider with env RAY_FAKE_CLUSTER=1).
 
     backend_store_uri: the MLflow server's database, e.g. `postgresql://USER:PASSWORD@HOST:PORT/DB`
-    (psycopg2; without a password in it, libpq's PGPASSWORD or ~/.pgpass from this environment);
-    default: home/mlflow.db. artifacts_destination: a folder or an object store URI
+    (SQLAlchemy 2.1 reads it with psycopg 3, `postgresql+psycopg2://` with psycopg2; without a
+    password in it, libpq's PGPASSWORD or ~/.pgpass from this environment); default:
+    home/mlflow.db. artifacts_destination: a folder or an object store URI
     (`s3://bucket/path`, credentials from this environment) that the server writes the
     artifacts it serves to; default: home/mlartifacts."""
     home = home.resolve()
@@ -164,8 +173,10 @@ def start(
             "MLFLOW_TRACKING_URI": mlflow_url,
             **(env or {}),
         }
-        # Jobs talk to the tracking server, never to its database: its URI stays with the server.
-        for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_REGISTRY_URI", BACKEND_STORE_ENV):
+        # Jobs talk to the tracking server, never to its database: its URI and the password that
+        # `raymaas up --backend-store-uri` takes from PGPASSWORD stay with the server (every job,
+        # worker and replica the head starts would otherwise read them in its environment).
+        for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_REGISTRY_URI", BACKEND_STORE_ENV, "PGPASSWORD"):
             head_env.pop(var, None)
         # The head's processes (and the nodes an autoscaler starts from it) name their own
         # cluster: Ray's State API, called inside workers without an address (Train V2's
@@ -207,7 +218,7 @@ def start(
             "the MLflow server",
             logs / "mlflow-server.log",
             process=mlflow_proc,
-            secret=urlsplit(backend_store_uri).password,
+            secrets=_secrets_of(backend_store_uri),
         )
         _wait_for_http(f"{cluster.dashboard_url}/api/version", deadline, "the Ray dashboard")
     except BaseException:
@@ -314,9 +325,9 @@ def _wait_for_http(
     what: str,
     log: Path | None = None,
     process: subprocess.Popen | None = None,
-    secret: str | None = None,
+    secrets: tuple[str, ...] = (),
 ) -> None:
-    """Until url answers; a RuntimeError with log's tail (secret masked in it) at the deadline
+    """Until url answers; a RuntimeError with log's tail (secrets masked in it) at the deadline
     or as soon as process has exited (a server that cannot reach its database)."""
     while True:
         try:
@@ -328,7 +339,7 @@ def _wait_for_http(
             exited = process is not None and process.poll() is not None
             if exited or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-2000:] if log and log.is_file() else ""
-                if secret:
+                for secret in secrets:
                     tail = tail.replace(secret, "***")
                 status = f" (it exited with {process.returncode})" if exited else ""
                 raise RuntimeError(f"{what} did not answer at {url}{status}\n{tail}") from None

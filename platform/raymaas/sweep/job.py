@@ -156,37 +156,37 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     # API, which lives in the dashboard. Without it the cleaner only logs "Failed to query Ray
     # Train Controller actor state" and the stopped trials' CPUs stay reserved: the sweep
     # starved once ASHA had stopped two trials on 2 cores (bench/sweep.py, reduction factor 4).
-    driver = JobDriver.connect(
+    # Ray shut down however the sweep ends, from here on (raymaas.runtime.lifecycle)
+    with JobDriver.connect(
         address, logs="trials, Train controllers", warm_imports=warm, include_dashboard=True, **options
-    )
-    tracking_uri, client, storage_path = driver.tracking_uri, driver.client, driver.storage_path
-    need = _total(trials.resources(spec), trials.own_resources(spec))  # use_gpu auto resolved now
-    capacity = None
-    if tc.max_concurrent_trials is None:
-        if local:
-            at_once = _fits(need, {**ray.cluster_resources(), "CPU": os.cpu_count() or 1})
-        else:
-            # As many trials as the cluster can grow to hold: the ones that do not fit now wait
-            # pending, and what they ask for is what makes the autoscaler add nodes.
-            capacity = cluster.growth_capacity()
-            at_once = _fits(need, capacity.resources)
+    ) as driver:
+        tracking_uri, client, storage_path = driver.tracking_uri, driver.client, driver.storage_path
+        need = _total(trials.resources(spec), trials.own_resources(spec))  # use_gpu auto resolved now
+        capacity = None
+        if tc.max_concurrent_trials is None:
+            if local:
+                at_once = _fits(need, {**ray.cluster_resources(), "CPU": os.cpu_count() or 1})
+            else:
+                # As many trials as the cluster can grow to hold: the ones that do not fit now wait
+                # pending, and what they ask for is what makes the autoscaler add nodes.
+                capacity = cluster.growth_capacity()
+                at_once = _fits(need, capacity.resources)
 
-    run_name = spec.mlflow.run_name or tracking.new_run_name(spec.name)
-    parent = driver.start_run(
-        spec.experiment_name,
-        run_name,
-        params=spec.tracked_params(),
-        tags={"raymaas.job_kind": kind.name, SWEEP_TAG: "parent", "raymaas.sweep_metric": f"{metric} ({mode})"},
-        line=None,  # the sweep's own, below
-    )
-    print(
-        f"raymaas: sweep {run_name}: MLflow parent run {parent.run_id} in {tracking_uri}"
-        + (" [continuing]" if parent.resumed else "")
-        + f"; up to {at_once} trials at once"
-        + (f" (each needs {_shown(need)}; the cluster can grow to {capacity.describe()})" if capacity else ""),
-        flush=True,
-    )
-    with driver:  # Ray shut down however the sweep ends
+        run_name = spec.mlflow.run_name or tracking.new_run_name(spec.name)
+        parent = driver.start_run(
+            spec.experiment_name,
+            run_name,
+            params=spec.tracked_params(),
+            tags={"raymaas.job_kind": kind.name, SWEEP_TAG: "parent", "raymaas.sweep_metric": f"{metric} ({mode})"},
+            line=None,  # the sweep's own, below
+        )
+        print(
+            f"raymaas: sweep {run_name}: MLflow parent run {parent.run_id} in {tracking_uri}"
+            + (" [continuing]" if parent.resumed else "")
+            + f"; up to {at_once} trials at once"
+            + (f" (each needs {_shown(need)}; the cluster can grow to {capacity.describe()})" if capacity else ""),
+            flush=True,
+        )
         with final_status(client, parent.run_id) as status:
             base = spec.model_dump(mode="json")
             trainable = tune.with_resources(

@@ -15,7 +15,12 @@ Two parts, as KServe and Seldon put an explainer beside the predictor:
   first request starts one), its own budget of requests (explain.max_ongoing_requests, then
   explain.max_queued_requests waiting; beyond, 503 at once) and its own bounds on the work
   per request (max_rows, n_steps, nsamples): predictions never wait behind an explanation,
-  and an explanation never takes a prediction replica's CPU.
+  and an explanation never takes a prediction replica's CPU. Its own Ray CPUs (num_cpus) are a
+  reservation, not a limit: on a machine shared with the prediction replicas, the proxy and the
+  clients (2 cores), a busy explainer still slowed /invocations 1.6-3x (docs/performance.md). So
+  its process yields the CPU: every thread at `explain.niceness` (19 by default, the lowest
+  priority), its intra-op thread pools (torch, BLAS, OpenMP) at `explain.torch_threads`, at most
+  what num_cpus reserves (lower_priority, limit_threads).
 
 The answer: {"model", "version", "method", "baseline", "baseline_prediction" (IG),
 "explanations": [{"prediction", "target", "score", "baseline_score", "attributions" (by
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
@@ -47,6 +53,8 @@ TARGET_PARAM = "target"
 IMAGE_PARAM = "image"
 FLAGS = {"true": True, "1": True, "false": False, "0": False}  # what params.image / ?image= may be
 MAX_CACHED_EXPLAINERS = 4  # model versions an explainer replica keeps loaded (LRU)
+# what the BLAS and OpenMP libraries read when loaded (OpenBLAS reads its own name first, then OMP_)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 _EXPLANATION = {
@@ -297,6 +305,50 @@ def make_explainer(model, profile: dict | None, background_file: str | None, bac
     return explainer_for(model, profile, background, source, background_rows)
 
 
+def lower_priority(niceness: int) -> int:
+    """Every thread of this process at `niceness` at least (never raised back: an unprivileged
+    process may not); threads started later inherit it. Answers the threads changed."""
+    # Linux keeps a nice value per thread, not per process (setpriority(2), BUGS): setting the
+    # process's would change the calling thread only, and a Serve replica's work runs on threads
+    # started before its constructor (the user-code event loop, Ray's core threads, OpenBLAS's pool)
+    # or by them (asyncio.to_thread's executor). So each thread is set, from /proc/self/task; a
+    # thread started meanwhile by one not yet set is caught by the next pass.
+    changed = 0
+    for _ in range(5):
+        try:
+            tids = [int(tid) for tid in os.listdir("/proc/self/task")]
+        except OSError:  # not Linux: there the nice value is the process's
+            tids = [0]
+        passed = 0
+        for tid in tids:
+            try:
+                if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+                    os.setpriority(os.PRIO_PROCESS, tid, niceness)
+                    passed += 1
+            except ProcessLookupError:  # the thread ended meanwhile
+                pass
+        changed += passed
+        if not passed:
+            break
+    return changed
+
+
+def limit_threads(threads: int) -> None:
+    """This process's intra-op thread pools at `threads`: torch's, those of the BLAS and OpenMP
+    libraries loaded already, and (by THREAD_VARS) those loaded later."""
+    import torch  # here, as the constructor had it: the endpoint replicas import this module too
+
+    # scikit-learn's OpenMP and SciPy's OpenBLAS load with the model (after this), and read these then.
+    # Ray sets OMP_NUM_THREADS for a worker only where it was unset; set here, it is what is reserved.
+    os.environ.update({var: str(threads) for var in THREAD_VARS})
+    torch.set_num_threads(threads)  # each thread torch computes on takes this value on its first op
+    try:
+        from threadpoolctl import threadpool_limits  # comes with scikit-learn; not a dependency of raymaas
+    except ImportError:
+        return
+    threadpool_limits(limits=threads)  # numpy's OpenBLAS, loaded at import, read the variables before
+
+
 def _explainer_class():
     from ray import serve
 
@@ -307,15 +359,16 @@ def _explainer_class():
         """Explains the application's models, a batch of one version's requests at a time."""
 
         def __init__(self, spec: dict):
-            import torch
-
             from raymaas import paths
 
             self.spec = ServeSpec.model_validate(spec)
             self.config = self.spec.explain
+            # A Serve replica is an actor with a worker process of its own (never shared, ended with
+            # the replica): lowering this process's priority touches no other replica nor the raylet.
+            lower_priority(self.config.niceness)
+            limit_threads(self.config.torch_threads)
             self.by_name = {m.name: m for m in self.spec.models}
             self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
-            torch.set_num_threads(self.config.torch_threads)
             self.explainers: OrderedDict[tuple[str, str], Any] = OrderedDict()
             self.batcher = Batcher(self._explain_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s)
 

@@ -3,6 +3,7 @@ models, autoscaling, batching and limits, and the index application's."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -66,8 +67,9 @@ class MonitoringSpec(SpecModel):
 
 class ExplainSpec(SpecModel):
     """POST /models/NAME/explain: attributions of each row's answer, computed by an Explainer
-    deployment of the application's own, so that explanations never take a prediction's CPU
-    or queue (raymaas.serving.explaining)."""
+    deployment of the application's own, so that explanations never take a prediction's queue,
+    and give way to predictions for the CPU: the explainer's process runs at `niceness` on at
+    most the threads it reserves (raymaas.serving.explaining)."""
 
     enabled: bool = Field(True, description="answer POST /models/NAME/explain")
     max_ongoing_requests: int = Field(
@@ -89,7 +91,35 @@ class ExplainSpec(SpecModel):
     )
     max_replicas: int = Field(1, ge=1, description="explainer replicas at most")
     num_cpus: float = Field(0.25, ge=0, description="Ray CPUs of an explainer replica")
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads of an explainer replica")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="intra-op threads of an explainer replica: torch's and the BLAS/OpenMP pools' (numpy, "
+        "scikit-learn); at most the CPUs it reserves, num_cpus rounded down (1 below 1)",
+    )
+    niceness: int = Field(
+        19,
+        ge=0,
+        le=19,
+        description="the nice value of an explainer replica's process (19: the lowest CPU priority), so that "
+        "predictions on the same machine get the CPU first; 0 leaves it as Ray started it",
+    )
+
+    @model_validator(mode="after")
+    def _threads_within_reserved(self):
+        # Threads beyond the reserved CPUs take CPU that Ray promised to whatever shares the node:
+        # the prediction replicas, the proxy (issue 32: /invocations slowed while /explain ran).
+        if self.torch_threads > self.reserved_threads:
+            raise ValueError(
+                f"explain.torch_threads {self.torch_threads} is more than an explainer replica reserves: "
+                f"explain.num_cpus {self.num_cpus:g} allows {self.reserved_threads}; raise num_cpus or lower torch_threads"
+            )
+        return self
+
+    @property
+    def reserved_threads(self) -> int:
+        """The threads num_cpus pays for: its whole CPUs, at least 1 (as Ray sets OMP_NUM_THREADS)."""
+        return max(1, math.floor(self.num_cpus))
 
 
 class RolloutSpec(SpecModel):

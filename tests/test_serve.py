@@ -503,10 +503,13 @@ def test_explain_beside_invocations_for_trained_and_hand_registered_models(endpo
 
 
 @pytest.mark.slow
-def test_invocations_keep_answering_while_explain_is_over_its_budget(endpoint, registered):
+def test_invocations_keep_answering_while_explain_is_over_its_budget(endpoint, registered, ray_head):
     """Explanations have their own deployment and request budget: a flood of them gets 503s
-    beyond the budget, and predictions keep answering at their usual speed meanwhile."""
+    beyond the budget, and predictions keep answering at their usual speed meanwhile, the
+    explainer's process giving them the CPU (every thread of it niced, the replicas' not)."""
     import threading
+
+    from ray.util.state import list_actors
 
     body = {"inputs": np.random.default_rng(0).random((1, 64)).tolist()}
     invocations, explain = f"{endpoint}/models/{TINY}/invocations", f"{endpoint}/models/{TINY}/explain"
@@ -524,12 +527,15 @@ def test_invocations_keep_answering_while_explain_is_over_its_budget(endpoint, r
     alone = float(np.median(latencies(40)))
     stop, statuses = threading.Event(), []
 
-    def flood():  # eight clients, each backing off a little on a 503 (which says retry-after)
+    # eight clients, each backing off on a 503 (which says retry-after: 1) as a client would: those the
+    # budget admits keep the explainer busy; the rest do not turn the test into a flood of 503s, which
+    # the proxy and the endpoint replica answer at their normal priority beside the predictions
+    def flood():
         while not stop.is_set() and len(statuses) < 2000:
             status, headers, _ = call(explain, {"inputs": body["inputs"] * EXPLAIN_MAX_ROWS})
             statuses.append(status if status != 503 or headers.get("retry-after") == "1" else "503 without retry-after")
             if status == 503:
-                time.sleep(0.05)
+                time.sleep(0.5)
 
     threads = [threading.Thread(target=flood) for _ in range(8)]
     for t in threads:
@@ -542,8 +548,23 @@ def test_invocations_keep_answering_while_explain_is_over_its_budget(endpoint, r
         for t in threads:
             t.join(timeout=60)
     assert set(statuses) <= {200, 503} and statuses.count(503) > 0 and statuses.count(200) > 0, set(statuses)
-    # usual speed: within a few times the unloaded median on this 2-core machine, never queued behind explanations
-    assert loaded < max(4 * alone, alone + 0.05), (alone, loaded)
+    # usual speed: never queued behind explanations, and not starved of CPU by them. Issue 32 asks for
+    # 1.2x; a median of 40 requests on a shared 2-core machine moves by more than that between runs
+    # with nothing else running (docs/performance.md), so the test holds 2x: above the noise, below
+    # the 2.96x an explainer that did not yield the CPU cost (bench/explain_load.py, 2026-12-03).
+    assert loaded < 2 * alone, (alone, loaded)
+
+    def nice_values(class_name: str) -> set[int]:
+        """The nice values of every thread of the deployment's replica processes (this head's own)."""
+        actors = list_actors(
+            address=ray_head.address, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")]
+        )
+        assert actors, class_name
+        return {os.getpriority(os.PRIO_PROCESS, int(t)) for a in actors for t in os.listdir(f"/proc/{a.pid}/task")}
+
+    assert nice_values("ServeReplica:tiny:Explainer") == {19}  # explain.niceness's default
+    # the niceness stays in the explainer's process: the endpoint's replicas run as the head was started
+    assert nice_values("ServeReplica:tiny:ModelEndpoint") == {os.getpriority(os.PRIO_PROCESS, 0)}
 
 
 # --------------------------------------------------------------------------- promotion and failures under load

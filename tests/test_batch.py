@@ -461,8 +461,12 @@ def test_actors_take_a_fixed_pool_or_a_range_and_name_the_field(tmp_path, capsys
     spec_file.write_text(f"name: p\nmodel: m\ninput: {tmp_path / 'in'}\noutput: {tmp_path / 'out'}\nactors: [1, 4]\n")
     spec = load_spec(PredictSpec, spec_file)
     assert spec.actors == (1, 4) and spec.model_dump(mode="json")["actors"] == [1, 4]
-    # a list (YAML 1.1 reads an unquoted 2:6 as the base-60 number 126)
+    # a list, or MIN:MAX (which YAML 1.1 alone would read as the base-60 number 126: specs read it as text)
     assert load_spec(PredictSpec, spec_file, ["actors=[2, 6]"]).actor_range == (2, 6)
+    assert load_spec(PredictSpec, spec_file, ["actors=2:6"]).actor_range == (2, 6)
+    spec_file.write_text(spec_file.read_text().replace("actors: [1, 4]", "actors: 1:4"))
+    assert load_spec(PredictSpec, spec_file).actor_range == (1, 4)
+    spec_file.write_text(spec_file.read_text().replace("actors: 1:4", "actors: [1, 4]"))
     assert validate_spec(PredictSpec, {**base, **spec.model_dump(mode="json")}).actor_range == (1, 4)
     assert describe_actors((1, 4)) == "1 to 4 actors" and describe_actors((1, 1)) == "1 actor"
     for bad, message in [

@@ -51,7 +51,11 @@ def test_cluster_yaml_sizes_its_node_types_and_commits_no_database_password():
     grown = capacity_of_config(raw, {"CPU": 0.0, "node:10.0.0.1": 1.0}, {})
     cpus = types["cpu_worker"]["resources"]["CPU"] * 6 + types["gpu_worker"]["resources"]["CPU"] * 2
     assert grown == {"CPU": cpus, "GPU": 2.0}, grown
-    # the cluster-wide cap takes the largest nodes first; a type left unsized counts what it has now
+    # under the cluster-wide cap each resource counts the nodes richest in it: a GPU sweep is not
+    # held to one trial because CPU nodes fill the cap
+    gpu_under_cap = capacity_of_config({**raw, "max_workers": 6}, {"CPU": 0.0}, {})
+    assert gpu_under_cap == {"CPU": types["cpu_worker"]["resources"]["CPU"] * 6, "GPU": 2.0}, gpu_under_cap
+    # a type left unsized counts what it has now
     capped = {
         **raw,
         "max_workers": 7,

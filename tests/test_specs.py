@@ -73,6 +73,11 @@ def test_elastic_workers_are_a_range():
     # [n, n] is a fixed group; 0 (local mode) still counts as one worker's resources
     assert load_spec(SupervisedSpec, DEBUG_SPEC, ["scaling_config.num_workers=[2, 2]"]).scaling_config.num_workers == 2
     assert load_spec(SupervisedSpec, DEBUG_SPEC, ["scaling_config.num_workers=0"]).scaling_config.min_workers == 1
+    # MIN:MAX too, which YAML 1.1 would read as a base-60 number (1:4 = 64): specs read it as text
+    assert load_spec(SupervisedSpec, DEBUG_SPEC, ["scaling_config.num_workers=1:4"]).scaling_config.num_workers == (
+        1,
+        4,
+    )
 
 
 def test_missing_required_name(tmp_path):

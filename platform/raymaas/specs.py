@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -142,6 +143,33 @@ class SpecError(ValueError):
 SpecT = TypeVar("SpecT", bound=SpecModel)
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader without YAML 1.1's base-60 numbers: `actors: 1:4` (or `--set
+    actors=1:4`) reaches the spec as the text "1:4", which a range field reads as MIN:MAX,
+    instead of the integer 64."""
+
+
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if not (tag.endswith(":int") or tag.endswith(":float"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern in (
+    # YAML 1.1's int and float patterns (PyYAML's), less their sexagesimal alternatives
+    ("tag:yaml.org,2002:int", r"[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+"),
+    (
+        "tag:yaml.org,2002:float",
+        r"[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+    ),
+):
+    _SpecLoader.add_implicit_resolver(_tag, re.compile(rf"^(?:{_pattern})$"), list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """A spec's YAML (or a --set value) as data: yaml.safe_load less base-60 numbers."""
+    return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_overrides(items: Iterable[str]) -> list[tuple[list[str], Any]]:
     """Parse `key.sub=value` strings; values are read as YAML scalars (3 -> int, true -> bool)."""
     parsed = []
@@ -150,7 +178,7 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[list[str], Any]]:
         if not sep or not key.strip():
             raise SpecError(f"--set {item!r}: expected KEY=VALUE, for example train_loop_config.epochs=3")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise SpecError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
         parsed.append((key.strip().split("."), value))
@@ -180,7 +208,7 @@ def read_spec_file(path: str | Path, overrides: Iterable[str] = ()) -> dict:
     if not path.is_file():
         raise SpecError(f"spec file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

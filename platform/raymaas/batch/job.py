@@ -101,7 +101,7 @@ class PredictSpec(JobSpec):
         2,
         description="model actors, each loading the model once: N, a pool of N; or [MIN, MAX], a pool that Ray Data "
         "grows from MIN to MAX while rows wait (ActorPoolStrategy min_size, max_size): the job starts once MIN fit, "
-        "an autoscaling cluster adds nodes for the rest (YAML reads an unquoted 1:4 as the number 64: write [1, 4]). "
+        "an autoscaling cluster adds nodes for the rest. "
         "`concurrency: N`, its old name, is actors: N",
     )
     num_cpus: float = Field(1, ge=0, description="CPUs each model actor reserves (map_batches num_cpus)")
@@ -381,6 +381,7 @@ def score(spec: PredictSpec, job: _Plan, per_actor: dict, tracking_uri: str, cli
     from raymaas.batch.output import OutputWriter, finished_counts, prepare_folders
     from raymaas.batch.plan import marker_content
     from raymaas.batch.scorer import BatchScorer
+    from raymaas.runtime import cluster
     from raymaas.tracking import log_metrics
 
     inputs, output = job.input, job.output
@@ -426,10 +427,15 @@ def score(spec: PredictSpec, job: _Plan, per_actor: dict, tracking_uri: str, cli
                 f"with {job.model.uri} on {describe_actors(spec.actor_range)}, batches of {job.batch_size}",
                 flush=True,
             )
-            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                meter.block(block.num_rows)
-                for done in writer.add(block):
-                    meter.unit(done)
+            # A pool that may grow asks the autoscaler for its MAX (and a read task) while it
+            # scores: Ray Data adds actors only where the cluster has room now, so without the
+            # nodes asked for here the pool stayed at MIN on a cluster that could have grown.
+            low, high = spec.actor_range
+            with cluster.holding_request([per_actor] * high + [{"CPU": 1}] if high > low else []):
+                for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    meter.block(block.num_rows)
+                    for done in writer.add(block):
+                        meter.unit(done)
         writer.check_complete()
     except BaseException:
         writer.abort()

@@ -58,10 +58,16 @@ def raymaas_code_dir() -> str:
 JOB_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
+# Ray settings a job's processes get when the driver's environment sets them: how long Ray
+# Train waits for a (re)started worker group before it decides again how many workers fit.
+FORWARDED_RAY_ENV = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",)
+
+
 def job_env() -> dict[str, str]:
     """The environment a job's Ray processes get: JOB_ENV_DEFAULTS, then this process's own
-    values of those and of raymaas.paths.FORWARDED_ENV."""
-    return {**JOB_ENV_DEFAULTS, **{k: os.environ[k] for k in JOB_ENV_DEFAULTS if k in os.environ}, **forwarded_env()}
+    values of those, of FORWARDED_RAY_ENV and of raymaas.paths.FORWARDED_ENV."""
+    given = {k: os.environ[k] for k in (*JOB_ENV_DEFAULTS, *FORWARDED_RAY_ENV) if k in os.environ}
+    return {**JOB_ENV_DEFAULTS, **given, **forwarded_env()}
 
 
 def connect(
@@ -198,11 +204,13 @@ RESOURCE_REQUEST_HOLD_S = 60.0
 
 
 def wait_for_resources(
-    needed: dict[str, float], timeout_s: float, bundles: list[dict[str, float]] | None = None
+    needed: dict[str, float], timeout_s: float, bundles: list[dict[str, float]] | None = None, hold: bool = True
 ) -> None:
     """Return once the cluster's total resources cover needed; else raise ResourceError.
     bundles (one per worker, default one bundle of needed) is what the autoscaler is asked for:
-    a single bundle larger than any node type would never be granted.
+    a single bundle larger than any node type would never be granted. hold=False withdraws the
+    request once it is met, for a job whose own next step asks again at once (an elastic Ray
+    Train group asks for its max): held, both requests add up to nodes nobody uses.
 
     Ray's default for an impossible request is a silent retry loop, so a job asking for GPUs
     a cluster will never have would look like a hang. An autoscaling cluster may still be
@@ -221,6 +229,8 @@ def wait_for_resources(
         total = ray.cluster_resources()
         short = {k: (v, total.get(k, 0)) for k, v in needed.items() if total.get(k, 0) < v}
         if not short:
+            if not hold:
+                asker.cancel()
             return  # what was asked for (if anything) expires by itself: see RESOURCE_REQUEST_HOLD_S
         asker.ask()
         if time.monotonic() >= deadline:
@@ -259,6 +269,52 @@ def keep_coordinator_on_head() -> None:
         get_or_create_autoscaling_coordinator()
 
     ray.get(create.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote())
+
+
+class holding_request:
+    """`with holding_request(bundles):` keeps asking the autoscaler for bundles (renewed in a
+    thread, through the AutoscalingCoordinator as wait_for_resources does) until the block ends,
+    then withdraws it. For work that can use more than it started with (a batch job's actor pool
+    up to its MAX): the nodes come, and the work grows onto them. Nothing is asked of a cluster
+    whose autoscaler cannot add nodes."""
+
+    def __init__(self, bundles: list[dict[str, float]]):
+        self.bundles = [{k: v for k, v in b.items() if v} for b in bundles]
+        self._stop = None
+        self._thread = None
+        self._asker = None
+
+    def __enter__(self) -> holding_request:
+        import threading
+
+        if not self.bundles or not autoscaler_may_add_nodes():
+            return self
+        self._asker = _ResourceRequest(self.bundles)
+        self._stop = threading.Event()
+
+        def renew() -> None:
+            while True:
+                try:
+                    self._asker.ask()
+                except Exception as err:  # the work goes on with the nodes it has
+                    logging.getLogger(__name__).warning("could not ask the autoscaler for nodes: %s", err)
+                    return
+                if self._stop.wait(_ResourceRequest.RENEW_EVERY_S):
+                    return
+
+        self._thread = threading.Thread(target=renew, name="raymaas-resource-request", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=30)
+        try:
+            self._asker.cancel()
+        except Exception:  # Ray shutting down: the request expires by itself
+            pass
 
 
 class _ResourceRequest:
@@ -473,20 +529,24 @@ def growth_capacity() -> Capacity:
 
 
 def capacity_of_config(config: dict, head: dict[str, float], now: dict[str, float]) -> dict[str, float]:
-    """An autoscaler config's ceiling: the head's resources as they are plus each worker type's
-    resources x max_workers, largest nodes first until the config's own max_workers (the
-    cluster-wide cap on worker nodes); never below what the cluster has now."""
+    """An autoscaler config's ceiling: the head's resources as they are plus, for each resource,
+    the worker types richest in it at their max_workers until the config's own max_workers (the
+    cluster-wide cap on worker nodes). Each resource's figure is its own best case (CPUs from
+    the CPU nodes, GPUs from the GPU nodes); never below what the cluster has now."""
     types = config.get("available_node_types") or {}
     head_type = config.get("head_node_type")
-    total = {k: float(v) for k, v in head.items() if not k.startswith("node:")}
-    room = int(config.get("max_workers", sum(int(t.get("max_workers", 0)) for t in types.values())))
     workers = [
-        (dict(t.get("resources") or {}), int(t.get("max_workers", 0))) for name, t in types.items() if name != head_type
+        ({k: float(v) for k, v in (t.get("resources") or {}).items()}, int(t.get("max_workers", 0)))
+        for name, t in types.items()
+        if name != head_type
     ]
-    for resources, count in sorted(workers, key=lambda w: -float(w[0].get("CPU", 0))):
-        count = min(count, room)
-        room -= count
-        for k, v in resources.items():
-            total[k] = total.get(k, 0.0) + float(v) * count
+    cap = int(config.get("max_workers", sum(count for _, count in workers)))
+    total = {k: float(v) for k, v in head.items() if not k.startswith("node:")}
+    for key in {k for resources, _ in workers for k in resources}:
+        room = cap
+        for resources, count in sorted(workers, key=lambda w: -w[0].get(key, 0.0)):
+            taken = min(count, room)
+            room -= taken
+            total[key] = total.get(key, 0.0) + resources.get(key, 0.0) * taken
     # A type the file does not size (resources: {}) still counts with what its nodes have now.
     return {k: max(total.get(k, 0.0), now.get(k, 0.0)) for k in {*total, *now}}

@@ -57,6 +57,10 @@ class ScalingSpec(SpecModel):
             raise ValueError("must be a number of workers or [min, max]")
         if isinstance(value, float) and value.is_integer():  # 2.0, as a sweep's uniform draws it
             value = int(value)
+        if isinstance(value, str) and value.count(":") == 1:  # MIN:MAX, as `raymaas predict --actors`
+            low, high = (part.strip() for part in value.split(":"))
+            if low.isdigit() and high.isdigit():
+                value = [int(low), int(high)]
         if isinstance(value, int):
             if value < 0:
                 raise ValueError("must be 0 or more")
@@ -238,7 +242,10 @@ def _prepare(spec: SupervisedSpec, storage_path: str):
     scaling = spec.scaling_config
     use_gpu, per_worker, workers = _worker_resources(spec)
     need = {k: v * workers for k, v in per_worker.items()}
-    cluster.wait_for_resources(need, scaling.placement_timeout_s, bundles=[per_worker] * workers)
+    # An elastic group asks the autoscaler for its max itself, from the moment it starts.
+    cluster.wait_for_resources(
+        need, scaling.placement_timeout_s, bundles=[per_worker] * workers, hold=not scaling.elastic
+    )
     data = prepare_data(spec.data, spec.train_loop_config.seed, spec.task)
     tags = {
         "task": spec.task,
@@ -705,7 +712,7 @@ class _EpochPrinter:
                 f"{k} {v:.4g}" for k, v in values.items() if v is not None and k not in ("epoch_seconds", "workers")
             )
             if values["workers"] is not None and self.elastic:
-                shown += f"  on {values['workers']:.0f} workers"
+                shown += f"  on {values['workers']:.0f} worker" + ("s" if values["workers"] != 1 else "")
             seconds = values["epoch_seconds"]
             print(
                 f"raymaas: epoch {epoch + 1}/{self.epochs}  {shown}" + (f"  ({seconds:.2f}s)" if seconds else ""),

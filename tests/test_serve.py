@@ -563,8 +563,11 @@ def test_invocations_keep_answering_while_explain_is_over_its_budget(endpoint, r
         return {os.getpriority(os.PRIO_PROCESS, int(t)) for a in actors for t in os.listdir(f"/proc/{a.pid}/task")}
 
     assert nice_values("ServeReplica:tiny:Explainer") == {19}  # explain.niceness's default
-    # the niceness stays in the explainer's process: the endpoint's replicas run as the head was started
-    assert nice_values("ServeReplica:tiny:ModelEndpoint") == {os.getpriority(os.PRIO_PROCESS, 0)}
+    # the niceness stays in the explainer's process: the endpoint's replicas run as the head was
+    # started (their main threads), and no thread of theirs at the explainer's 19 (Ray itself
+    # runs some of a worker's background threads at 15: seen in CI as {0, 15})
+    endpoint = nice_values("ServeReplica:tiny:ModelEndpoint")
+    assert 19 not in endpoint and min(endpoint) == os.getpriority(os.PRIO_PROCESS, 0), endpoint
 
 
 # --------------------------------------------------------------------------- promotion and failures under load

@@ -560,7 +560,7 @@ def test_elastic_job_grows_with_nodes_and_finishes_with_fewer_after_a_node_is_lo
     left, from the last checkpoint, in the same MLflow run, and finishes on it (the autoscaler
     replaces the node, but the group looks for room to grow only every resize_interval_s, after
     the run's end). Each epoch logs the group's size."""
-    run_name, epochs = "mn-elastic-run", 24
+    run_name, epochs = "mn-elastic-run", 30
     settle(fake_cluster)
     # Two worker nodes at most: the lost node's replacement comes only once the autoscaler has
     # given up on it (AUTOSCALER_HEARTBEAT_TIMEOUT_S, 15 s), not from a third slot at once.
@@ -579,7 +579,9 @@ def test_elastic_job_grows_with_nodes_and_finishes_with_fewer_after_a_node_is_lo
         "--set",
         "scaling_config.num_workers=[1, 2]",
         "--set",
-        "scaling_config.resize_interval_s=45",
+        # Short enough for a group that started on one node to grow within the run, longer than
+        # the run's last epochs after the loss (at most 5 of ~1 s on one worker, after a restart)
+        "scaling_config.resize_interval_s=20",
         "--set",
         "failure_config.max_failures=5",
         # Right after the loss Train still counts the dead node's CPU and waits for a group of

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import DEBUG_SPEC, REPO
-from raymaas.specs import SpecError, apply_overrides, describe_fields, flatten, load_spec
+from raymaas.specs import SpecError, apply_overrides, describe_fields, flatten, load_spec, parse_range
 from raymaas.supervised import SupervisedSpec
 
 
@@ -50,10 +50,11 @@ def test_defaults_follow_the_issue():
         ("model.name=raymaas.supervised.models:nothing_here", "model.name", "no callable 'nothing_here'"),
         ("data.validation_fraction=1.5", "data.validation_fraction", "less than 1"),
         ("name=has spaces", "name", "pattern"),
-        ("scaling_config.num_workers=[0, 2]", "scaling_config.num_workers", "min is at least 1"),
-        ("scaling_config.num_workers=[3, 1]", "scaling_config.num_workers", "max is below min"),
-        ("scaling_config.num_workers=[1, 2, 3]", "scaling_config.num_workers", "[min, max]"),
-        ("scaling_config.num_workers=-1", "scaling_config.num_workers", "0 or more"),
+        ("scaling_config.num_workers=[0, 2]", "scaling_config.num_workers", "MIN must be at least 1"),
+        ("scaling_config.num_workers=[3, 1]", "scaling_config.num_workers", "MIN 3 is more than MAX 1"),
+        ("scaling_config.num_workers=[1, 2, 3]", "scaling_config.num_workers", "[MIN, MAX]"),
+        ("scaling_config.num_workers=-1", "scaling_config.num_workers", "must be at least 0"),
+        ("scaling_config.num_workers=many", "scaling_config.num_workers", "not a whole number"),
     ],
 )
 def test_bad_fields_are_named(override, field, words):
@@ -78,6 +79,49 @@ def test_elastic_workers_are_a_range():
         1,
         4,
     )
+
+
+@pytest.mark.parametrize(
+    "value, least, expected",
+    [
+        (3, 1, 3),
+        (0, 0, 0),
+        ("3", 1, 3),
+        ([1, 4], 1, (1, 4)),
+        ((1, 4), 1, (1, 4)),
+        ("1:4", 1, (1, 4)),
+        (" 1 : 4 ", 1, (1, 4)),
+        ([2, 2], 1, 2),
+        ("2:2", 0, 2),
+    ],
+)
+def test_parse_range_reads_a_count_or_a_range(value, least, expected):
+    assert parse_range(value, least=least) == expected
+
+
+@pytest.mark.parametrize(
+    "value, least, words",
+    [
+        (0, 1, "must be at least 1"),
+        (-1, 0, "must be at least 0"),
+        ([0, 4], 0, "MIN must be at least 1"),  # least is N's floor; a range starts at 1
+        ("0:4", 1, "MIN must be at least 1"),
+        ([3, 1], 1, "MIN 3 is more than MAX 1"),
+        ("3:1", 1, "MIN 3 is more than MAX 1"),
+        ([1, 2, 3], 1, "a range is [MIN, MAX]"),
+        ("1:2:3", 1, "a range is [MIN, MAX]"),
+        ([1, True], 1, "a range is [MIN, MAX]"),
+        ("many", 1, "not a whole number"),
+        ("1:x", 1, "not a whole number"),
+        (1.5, 1, "not a whole number"),
+        (True, 1, "not a whole number"),
+        (None, 1, "not a whole number"),
+    ],
+)
+def test_parse_range_says_what_is_wrong(value, least, words):
+    with pytest.raises(ValueError) as err:
+        parse_range(value, least=least)
+    assert words in str(err.value)
 
 
 def test_missing_required_name(tmp_path):

@@ -170,6 +170,37 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+# parse_range's message for a value that is no count or range at all
+_NOT_A_RANGE = "not a whole number: give N, [MIN, MAX] or MIN:MAX, e.g. 2, [1, 4] or 1:4"
+
+
+def parse_range(value: Any, least: int = 1) -> int | tuple[int, int]:
+    """N (at least `least`), [MIN, MAX] or "MIN:MAX" (MIN at least 1) as N or (MIN, MAX), [N, N] as N.
+
+    ValueError says what is wrong; the caller names the field (a spec error's location, argparse's
+    option), so the message does not."""
+    if isinstance(value, str):
+        parts = value.strip().split(":")
+        try:
+            value = int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(_NOT_A_RANGE) from None
+    if isinstance(value, list | tuple):
+        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError("a range is [MIN, MAX], two whole numbers")
+        low, high = value
+        if low < 1:
+            raise ValueError("MIN must be at least 1")
+        if low > high:
+            raise ValueError(f"MIN {low} is more than MAX {high}")
+        return low if low == high else (low, high)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(_NOT_A_RANGE)
+    if value < least:
+        raise ValueError(f"must be at least {least}")
+    return value
+
+
 def parse_overrides(items: Iterable[str]) -> list[tuple[list[str], Any]]:
     """Parse `key.sub=value` strings; values are read as YAML scalars (3 -> int, true -> bool)."""
     parsed = []

@@ -40,7 +40,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from raymaas.specs import JobSpec, MlflowSpec, SpecError
+from raymaas.specs import JobSpec, MlflowSpec, SpecError, parse_range
 
 # An image model's default batch: as many images as decode to this many bytes (at most
 # batch_size's default). 4096 RGB images of 224x224 would be 2.4 GB of float32 in each actor.
@@ -136,7 +136,7 @@ class PredictSpec(JobSpec):
     @field_validator("actors", mode="before")
     @classmethod
     def _pool(cls, value):
-        return parse_actors(value)
+        return parse_range(value)
 
     @property
     def actor_range(self) -> tuple[int, int]:
@@ -184,31 +184,6 @@ class PredictSpec(JobSpec):
         if twice:
             raise ValueError(f"passthrough_columns names {twice} twice")
         return self
-
-
-def parse_actors(value) -> int | tuple[int, int]:
-    """The actors' pool from a spec value or an option: N (or [N, N]) a fixed pool, [MIN, MAX] or
-    "MIN:MAX" an autoscaling one. ValueError says what is wrong."""
-    if isinstance(value, str):
-        parts = value.strip().split(":")
-        try:
-            value = int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"N or MIN:MAX, e.g. 2 or 1:4; got {value!r}") from None
-    if isinstance(value, list | tuple):
-        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ValueError(f"a range is [MIN, MAX], two whole numbers; got {value!r}")
-        low, high = value
-        if low < 1:
-            raise ValueError(f"MIN must be at least 1 (a pool starts with one actor at least); got {low}")
-        if low > high:
-            raise ValueError(f"MIN {low} is more than MAX {high}")
-        return low if low == high else (low, high)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"N or [MIN, MAX], whole numbers; got {value!r}")
-    if value < 1:
-        raise ValueError(f"must be at least 1; got {value}")
-    return value
 
 
 def describe_actors(actor_range: tuple[int, int]) -> str:

@@ -18,7 +18,7 @@ import re
 import sys
 
 from raymaas.cli.args import positive_int
-from raymaas.specs import EXIT_INVALID_SPEC, SpecError
+from raymaas.specs import EXIT_INVALID_SPEC, SpecError, parse_range
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -65,10 +65,8 @@ def spec_from_args(args: argparse.Namespace) -> dict:
 
 def actor_pool(text: str) -> int | tuple[int, int]:
     """--actors N or MIN:MAX, checked as the spec's `actors` is."""
-    from raymaas.batch.job import parse_actors
-
     try:
-        return parse_actors(text)
+        return parse_range(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 

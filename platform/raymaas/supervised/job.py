@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from raymaas.runtime.driver import TrainedModel
-from raymaas.specs import SpecModel, TrainingJobSpec
+from raymaas.specs import SpecModel, TrainingJobSpec, parse_range
 from raymaas.supervised.data import BUILTIN_TASKS, DataSpec, ImageData, check_files
 from raymaas.supervised.loop import Selection, TrainLoopConfig
 from raymaas.supervised.metrics import task_metric_names
@@ -25,8 +25,8 @@ from raymaas.sweep.job import Trials
 class ScalingSpec(SpecModel):
     num_workers: int | tuple[int, int] = Field(
         2,
-        description="Ray Train workers (0 runs the loop in this process, for debugging), or [min, max]: "
-        "elastic, the job starts once min workers fit and grows to max as nodes join; a lost node shrinks "
+        description="Ray Train workers (0 runs the loop in this process, for debugging), or [MIN, MAX] (or MIN:MAX): "
+        "elastic, the job starts once MIN workers fit and grows to MAX as nodes join; a lost node shrinks "
         "the group and training goes on from the last checkpoint",
     )
     use_gpu: bool | Literal["auto"] = Field(
@@ -53,26 +53,9 @@ class ScalingSpec(SpecModel):
     @field_validator("num_workers", mode="before")
     @classmethod
     def _workers(cls, value):
-        if isinstance(value, bool):
-            raise ValueError("must be a number of workers or [min, max]")
         if isinstance(value, float) and value.is_integer():  # 2.0, as a sweep's uniform draws it
             value = int(value)
-        if isinstance(value, str) and value.count(":") == 1:  # MIN:MAX, as `raymaas predict --actors`
-            low, high = (part.strip() for part in value.split(":"))
-            if low.isdigit() and high.isdigit():
-                value = [int(low), int(high)]
-        if isinstance(value, int):
-            if value < 0:
-                raise ValueError("must be 0 or more")
-            return value
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(type(v) is int for v in value):
-            low, high = value
-            if low < 1:
-                raise ValueError(f"[{low}, {high}]: an elastic group's min is at least 1 worker")
-            if high < low:
-                raise ValueError(f"[{low}, {high}]: max is below min")
-            return (low, high) if low < high else low
-        raise ValueError(f"{value!r}: give a number of workers or [min, max] (two whole numbers)")
+        return parse_range(value, least=0)  # 0: the loop in this process
 
     @property
     def min_workers(self) -> int:

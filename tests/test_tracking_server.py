@@ -208,7 +208,7 @@ def _submit(client, **request) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_eight_jobs_at_once_log_every_epoch_and_register_through_the_server(cluster, postgres):
-    from raymaas.runtime.cluster import JOB_ENV_DEFAULTS, raymaas_code_dir
+    from raymaas.runtime.cluster import ray_job_env, raymaas_code_dir
     from raymaas.runtime.submit import JOB_EXCLUDES, job_args
 
     jobs = _job_client(cluster.dashboard_url)
@@ -217,7 +217,7 @@ def test_eight_jobs_at_once_log_every_epoch_and_register_through_the_server(clus
         "working_dir": str(REPO),
         "py_modules": [raymaas_code_dir()],
         "excludes": [*JOB_EXCLUDES, "mlruns"],
-        "env_vars": {**JOB_ENV_DEFAULTS, "MLFLOW_TRACKING_URI": cluster.mlflow_url, "RAYMAAS_HOME": cluster.home},
+        "env_vars": {**ray_job_env(), "MLFLOW_TRACKING_URI": cluster.mlflow_url, "RAYMAAS_HOME": cluster.home},
     }
     names = [f"{PREFIX}-{i}" for i in range(N_JOBS)]
     started = time.monotonic()

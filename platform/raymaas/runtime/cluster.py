@@ -51,23 +51,31 @@ def raymaas_code_dir() -> str:
     return str(Path(raymaas.__file__).parent)
 
 
-# Ray settings a job's processes get unless the user's environment sets them.
-# Train V2's controller collects each worker's report on its health-check poll, every 2 s by
-# default: a 20-epoch job of 0.2 s epochs then took 2 s an epoch and the end of fit() waited
-# for the next poll. A poll every 0.2 s costs the controller a few remote calls a second.
-JOB_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+# The Ray settings a job's processes get: this process's own value of each, else its default
+# here; one marked FORWARDED has no default and is set only where this process sets it.
+# job_env() adds raymaas.paths.FORWARDED_ENV, where the job tracks and keeps checkpoints.
+FORWARDED = None
+JOB_RAY_ENV: dict[str, str | None] = {
+    # Train V2's controller collects each worker's report on its health-check poll, every 2 s by
+    # default: a 20-epoch job of 0.2 s epochs then took 2 s an epoch and the end of fit() waited
+    # for the next poll. A poll every 0.2 s costs the controller a few remote calls a second.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # How long Ray Train waits for a (re)started worker group before it decides again how many
+    # workers fit.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": FORWARDED,
+}
 
 
-# Ray settings a job's processes get when the driver's environment sets them: how long Ray
-# Train waits for a (re)started worker group before it decides again how many workers fit.
-FORWARDED_RAY_ENV = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",)
+def ray_job_env() -> dict[str, str]:
+    """JOB_RAY_ENV as a job gets it: this process's value of each, else its default."""
+    values = {k: os.environ.get(k, default) for k, default in JOB_RAY_ENV.items()}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def job_env() -> dict[str, str]:
-    """The environment a job's Ray processes get: JOB_ENV_DEFAULTS, then this process's own
-    values of those, of FORWARDED_RAY_ENV and of raymaas.paths.FORWARDED_ENV."""
-    given = {k: os.environ[k] for k in (*JOB_ENV_DEFAULTS, *FORWARDED_RAY_ENV) if k in os.environ}
-    return {**JOB_ENV_DEFAULTS, **given, **forwarded_env()}
+    """The environment a job's Ray processes get: ray_job_env() and raymaas.paths.FORWARDED_ENV
+    as this process has them."""
+    return {**ray_job_env(), **forwarded_env()}
 
 
 def connect(
@@ -97,7 +105,7 @@ def connect(
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS")
     env_vars = job_env()
-    os.environ.update({k: v for k, v in env_vars.items() if k in JOB_ENV_DEFAULTS})  # for a local Ray's processes
+    os.environ.update({k: v for k, v in env_vars.items() if k in JOB_RAY_ENV})  # for a local Ray's processes
     runtime_env = _without_job_fields({"py_modules": [raymaas_code_dir(), *py_modules], "env_vars": env_vars})
     if address:
         _use_token_auth_if_available()

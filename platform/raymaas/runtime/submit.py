@@ -66,7 +66,7 @@ def submit_job(address: str, root: Path, module: str, spec_path: Path, overrides
             EXIT_INVALID_SPEC,
         ) from None
     # Where the job tracks and keeps checkpoints, as for a local job (raymaas.paths.FORWARDED_ENV),
-    # and the Ray settings a local job's processes get (cluster.JOB_ENV_DEFAULTS).
+    # and the Ray settings a local job's processes get (cluster.JOB_RAY_ENV).
     env_vars = {**job_env(), "MLFLOW_TRACKING_URI": paths.tracking_uri()}
     runtime_env = {
         "working_dir": str(root),

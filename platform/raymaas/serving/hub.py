@@ -66,6 +66,14 @@ def _hub_class():
             self.mon = self.spec.monitoring
             self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
             self._client = None  # the store's MlflowClient, made on first use (the client property)
+            # What the first drift report (scipy.stats) and the first rollout look or
+            # monitoring log (MLflow's client) would otherwise import while the endpoint
+            # serves: ~3 CPU-seconds taken from the replicas on 2 cores (py-spy of a hub under
+            # load). Imported here, before the replica reports ready.
+            import scipy.stats  # noqa: F401
+
+            import raymaas.tracking  # noqa: F401
+
             self.models: dict[str, _ModelState] = {m.name: _ModelState(self.mon) for m in self.spec.models}
             self.runs: dict[tuple[str, str], str] = {}  # (model, version) -> monitoring run id
             self.logged_steps: Counter = Counter()

@@ -227,6 +227,13 @@ def train_worker_actors() -> list:
     return list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
 
 
+def trial_actors() -> list:
+    """Tune's trial actors alive (a one-worker supervised trial trains in its own)."""
+    from ray.util.state import list_actors
+
+    return list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
+
+
 def start_driver(cluster: FakeCluster, log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """`python -m jobs.supervised` joining the cluster; output to a file (a pipe could fill)."""
     return subprocess.Popen(
@@ -489,7 +496,7 @@ def test_job_spreads_over_added_nodes_resumes_after_a_node_kill_and_nodes_go_whe
 
 def test_sweep_puts_trials_in_flight_for_the_nodes_the_cluster_can_grow_to(fake_cluster, client, tmp_path):
     """A 4-trial sweep on a cluster with no worker node (and a head with no CPU): the sweep counts
-    its trials against the node types' max_workers, not the empty cluster, so two trials wait
+    its trials against the node types' max_workers, not the empty cluster, so three trials wait
     pending at once and the autoscaler adds the nodes they ask for; one parent, four children."""
     from raymaas.sweep.job import SWEEP_TAG
 
@@ -519,7 +526,7 @@ def test_sweep_puts_trials_in_flight_for_the_nodes_the_cluster_can_grow_to(fake_
 
     def ended() -> bool:
         peak["nodes"] = max(peak["nodes"], len(worker_nodes()))
-        peak["trials"] = max(peak["trials"], len(train_worker_actors()))
+        peak["trials"] = max(peak["trials"], len(trial_actors()))
         return driver.poll() is not None
 
     try:
@@ -530,8 +537,8 @@ def test_sweep_puts_trials_in_flight_for_the_nodes_the_cluster_can_grow_to(fake_
             driver.wait(timeout=30)
     output = log.read_text()
     assert driver.returncode == 0, output[-4000:]
-    # 1 CPU a trial's Train worker (+ its own 0.01), 3 nodes of 1 CPU at most: 2 at once
-    assert "up to 2 trials at once" in output and "the cluster can grow to CPU 3" in output, output[-4000:]
+    # 1 CPU a trial (one worker: it trains in the trial's own process), 3 nodes of 1 CPU at most
+    assert "up to 3 trials at once" in output and "the cluster can grow to CPU 3" in output, output[-4000:]
     assert peak["nodes"] >= 2 and peak["trials"] >= 2, peak
     experiment = client.get_experiment_by_name("mn-sweep").experiment_id
     (parent,) = client.search_runs([experiment], filter_string=f"tags.`{SWEEP_TAG}` = 'parent'")

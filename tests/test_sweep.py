@@ -5,6 +5,7 @@ child run per trial and one registered version from the best trial."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -264,3 +265,69 @@ def test_rl_sweep_one_child_per_trial_and_the_best_policy_registered(ray_head, m
     (version,) = mlflow_client.search_model_versions("name='test-rl-sweep'")
     assert version.run_id == best.info.run_id
     assert best.data.tags["raymaas.parity_observations"] == "2000"
+
+
+def test_a_one_worker_trial_trains_in_its_own_process_and_comes_back_after_its_death(ray_head, mlflow_client):
+    """A trial of one worker trains in its Tune trial's own process (no Ray Train worker);
+    that process killed mid-run, Tune starts the trial again (failure_config.max_failures) and
+    it goes on from its last checkpoint in storage: one run, each epoch logged once, FINISHED."""
+    from ray.util.state import list_actors
+
+    from raymaas.runtime.cluster import _use_token_auth_if_available
+
+    _use_token_auth_if_available()  # the state API of a head with token auth
+    epochs = 40
+    args = [
+        "jobs.sweep",
+        str(SWEEP_SPEC),
+        "--set",
+        "name=test-sweep-trial-death",
+        "--set",
+        "tune_config.num_samples=1",
+        "--set",
+        "param_space={model.hidden_sizes: {grid_search: [[32]]}}",
+        "--set",
+        f"train_loop_config.epochs={epochs}",
+    ]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        env=ray_head.env,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
+    reader.start()
+
+    def alive(class_name: str) -> list:
+        return list_actors(address=ray_head.address, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+
+    try:
+        wait_for(
+            lambda: any(f"epoch 3/{epochs}" in line for line in lines) or driver.poll() is not None,
+            300,
+            "the trial's third epoch",
+            0.1,
+            seen=lambda: "the sweep's output:\n" + "".join(lines)[-3000:],
+        )
+        (trial,) = alive("ImplicitFunc")
+        assert not alive("RayTrainWorker")  # no Train run of its own
+        os.kill(trial.pid, signal.SIGKILL)
+        driver.wait(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert driver.returncode == 0, output[-4000:]
+
+    experiment = mlflow_client.get_experiment_by_name("test-sweep-trial-death").experiment_id
+    (parent,) = mlflow_client.search_runs([experiment], filter_string="tags.`raymaas.sweep` = 'parent'")
+    (child,) = _children(mlflow_client, experiment, parent.info.run_id).values()
+    assert child.info.status == "FINISHED", child.data.tags.get("raymaas.error")
+    assert _steps(mlflow_client, child.info.run_id) == list(range(epochs))  # each epoch once
+    assert int(child.data.tags["raymaas.resumed_from_epoch"]) >= 3  # from its checkpoint, not from scratch
+    (version,) = mlflow_client.search_model_versions("name='test-sweep-trial-death'")
+    assert version.run_id == child.info.run_id

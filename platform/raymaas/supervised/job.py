@@ -19,7 +19,8 @@ from raymaas.supervised.data import BUILTIN_TASKS, DataSpec, ImageData, check_fi
 from raymaas.supervised.loop import Selection, TrainLoopConfig
 from raymaas.supervised.metrics import task_metric_names
 from raymaas.supervised.models import BUILTIN_MODELS, MLPConfig, ModelSpec
-from raymaas.sweep.job import Trials
+from raymaas.supervised.trial import fit_in_trial, trains_in_trial
+from raymaas.sweep.job import TRIAL_CPU, Trials
 
 
 class ScalingSpec(SpecModel):
@@ -183,8 +184,18 @@ def _worker_resources(spec: SupervisedSpec) -> tuple[bool, dict[str, float], int
 
 
 def _trial_resources(spec: SupervisedSpec) -> dict[str, float]:
-    """What one run of spec reserves on the cluster: its workers' resources, all together.
+    """What one run of spec reserves on the cluster: its workers' resources, all together
+    (none of its own for a sweep trial that trains in its process: _trial_own_resources).
     Before Ray is up, use_gpu auto counts as CPUs only."""
+    return {} if trains_in_trial(spec) else _run_resources(spec)
+
+
+def _trial_own_resources(spec: SupervisedSpec) -> dict[str, float]:
+    """What a sweep trial's own process reserves: its one worker's, where it trains itself."""
+    return _run_resources(spec) if trains_in_trial(spec) else {"CPU": TRIAL_CPU}
+
+
+def _run_resources(spec: SupervisedSpec) -> dict[str, float]:
     import ray
 
     if ray.is_initialized():
@@ -262,6 +273,16 @@ def _stored_result(job):
         return None
 
 
+def _worker_config(job, prepared) -> dict:
+    """The train_loop_config every worker gets (loop.WorkerConfig, as JSON)."""
+    from raymaas.supervised.loop import WorkerConfig
+
+    spec: SupervisedSpec = job.spec
+    return WorkerConfig(
+        train_loop_config=spec.train_loop_config, model=spec.model, data=prepared[0].worker, selection=_selection(job)
+    ).model_dump(mode="json")
+
+
 def _run_trainer(job, prepared, in_tune: bool = False):
     """TorchTrainer.fit; the checkpoint of its best epoch by the gate metric (Ray Train keeps
     the best checkpoints by it, and the newest for resuming). in_tune: inside a sweep's trial,
@@ -271,14 +292,12 @@ def _run_trainer(job, prepared, in_tune: bool = False):
 
     from raymaas.runtime.lifecycle import call_interruptibly
     from raymaas.supervised.logger import log_unlogged_epochs, make_mlflow_callback
-    from raymaas.supervised.loop import WorkerConfig, train_loop_per_worker
+    from raymaas.supervised.loop import train_loop_per_worker
 
     spec: SupervisedSpec = job.spec
     data, use_gpu, per_worker = prepared
     selection = _selection(job)
-    config = WorkerConfig(
-        train_loop_config=spec.train_loop_config, model=spec.model, data=data.worker, selection=selection
-    )
+    config = _worker_config(job, prepared)
     callbacks = [make_mlflow_callback(job.tracking_uri, job.run_id)]
     if in_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -286,7 +305,7 @@ def _run_trainer(job, prepared, in_tune: bool = False):
         callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config.model_dump(mode="json"),
+        train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=spec.scaling_config.num_workers,
@@ -709,6 +728,8 @@ def _budget(spec: SupervisedSpec) -> int:
 
 
 def _trial_fit(job, prepared) -> str | None:
+    if trains_in_trial(job.spec):  # one worker: the loop runs in the trial's own process
+        return fit_in_trial(job, prepared, _selection(job), _worker_config(job, prepared))
     checkpoint = _run_trainer(job, prepared, in_tune=True)
     return checkpoint.path if checkpoint is not None else None
 
@@ -732,4 +753,7 @@ TRIALS = Trials(
     prepare=_prepare,
     fit=_trial_fit,
     model_of=_trial_model,
+    own_resources=_trial_own_resources,
+    train_runs=lambda spec: not trains_in_trial(spec),
+    max_failures=lambda spec: spec.failure_config.max_failures if trains_in_trial(spec) else 0,
 )

@@ -87,22 +87,53 @@ class WorkerConfig(SpecModel):
     selection: Selection
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Train with DDP on this worker's shard; resume from the last checkpoint if there is one."""
-    import ray.train
-    import ray.train.torch
+class TrainSession:
+    """What the loop asks of the run it trains in: here a worker of a Ray Train run (the
+    default); a sweep's one-worker trial trains in its own process instead
+    (raymaas.supervised.trial.TrialSession, the same methods)."""
 
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # DDP across the group, on its device
+
+    def latest_checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, folder: str | None) -> None:
+        """An epoch's metrics; rank 0 hands the folder of its checkpoint."""
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+    def dataset_shard(self, name: str):
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+
+def train_loop_per_worker(config: dict, session=None) -> None:
+    """Train with DDP on this worker's shard; resume from the last checkpoint if there is one."""
     cfg = WorkerConfig.model_validate(config)
     loop, data = cfg.train_loop_config, cfg.data
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    session = session or TrainSession()
+    rank, world, device = session.rank, session.world, session.device
     torch.manual_seed(loop.seed)
 
     if isinstance(data, FileShards):
-        batches = _ShardBatches(data, loop, device)
+        batches = _ShardBatches(data, loop, device, session)
     elif isinstance(data, ImageData):
-        batches = _ImageBatches(data, loop, rank, device)
+        batches = _ImageBatches(data, loop, rank, device, session)
     else:  # a built-in set or a sequence file: held in memory
         batches = _ArrayBatches(array_split(data, loop.seed), loop, rank, world, device)
     if isinstance(data, BuiltinData):
@@ -124,7 +155,7 @@ def train_loop_per_worker(config: dict) -> None:
         np.asarray(targets.std) if regression else None,
         encoding=getattr(data, "encoding", None),
     )
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
     loss_fn = _loss(loop, targets, batches, device)
@@ -132,7 +163,7 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch = 0
     # early stopping's count: the best value of the gate metric so far, and epochs since it
     progress = {"best": None, "best_epoch": None, "waited": 0}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.latest_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
@@ -205,9 +236,9 @@ def train_loop_per_worker(config: dict) -> None:
                     },
                     Path(folder) / STATE_FILE,
                 )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+                session.report(metrics, folder)
         else:
-            ray.train.report(metrics)  # a barrier: every rank reports
+            session.report(metrics, None)  # a barrier: every rank reports
         if stop:
             break
 
@@ -288,13 +319,8 @@ class _StreamedBatches:
 
     CACHE_BYTES = 256 * 2**20
 
-    def __init__(self, loop: TrainLoopConfig, device):
-        import ray.train
-
-        self._shards = {
-            "train": ray.train.get_dataset_shard("train"),
-            "validation": ray.train.get_dataset_shard("validation"),
-        }
+    def __init__(self, loop: TrainLoopConfig, device, session):
+        self._shards = {"train": session.dataset_shard("train"), "validation": session.dataset_shard("validation")}
         self._kept: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._loop, self._device = loop, device
 
@@ -344,10 +370,10 @@ class _StreamedBatches:
 class _ShardBatches(_StreamedBatches):
     """A file data set read by Ray Data: rows of feature and label columns."""
 
-    def __init__(self, data: FileShards, loop: TrainLoopConfig, device):
+    def __init__(self, data: FileShards, loop: TrainLoopConfig, device, session):
         import pandas as pd
 
-        super().__init__(loop, device)
+        super().__init__(loop, device, session)
         self._features, self._labels = data.feature_columns, data.label_columns
         # classification: label -> index in the class list (-1 for a label the training split lacks)
         self._classes = pd.Index(data.targets.classes) if data.targets.task == "classification" else None
@@ -389,10 +415,10 @@ class _ImageBatches(_StreamedBatches):
     and class ids. data.augment transforms the training batches, afresh each epoch (the kept
     rows stay as read); validation batches never."""
 
-    def __init__(self, data: ImageData, loop: TrainLoopConfig, rank: int, device):
+    def __init__(self, data: ImageData, loop: TrainLoopConfig, rank: int, device, session):
         import pandas as pd
 
-        super().__init__(loop, device)
+        super().__init__(loop, device, session)
         self._classes = pd.Index(data.targets.classes)
         self._augment, self._rank = list(data.augment), rank
 

@@ -5,10 +5,13 @@
                                      trials that run at once), the MLflow store, storage checks
                                      (raymaas.runtime.lifecycle, as every job)
       parent run                     created, or continued by run name: a resubmitted sweep
-      Tuner, or Tuner.restore        a Tune function per trial that reserves nothing itself and
-                                     runs the kind's fit (for supervised specs a TorchTrainer,
-                                     whose workers reserve the trial's resources) inside the
-                                     trial's child run, found again by its trial id
+      Tuner, or Tuner.restore        a Tune function per trial that runs the kind's fit inside
+                                     the trial's child run, found again by its trial id: for
+                                     supervised specs a TorchTrainer, whose workers reserve the
+                                     trial's resources (the trial's own process reserves almost
+                                     nothing), or, for one fixed worker, the training loop in
+                                     the trial's own process (raymaas.supervised.trial), which
+                                     then reserves the worker's resources
       after fit                      the children's final status (and who stopped them early),
                                      the trials table and a plot per searched field on the
                                      parent, the best trial's model published from its child
@@ -53,6 +56,12 @@ class Trials:
     # spec -> what the trial's own process reserves: little where it only waits on actors of
     # its own (a Train run), a CPU where it computes (an RLlib learner)
     own_resources: Callable[[Any], dict[str, float]] = lambda spec: {"CPU": TRIAL_CPU}
+    # spec -> whether a trial starts a Ray Train run of its own (the sweep's Ray then needs its
+    # dashboard: see run_sweep); a supervised trial of one worker trains in its own process
+    train_runs: Callable[[Any], bool] = lambda spec: False
+    # spec -> how often Tune restarts a trial whose process died (from its last checkpoint):
+    # the job's failure_config where the trial's process trains; a Train run restarts its own
+    max_failures: Callable[[Any], int] = lambda spec: 0
 
 
 @dataclass(frozen=True)
@@ -151,14 +160,20 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     if options.get("num_cpus"):  # a local Ray: one CPU more holds every trial's own TRIAL_CPU
         options["num_cpus"] += 1
     warm = options.pop("warm_imports", ())  # imported while Ray starts, waited for before Tune starts
-    # With the dashboard: Train V2 frees the workers' placement group of a Train run whose
-    # controller died (each trial Tune stops early) from a cleaner actor that asks Ray's State
-    # API, which lives in the dashboard. Without it the cleaner only logs "Failed to query Ray
-    # Train Controller actor state" and the stopped trials' CPUs stay reserved: the sweep
-    # starved once ASHA had stopped two trials on 2 cores (bench/sweep.py, reduction factor 4).
+    # With the dashboard where trials run Train runs: Train V2 frees the workers' placement
+    # group of a Train run whose controller died (each trial Tune stops early) from a cleaner
+    # actor that asks Ray's State API, which lives in the dashboard. Without it the cleaner only
+    # logs "Failed to query Ray Train Controller actor state" and the stopped trials' CPUs stay
+    # reserved: the sweep starved once ASHA had stopped two trials on 2 cores (bench/sweep.py,
+    # reduction factor 4). Trials that train in their own process leave nothing to free.
     # Ray shut down however the sweep ends, from here on (raymaas.runtime.lifecycle)
+    train_runs = trials.train_runs(spec)
     with JobDriver.connect(
-        address, logs="trials, Train controllers", warm_imports=warm, include_dashboard=True, **options
+        address,
+        logs="trials, Train controllers" if train_runs else "trials",
+        warm_imports=warm,
+        include_dashboard=train_runs,
+        **options,
     ) as driver:
         tracking_uri, client, storage_path = driver.tracking_uri, driver.client, driver.storage_path
         need = _total(trials.resources(spec), trials.own_resources(spec))  # use_gpu auto resolved now
@@ -201,6 +216,7 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
                 storage_path=storage_path,
                 verbose=0,
                 callbacks=[_progress(metric, trials.budget(spec))],
+                failure_config=tune.FailureConfig(max_failures=trials.max_failures(spec)),
             )
             tune_config = tune.TuneConfig(
                 metric=metric,

@@ -67,12 +67,16 @@ def _hub_class():
             self.tracking_uri = self.spec.tracking_uri or paths.tracking_uri()
             self._client = None  # the store's MlflowClient, made on first use (the client property)
             # What the first drift report (scipy.stats) and the first rollout look or
-            # monitoring log (MLflow's client) would otherwise import while the endpoint
-            # serves: ~3 CPU-seconds taken from the replicas on 2 cores (py-spy of a hub under
-            # load). Imported here, before the replica reports ready.
+            # monitoring log (MLflow's client and its store) would otherwise import and set up
+            # while the endpoint serves: ~3 CPU-seconds taken from the replicas on 2 cores
+            # (py-spy of a hub under load). Done here, before the replica reports ready.
             import scipy.stats  # noqa: F401
 
-            import raymaas.tracking  # noqa: F401
+            try:
+                self.client.search_registered_models(max_results=1)
+            except Exception:  # a store not reachable yet: the client property tries again
+                logger.warning("the monitor hub could not reach the MLflow store yet", exc_info=True)
+                self._client = None
 
             self.models: dict[str, _ModelState] = {m.name: _ModelState(self.mon) for m in self.spec.models}
             self.runs: dict[tuple[str, str], str] = {}  # (model, version) -> monitoring run id

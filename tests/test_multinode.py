@@ -234,6 +234,34 @@ def trial_actors() -> list:
     return list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
 
 
+def map_workers() -> int:
+    """Ray Data's model actors alive (its actor pool's MapWorkers)."""
+    from ray.util.state import list_actors
+
+    return sum("MapWorker" in a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")]))
+
+
+def run_watching(cluster: FakeCluster, cmd: list[str], log: Path, what: str, **counts) -> tuple[int, dict]:
+    """cmd run against the cluster to its exit (within 540 s; output to log, a pipe could fill),
+    each of counts (name -> a count of the cluster's state) looked at once a second: (its exit
+    code, the peak of each count)."""
+    driver = subprocess.Popen(cmd, cwd=REPO, env=cluster.env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    peak = dict.fromkeys(counts, 0)
+
+    def ended() -> bool:
+        for name, count in counts.items():
+            peak[name] = max(peak[name], count())
+        return driver.poll() is not None
+
+    try:
+        wait_for(ended, 540, what, interval=1, seen=seen_by(cluster, log))
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=30)
+    return driver.returncode, peak
+
+
 def start_driver(cluster: FakeCluster, log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """`python -m jobs.supervised` joining the cluster; output to a file (a pipe could fill)."""
     return subprocess.Popen(
@@ -503,7 +531,8 @@ def test_sweep_puts_trials_in_flight_for_the_nodes_the_cluster_can_grow_to(fake_
     run_name = "mn-sweep-run"
     settle(fake_cluster)
     log = tmp_path / "sweep.log"
-    driver = subprocess.Popen(
+    returncode, peak = run_watching(
+        fake_cluster,
         [
             sys.executable,
             "-m",
@@ -516,27 +545,13 @@ def test_sweep_puts_trials_in_flight_for_the_nodes_the_cluster_can_grow_to(fake_
             "--set",
             "scaling_config.placement_timeout_s=240",
         ],
-        cwd=REPO,
-        env=fake_cluster.env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
+        log,
+        "the sweep to end",
+        nodes=lambda: len(worker_nodes()),
+        trials=lambda: len(trial_actors()),
     )
-    peak = {"nodes": 0, "trials": 0}
-
-    def ended() -> bool:
-        peak["nodes"] = max(peak["nodes"], len(worker_nodes()))
-        peak["trials"] = max(peak["trials"], len(trial_actors()))
-        return driver.poll() is not None
-
-    try:
-        wait_for(ended, 540, "the sweep to end", interval=1, seen=seen_by(fake_cluster, log))
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait(timeout=30)
     output = log.read_text()
-    assert driver.returncode == 0, output[-4000:]
+    assert returncode == 0, output[-4000:]
     # 1 CPU a trial (one worker: it trains in the trial's own process), 3 nodes of 1 CPU at most
     assert "up to 3 trials at once" in output and "the cluster can grow to CPU 3" in output, output[-4000:]
     assert peak["nodes"] >= 2 and peak["trials"] >= 2, peak
@@ -648,7 +663,6 @@ def test_batch_scoring_pool_grows_with_nodes_the_autoscaler_adds(fake_cluster, c
     import numpy as np
     import pandas as pd
     import torch
-    from ray.util.state import list_actors
 
     from raymaas.modelcode.pyfunc import log_classifier
     from raymaas.tracking import ensure_experiment
@@ -671,7 +685,8 @@ def test_batch_scoring_pool_grows_with_nodes_the_autoscaler_adds(fake_cluster, c
 
     settle(fake_cluster)
     log = tmp_path / "predict.log"
-    driver = subprocess.Popen(
+    returncode, peak = run_watching(
+        fake_cluster,
         [
             sys.executable,
             "-m",
@@ -691,28 +706,13 @@ def test_batch_scoring_pool_grows_with_nodes_the_autoscaler_adds(fake_cluster, c
             "--run-name",
             "mn-batch-run",
         ],
-        cwd=REPO,
-        env=fake_cluster.env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
+        log,
+        "the batch job to end",
+        nodes=lambda: len(worker_nodes()),
+        actors=map_workers,
     )
-    peak = {"nodes": 0, "actors": 0}
-
-    def ended() -> bool:
-        peak["nodes"] = max(peak["nodes"], len(worker_nodes()))
-        alive = list_actors(filters=[("state", "=", "ALIVE")])
-        peak["actors"] = max(peak["actors"], sum("MapWorker" in a.class_name for a in alive))
-        return driver.poll() is not None
-
-    try:
-        wait_for(ended, 540, "the batch job to end", interval=1, seen=seen_by(fake_cluster, log))
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait(timeout=30)
     output = log.read_text()
-    assert driver.returncode == 0, output[-4000:]
+    assert returncode == 0, output[-4000:]
     assert "on 1 to 3 actors" in output, output[-3000:]
     # start-up: the pending actor and read task of an empty cluster got their nodes (2 of 1 CPU);
     # then the pool asked for room for its MAX, and the cluster grew to its 3 nodes. Whether Ray

@@ -144,17 +144,7 @@ def test_sweep_stopped_and_resubmitted_is_one_parent_one_child_per_trial_one_ver
         "--set",
         "tune_config.max_concurrent_trials=2",
     ]
-    first = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        env=ray_head.env,
-        cwd=str(REPO),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(first.stdout), daemon=True)
-    reader.start()
+    first, lines, reader = _start_sweep(args, ray_head.env)
     try:
         wait_for(
             lambda: any(" ended" in line for line in lines) or first.poll() is not None,
@@ -223,6 +213,22 @@ def test_sweep_stopped_and_resubmitted_is_one_parent_one_child_per_trial_one_ver
     assert "champion" in mv.aliases
 
 
+def _start_sweep(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """`python -m ARGS` started; its output lines, gathered as they come by the thread."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        env=env,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
 def _children(client, experiment: str, parent_run_id: str) -> dict:
     runs = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
     ids = [r.data.tags["raymaas.trial_id"] for r in runs]
@@ -289,17 +295,7 @@ def test_a_one_worker_trial_trains_in_its_own_process_and_comes_back_after_its_d
         "--set",
         f"train_loop_config.epochs={epochs}",
     ]
-    driver = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        env=ray_head.env,
-        cwd=str(REPO),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
-    reader.start()
+    driver, lines, reader = _start_sweep(args, ray_head.env)
 
     def alive(class_name: str) -> list:
         return list_actors(address=ray_head.address, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])

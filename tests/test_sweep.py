@@ -130,6 +130,17 @@ def _plain_env() -> dict:
 
 
 @pytest.mark.slow
+def test_a_trial_trains_in_its_process_only_where_that_holds_its_worker():
+    """A one-worker trial of a sweep whose base spec asked for more workers (num_workers
+    searched) reserved only the trial's own 0.01 CPU: it runs a Train run, not the loop itself."""
+    from raymaas.supervised.trial import holds, trains_in_trial
+
+    assert trains_in_trial(_load()) and not trains_in_trial(_load("scaling_config.num_workers=2"))
+    assert not trains_in_trial(_load("scaling_config.num_workers=[1, 2]"))  # elastic: a Train run
+    assert holds({"CPU": 1.0}, {"CPU": 1.0}) and holds({"CPU": 2.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0})
+    assert not holds({"CPU": 0.01}, {"CPU": 1.0}) and not holds({"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0})
+
+
 def test_sweep_stopped_and_resubmitted_is_one_parent_one_child_per_trial_one_version(ray_head, mlflow_client):
     """Four trials of the debug spec (ASHA): SIGTERM (what `ray job stop` sends) once a trial has
     ended leaves the parent and its running children KILLED; the same command again continues the

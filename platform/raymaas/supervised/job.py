@@ -19,7 +19,7 @@ from raymaas.supervised.data import BUILTIN_TASKS, DataSpec, ImageData, check_fi
 from raymaas.supervised.loop import Selection, TrainLoopConfig
 from raymaas.supervised.metrics import task_metric_names
 from raymaas.supervised.models import BUILTIN_MODELS, MLPConfig, ModelSpec
-from raymaas.supervised.trial import fit_in_trial, trains_in_trial
+from raymaas.supervised.trial import fit_in_trial, holds, trains_in_trial
 from raymaas.sweep.job import TRIAL_CPU, Trials
 
 
@@ -728,7 +728,13 @@ def _budget(spec: SupervisedSpec) -> int:
 
 
 def _trial_fit(job, prepared) -> str | None:
-    if trains_in_trial(job.spec):  # one worker: the loop runs in the trial's own process
+    import ray
+
+    # One worker, and the trial's process holds its resources: the loop runs there. A sweep
+    # that searches num_workers sized its trials by its base spec, so a trial drawn down to one
+    # worker from a base of several holds almost nothing and runs a Train run, as others do.
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    if trains_in_trial(job.spec) and holds(assigned, _run_resources(job.spec)):
         return fit_in_trial(job, prepared, _selection(job), _worker_config(job, prepared))
     checkpoint = _run_trainer(job, prepared, in_tune=True)
     return checkpoint.path if checkpoint is not None else None

@@ -38,6 +38,11 @@ def trains_in_trial(spec) -> bool:
     return not scaling.elastic and scaling.max_workers == 1
 
 
+def holds(assigned: dict[str, float], need: dict[str, float]) -> bool:
+    """Whether a process that was assigned these resources holds what need asks for."""
+    return all(assigned.get(name, 0.0) + 1e-9 >= amount for name, amount in need.items() if amount > 0)
+
+
 class TrialSession:
     """raymaas.supervised.loop.TrainSession's methods for a loop in a Tune trial's process."""
 

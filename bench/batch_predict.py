@@ -44,16 +44,14 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from processes import end_group
+from processes import Contestant
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "bench-batch-mlp"
@@ -164,35 +162,10 @@ def launch(command: list[str], env: dict, timeout_s: float) -> tuple[int | None,
     """Run command in a session of its own; (exit code or None at the timeout, launch time,
     exit time, its output lines with each one's arrival time). Returns once every process of
     its session is gone (a local Ray's among them): they would take CPU from the next run."""
-    lines: list[tuple[float, str]] = []
-
-    def read(stream) -> None:
-        for line in stream:
-            lines.append((time.time(), line.rstrip("\n")))
-
-    launched = time.time()
-    proc = subprocess.Popen(
-        command,
-        cwd=str(REPO),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    reader = threading.Thread(target=read, args=(proc.stdout,), daemon=True)
-    reader.start()
-    try:
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            rc = None
-        exited = time.time()
-    finally:
-        end_group(proc)  # also when this script is stopped
-    reader.join(timeout=30)
-    return rc, launched, exited, lines
+    contestant = Contestant(command, cwd=REPO, env=env)
+    rc = contestant.finish(timeout_s)  # the group ends also when this script is stopped
+    lines = [(at, line.rstrip("\n")) for at, line in contestant.lines]
+    return rc, contestant.launched, contestant.exited, lines
 
 
 def _failed(who: str, rc: int | None, lines: list[tuple[float, str]], timeout_s: float) -> Run:

@@ -77,16 +77,14 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from processes import end_group
+from processes import Contestant
 
 from raymaas.runtime import localcluster
 from raymaas.specs import load_spec
@@ -237,39 +235,18 @@ def run_once(
         env["RAY_TMPDIR"] = str(home)
     cmd, extra = command(who, epochs, home, head)
     env.update(extra)
-    lines: list[tuple[float, str]] = []
-
-    def read(stream, log) -> None:
-        for line in stream:
-            now = time.time()
-            lines.append((now, line))
-            log.write(f"{now - launched:8.3f} {line}")  # seconds since launch, as the line arrived
-
-    launched = time.time()
     with open(home / "output.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,  # the contestant, its local Ray and Ray's workers: one process group
-            # (ours-address's job runs in the head's processes, which stop with the head)
-        )
-        reader = threading.Thread(target=read, args=(proc.stdout, log), daemon=True)
-        reader.start()
-        try:
-            rc = proc.wait(timeout=timeout_s)
-            exited = time.time()
-        except subprocess.TimeoutExpired:
-            rc, exited = None, time.time()
-        finally:
-            # Whatever of its group outlives it (Ray processes on their way out) goes too, and
-            # the next contestant starts only once it is gone: it would take CPU from its start.
-            end_group(proc)
-        reader.join(timeout=30)
+
+        def stamp(since_s: float, line: str) -> None:
+            log.write(f"{since_s:8.3f} {line}")  # seconds since launch, as the line arrived
+
+        # The contestant, its local Ray and Ray's workers: one process group (ours-address's job
+        # runs in the head's processes, which stop with the head). Whatever of its group outlives
+        # it (Ray processes on their way out) goes too, and the next contestant starts only once
+        # it is gone: it would take CPU from its start.
+        contestant = Contestant(cmd, cwd=REPO, env=env, on_line=stamp)
+        rc = contestant.finish(timeout_s)
+    launched, exited, lines = contestant.launched, contestant.exited, contestant.lines
     tail = [line for _, line in lines[-15:]]
     if rc is None:
         return Run(who, None, note=f"did not finish within {timeout_s:g} s", tail=tail)

@@ -26,17 +26,16 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from processes import Contestant
 
 from raymaas.supervised.data import DataSpec, load_builtin
 from raymaas.supervised.models import MLPConfig, build_model
@@ -203,38 +202,26 @@ def run_platform(args, home: Path, command: list[str] | None = None) -> Platform
         os.environ, RAYMAAS_HOME=str(home), MLFLOW_TRACKING_URI=tracking_uri, RAY_TMPDIR=str(home), PYTHONUNBUFFERED="1"
     )
     env.pop("RAY_ADDRESS", None)  # a fresh local Ray, never a cluster someone left running
-    lines: list[str] = []
     first_report: list[float] = []
+    with open(home / "job.log", "w") as log:
 
-    def read(stream, log) -> None:
-        for line in stream:
+        def read(_since_s: float, line: str) -> None:
             if not first_report and _FIRST_REPORT in line:
                 first_report.append(time.time())
-            lines.append(line)
             log.write(line)
 
-    launched = time.time()
-    with open(home / "job.log", "w") as log:
         # Its own session, so that on a timeout we can stop exactly the processes it started.
-        proc = subprocess.Popen(
-            command or platform_command(args),
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-        reader = threading.Thread(target=read, args=(proc.stdout, log), daemon=True)
-        reader.start()
+        job = Contestant(command or platform_command(args), cwd=REPO, env=env, on_line=read)
         try:
-            rc = proc.wait(timeout=args.timeout)
+            rc = job.wait(args.timeout)
+            if rc is None:
+                raise subprocess.TimeoutExpired(job.proc.args, args.timeout)
         except BaseException:
-            _stop_session(proc)
+            job.end()
             raise
-        reader.join(timeout=30)
+        job.join()
     finished = time.time()
+    launched, lines = job.launched, [line for _, line in job.lines]
     if rc != 0:
         tail = "".join(lines[-40:])
         raise RuntimeError(f"platform job exited with {rc}; last lines of its output:\n{tail}")
@@ -242,17 +229,6 @@ def run_platform(args, home: Path, command: list[str] | None = None) -> Platform
     if not found:
         raise RuntimeError("platform job printed no 'raymaas: run <id>' line")
     return _read_run(tracking_uri, found[-1], launched, finished, first_report[0] if first_report else None)
-
-
-def _stop_session(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _read_run(

@@ -1,114 +1,261 @@
-"""A replay buffer for RLlib's DQN that samples n-step transitions without slicing episodes.
+"""A replay buffer for RLlib's DQN that keeps transitions in flat columns, not episodes.
 
-RLlib's EpisodeReplayBuffer answers each sampled transition (o_t, a_t, R_t^(n), o_(t+n)) by
-slicing the stored episode (`SingleAgentEpisode.slice`, every column through its
-InfiniteLookbackBuffer) and building a one-step episode from the slice: measured here
-(bench/rl_profile.py, the DQN spec on CartPole) 12 ms for a batch of 64, 41% of a training
-iteration, where the forward and backward passes take 4%.
+RLlib's EpisodeReplayBuffer stores each episode as a SingleAgentEpisode (deep-copying every
+chunk it is given, concatenating the chunks of a running episode) and answers each sampled
+n-step transition by slicing its episode and building a one-step episode from the slice, which
+the learner's connectors then turn back into columns. Measured here (bench/rl_profile.py, the
+DQN spec on CartPole): sampling 41% of a training iteration and the connectors 6%, where the
+forward and backward passes took 4%; a version that read the stored episodes' columns per
+sampled row still spent 21% of an iteration sampling.
 
-`FastEpisodeReplayBuffer` stores episodes exactly as its parent does (`add` is the parent's,
-so eviction, metrics and checkpoints are unchanged) and answers the same sample: one-step
-episodes with the observations at t and t+n, the action at t, the discounted sum of the n
-rewards, terminated/truncated as the n-step window sees them, and the `n_step` and `weights`
-columns DQN's loss reads; but it reads each stored column's array directly at the indices it
-needs. Sequence sampling (`batch_length_T`, stateful modules) goes to the parent.
+`ColumnReplayBuffer` keeps every stored env step as one row of fixed-size arrays (a ring of
+`capacity` rows, the oldest overwritten first): the observation, the action, the reward, the
+next observation, whether the episode terminated or was truncated after it, and the row of the
+same episode's next step (linked when the next chunk of a running episode arrives). An n-step
+transition is then a few vectorized gathers along those links for the whole batch:
+(o_t, a_t, sum of gamma^k r_(t+k) over the window, o_end, terminated at end) with the window
+ending after n steps, at the episode's end, or at the newest step stored so far, as RLlib's
+buffer answers it (and like it, the `n_step` column is the n drawn).
 
-Use it from a spec: `training.replay_buffer_config.type:
-raymaas.rl.replay.FastEpisodeReplayBuffer` (RLlib imports a buffer class by its path).
+- `sample_batch` returns those columns as numpy arrays, what raymaas.rl.dqn hands the learner;
+- `sample` returns them as one-step SingleAgentEpisodes (with the `n_step` and `weights` extra
+  outputs DQN's learner connector reads), for RLlib's own DQN training step.
+
+Sequences (`batch_length_T`, stateful modules) are not kept: asked for them, it says so.
+Use it from a spec: `training.replay_buffer_config.type: raymaas.rl.replay.ColumnReplayBuffer`
+(RLlib imports a buffer class by its path).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from ray.rllib.core import DEFAULT_AGENT_ID, DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
 
-
-def _at(buffer: InfiniteLookbackBuffer, t: int):
-    """The item at timestep t (0: the first after the lookback) of a stored column."""
-    return buffer.data[buffer.lookback + t]
+_NONE = -1  # no next row (yet): the episode ended here, or its next chunk has not arrived
 
 
-class FastEpisodeReplayBuffer(EpisodeReplayBuffer):
-    """EpisodeReplayBuffer whose n-step sampling reads the stored columns directly."""
+class ColumnReplayBuffer(EpisodeReplayBuffer):
+    """Uniform n-step replay over flat columns (see the module's docstring). Subclasses
+    EpisodeReplayBuffer for its construction and its add/sample metrics only."""
 
-    def sample(self, num_items=None, *, batch_size_B=None, batch_length_T=None, n_step=None, **kwargs):
-        if batch_length_T or kwargs.get("sample_episodes") is False or kwargs.get("include_infos"):
-            return super().sample(
-                num_items, batch_size_B=batch_size_B, batch_length_T=batch_length_T, n_step=n_step, **kwargs
-            )
-        return self._sample_transitions(
-            num_items or batch_size_B or self.batch_size_B,
-            n_step if n_step is not None else 1,
-            kwargs.get("gamma", 0.99),
-            kwargs.get("include_extra_model_outputs", False),
+    def __init__(self, capacity: int = 10000, **kwargs):
+        super().__init__(capacity=capacity, **kwargs)
+        self._size = 0  # rows holding a step
+        self._next_pos = 0  # the row the next step goes to
+        self._written = 0  # steps ever stored: a row's serial number is the value it had then
+        self._columns: dict[str, np.ndarray] | None = None  # allocated at the first add
+        self._running: dict[str, int] = {}  # episode id -> serial of its newest stored step
+        self._spaces = None  # (observation space, action space), for one-step episodes
+
+    # ------------------------------------------------------------------ storing
+
+    def add(self, episodes) -> None:
+        episodes = episodes if isinstance(episodes, list) else [episodes]
+        steps = done = 0
+        evicted_steps = 0
+        for episode in episodes:
+            length = len(episode)
+            if length == 0:
+                continue
+            obs = np.asarray(episode.get_observations(), dtype=np.float32).reshape(length + 1, -1)
+            if self._columns is None:
+                self._allocate(obs.shape[1], np.asarray(episode.get_actions()).dtype)
+                self._spaces = (episode.observation_space, episode.action_space)
+            evicted_steps += max(0, self._size + length - self.capacity)
+            self._store(episode, obs, length)
+            steps += length
+            done += int(episode.is_done)
+        self._num_timesteps = self._size
+        self._num_timesteps_added += steps
+        agent, module = DEFAULT_AGENT_ID, DEFAULT_MODULE_ID
+        self._update_add_metrics(
+            num_episodes_added=done,
+            num_env_steps_added=steps,
+            num_episodes_evicted=0,
+            num_env_steps_evicted=evicted_steps,
+            agent_to_num_episodes_added={agent: done},
+            agent_to_num_steps_added={agent: steps},
+            agent_to_num_episodes_evicted={agent: 0},
+            agent_to_num_steps_evicted={agent: evicted_steps},
+            module_to_num_steps_added={module: steps},
+            module_to_num_episodes_added={module: done},
+            module_to_num_episodes_evicted={module: 0},
+            module_to_num_steps_evicted={module: evicted_steps},
         )
 
-    def _sample_transitions(self, batch_size: int, n_step, gamma: float, extra_outputs: bool) -> list:
-        rng = self.rng
-        picks = rng.integers(len(self._indices), size=batch_size)
-        ranged = isinstance(n_step, tuple)
-        sampled, episode_idxs, step_keys, n_steps = [], set(), set(), []
-        for pick in picks:
-            episode_idx, ts = self._indices[pick]
-            episode_idx -= self._num_episodes_evicted
-            episode = self.episodes[episode_idx]
-            n = int(rng.integers(n_step[0], n_step[1])) if ranged else int(n_step)
-            length = len(episode)
-            end = min(ts + n, length)  # the window's last observation: t+n, or the episode's end
-            rewards = np.asarray(episode.rewards.data[episode.rewards.lookback + ts : episode.rewards.lookback + end])
-            discounted = float(np.sum(rewards * gamma ** np.arange(len(rewards))))
-            reaches_end = ts + n >= length
-            extra = {}
-            if extra_outputs:
-                extra = {k: [_at(v, ts)] for k, v in episode.extra_model_outputs.items()}
-            extra["n_step"] = InfiniteLookbackBuffer(np.full((1,), n), lookback=0)
-            extra["weights"] = InfiniteLookbackBuffer(np.ones((1,)), lookback=0)
-            sampled.append(
-                SingleAgentEpisode(
-                    id_=episode.id_,
-                    agent_id=episode.agent_id,
-                    module_id=episode.module_id,
-                    observation_space=episode.observation_space,
-                    action_space=episode.action_space,
-                    observations=[_at(episode.observations, ts), _at(episode.observations, end)],
-                    actions=[_at(episode.actions, ts)],
-                    rewards=[discounted],
-                    infos=[{}, {}],
-                    terminated=episode.is_terminated and reaches_end,
-                    truncated=episode.is_truncated and reaches_end,
-                    extra_model_outputs=extra,
-                    t_started=ts,
-                    len_lookback_buffer=0,
-                )
-            )
-            episode_idxs.add(episode_idx)
-            step_keys.add((episode.id_, ts))
-            n_steps.append(n)
-        self._last_sampled_indices = []
-        self.sampled_timesteps += batch_size
-        self._record(batch_size, len(episode_idxs), len(step_keys), sum(n_steps) / batch_size)
-        return sampled
+    def _allocate(self, obs_size: int, action_dtype) -> None:
+        c = self.capacity
+        self._columns = {
+            "obs": np.zeros((c, obs_size), np.float32),
+            "next_obs": np.zeros((c, obs_size), np.float32),
+            "actions": np.zeros(c, action_dtype),
+            "rewards": np.zeros(c, np.float64),
+            "terminated": np.zeros(c, bool),
+            "truncated": np.zeros(c, bool),
+            "next": np.full(c, _NONE, np.int64),
+            "serial": np.full(c, -1, np.int64),
+            "first": np.zeros(c, bool),  # an episode's first step
+        }
 
-    def _record(self, steps: int, episodes: int, distinct_steps: int, mean_n_step: float) -> None:
-        """The parent's sample metrics, as its own sampling records them (single agent)."""
+    def _store(self, episode, obs: np.ndarray, length: int) -> None:
+        cols, c = self._columns, self.capacity
+        first_serial = self._written
+        rows = (self._next_pos + np.arange(length)) % c
+        cols["obs"][rows] = obs[:-1]
+        cols["next_obs"][rows] = obs[1:]
+        cols["actions"][rows] = np.asarray(episode.get_actions())
+        cols["rewards"][rows] = np.asarray(episode.get_rewards(), dtype=np.float64)
+        cols["terminated"][rows] = False
+        cols["truncated"][rows] = False
+        cols["terminated"][rows[-1]] = episode.is_terminated
+        cols["truncated"][rows[-1]] = episode.is_truncated
+        cols["next"][rows[:-1]] = rows[1:]
+        cols["next"][rows[-1]] = _NONE
+        cols["serial"][rows] = first_serial + np.arange(length)
+        cols["first"][rows] = False
+        cols["first"][rows[0]] = episode.t_started == 0
+        # Link the episode's previous chunk to this one, if its last step is still stored.
+        previous = self._running.pop(episode.id_, None)
+        if previous is not None and cols["serial"][previous % c] == previous:
+            cols["next"][previous % c] = rows[0]
+        if not episode.is_done:
+            self._running[episode.id_] = first_serial + length - 1
+        self._written += length
+        self._next_pos = (self._next_pos + length) % c
+        self._size = min(self._size + length, c)
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample_batch(self, batch_size: int, *, n_step=1, gamma: float = 0.99) -> dict[str, np.ndarray]:
+        """batch_size uniformly sampled n-step transitions as the columns DQN's loss reads:
+        obs, new_obs, actions, rewards (the discounted window sum), terminateds and truncateds
+        (at the window's end), n_step (the n drawn: an int, or a [low, high) tuple drawn per
+        transition) and weights (ones: uniform replay)."""
+        if self._size == 0:
+            raise ValueError("ColumnReplayBuffer is empty: nothing to sample")
+        rows, ns, last, returns = self._windows(batch_size, n_step, gamma)
+        cols = self._columns
+        return {
+            Columns.OBS: cols["obs"][rows],
+            Columns.NEXT_OBS: cols["next_obs"][last],
+            Columns.ACTIONS: cols["actions"][rows],
+            Columns.REWARDS: returns.astype(np.float32),
+            Columns.TERMINATEDS: cols["terminated"][last],
+            Columns.TRUNCATEDS: cols["truncated"][last],
+            "n_step": ns.astype(np.float32),
+            "weights": np.ones(batch_size, np.float32),
+        }
+
+    def _windows(self, batch_size: int, n_step, gamma: float):
+        """Uniform rows, their n, the last row of each window and its discounted return;
+        records the sample metrics."""
+        cols, rng = self._columns, self.rng
+        rows = rng.integers(self._size, size=batch_size)
+        if isinstance(n_step, tuple):
+            ns = rng.integers(n_step[0], n_step[1], size=batch_size)
+        else:
+            ns = np.full(batch_size, int(n_step))
+        returns = np.zeros(batch_size)
+        last = rows.copy()
+        current = rows.copy()
+        walking = np.ones(batch_size, bool)
+        discount = 1.0
+        for k in range(int(ns.max())):
+            walking &= k < ns
+            returns[walking] += discount * cols["rewards"][current[walking]]
+            last[walking] = current[walking]
+            following = cols["next"][current]
+            walking &= following != _NONE
+            current = np.where(walking, following, current)
+            discount *= gamma
+        self.sampled_timesteps += batch_size
+        self._record(batch_size, len(np.unique(rows)), float(ns.mean()))
+        return rows, ns, last, returns
+
+    def sample(self, num_items=None, *, batch_size_B=None, batch_length_T=None, n_step=None, **kwargs) -> list:
+        """One-step SingleAgentEpisodes of sampled n-step transitions (RLlib's own DQN step)."""
+        if batch_length_T or kwargs.get("sample_episodes") is False:
+            raise ValueError(
+                "ColumnReplayBuffer samples single n-step transitions, not sequences "
+                f"(batch_length_T={batch_length_T!r}): use RLlib's EpisodeReplayBuffer for a stateful module"
+            )
+        size = num_items or batch_size_B or self.batch_size_B
+        batch = self.sample_batch(size, n_step=n_step if n_step is not None else 1, gamma=kwargs.get("gamma", 0.99))
+        obs_space, action_space = self._spaces
+        return [
+            SingleAgentEpisode(
+                observation_space=obs_space,
+                action_space=action_space,
+                observations=[batch[Columns.OBS][i], batch[Columns.NEXT_OBS][i]],
+                actions=[batch[Columns.ACTIONS][i]],
+                rewards=[float(batch[Columns.REWARDS][i])],
+                infos=[{}, {}],
+                terminated=bool(batch[Columns.TERMINATEDS][i]),
+                truncated=bool(batch[Columns.TRUNCATEDS][i]),
+                extra_model_outputs={
+                    "n_step": InfiniteLookbackBuffer(np.full((1,), batch["n_step"][i]), lookback=0),
+                    "weights": InfiniteLookbackBuffer(np.ones((1,)), lookback=0),
+                },
+                len_lookback_buffer=0,
+            )
+            for i in range(size)
+        ]
+
+    def _record(self, steps: int, distinct_steps: int, mean_n_step: float) -> None:
+        """The sample metrics RLlib's buffer records (single agent; episodes are not tracked)."""
         agent, module = DEFAULT_AGENT_ID, DEFAULT_MODULE_ID
         self._update_sample_metrics(
             num_env_steps_sampled=steps,
-            num_episodes_per_sample=episodes,
+            num_episodes_per_sample=0,
             num_env_steps_per_sample=distinct_steps,
             sampled_n_step=mean_n_step,
             num_resamples=0,
             agent_to_num_steps_sampled={agent: steps},
-            agent_to_num_episodes_per_sample={agent: episodes},
+            agent_to_num_episodes_per_sample={agent: 0},
             agent_to_num_steps_per_sample={agent: distinct_steps},
             agent_to_sampled_n_step={agent: mean_n_step},
             agent_to_num_resamples={agent: 0},
             module_to_num_steps_sampled={module: steps},
-            module_to_num_episodes_per_sample={module: episodes},
+            module_to_num_episodes_per_sample={module: 0},
             module_to_num_steps_per_sample={module: distinct_steps},
             module_to_sampled_n_step={module: mean_n_step},
             module_to_num_resamples={module: 0},
         )
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def __len__(self) -> int:
+        return self._size
+
+    def get_num_timesteps(self, module_id=None) -> int:
+        return self._size
+
+    def get_num_episodes(self, module_id=None) -> int:
+        """Episodes whose first step is still stored."""
+        return 0 if self._columns is None else int(np.count_nonzero(self._columns["first"][: self._size]))
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "columns": self._columns,
+            "size": self._size,
+            "next_pos": self._next_pos,
+            "written": self._written,
+            "running": dict(self._running),
+            "spaces": self._spaces,
+            "added": self._num_timesteps_added,
+            "sampled": self.sampled_timesteps,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._columns = state["columns"]
+        self._size, self._next_pos, self._written = state["size"], state["next_pos"], state["written"]
+        self._running = dict(state["running"])
+        self._spaces = state["spaces"]
+        self._num_timesteps = self._size
+        self._num_timesteps_added, self.sampled_timesteps = state["added"], state["sampled"]

@@ -129,16 +129,39 @@ def _plain_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
 
 
-@pytest.mark.slow
-def test_a_trial_trains_in_its_process_only_where_that_holds_its_worker():
-    """A one-worker trial of a sweep whose base spec asked for more workers (num_workers
-    searched) reserved only the trial's own 0.01 CPU: it runs a Train run, not the loop itself."""
-    from raymaas.supervised.trial import holds, trains_in_trial
+def test_each_trial_reserves_by_its_own_spec():
+    """A trial's own process reserves by the trial's drawn spec, not the sweep's base spec: from
+    a base of 2 workers, a trial drawn down to 1 trains in its process and reserves the worker's
+    CPU, one drawn to 2 runs a Train run and reserves TRIAL_CPU. Such a sweep may start Train
+    runs (its Ray then starts the dashboard, and Tune restarts no trial); the debug sweep's
+    trials all train in their own process, and an RL trial's learner always does."""
+    from raymaas.kinds import get_kind
+    from raymaas.rl.job import RLSpec
+    from raymaas.specs import load_spec
+    from raymaas.supervised.trial import trains_in_trial
+    from raymaas.sweep.job import TRIAL_CPU, _trains_where, trial_resources
+    from raymaas.sweep.space import parse_space
 
     assert trains_in_trial(_load()) and not trains_in_trial(_load("scaling_config.num_workers=2"))
     assert not trains_in_trial(_load("scaling_config.num_workers=[1, 2]"))  # elastic: a Train run
-    assert holds({"CPU": 1.0}, {"CPU": 1.0}) and holds({"CPU": 2.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0})
-    assert not holds({"CPU": 0.01}, {"CPU": 1.0}) and not holds({"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0})
+
+    supervised = get_kind("supervised")
+    spec = _load("scaling_config.num_workers=2", "param_space.scaling_config.num_workers={choice: [1, 2]}")
+    base = spec.model_dump(mode="json")
+    reserve = trial_resources(supervised.name, base)
+    drawn = {"train_loop_config.lr": 0.004, "model.hidden_sizes": 1}
+    assert reserve({**drawn, "scaling_config.num_workers": 1}) == {"CPU": 1}
+    assert reserve({**drawn, "scaling_config.num_workers": 2}) == {"CPU": TRIAL_CPU}
+
+    def where(kind, spec) -> set[bool]:
+        return _trains_where(kind.load_sweep(), kind, spec, spec.model_dump(mode="json"), parse_space(spec.param_space))
+
+    assert where(supervised, spec) == {True, False} and where(supervised, _load()) == {True}
+
+    rl = get_kind("rl")
+    rl_spec = load_spec(RLSpec, REPO / "jobs/specs/cartpole_ppo_sweep_debug.yaml")
+    assert trial_resources(rl.name, rl_spec.model_dump(mode="json"))({"training.lr": 0.003}) == {"CPU": 1}
+    assert where(rl, rl_spec) == {True}
 
 
 def test_sweep_stopped_and_resubmitted_is_one_parent_one_child_per_trial_one_version(ray_head, mlflow_client):

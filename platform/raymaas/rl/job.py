@@ -573,8 +573,8 @@ def _trial_connect_options(spec: RLSpec, concurrent: int = 1) -> dict:
     }
 
 
-def _trial_resources(spec: RLSpec) -> dict[str, float]:
-    """A trial's EnvRunner actors (its learner is its own process: own_resources)."""
+def _trial_actors(spec: RLSpec) -> dict[str, float]:
+    """A trial's EnvRunner actors (its learner is the trial's own process: Trials.training)."""
     config = build_algo_config(spec)
     return {"CPU": spec.env_runners.num_env_runners * config.num_cpus_per_env_runner}
 
@@ -612,8 +612,8 @@ _ITERATION_BUDGET = 100_000
 # What a sweep of RL specs runs per trial (raymaas.sweep.job); named in raymaas.kinds.
 TRIALS = Trials(
     connect_options=_trial_connect_options,
-    resources=_trial_resources,
-    own_resources=lambda spec: {"CPU": 1},  # the learner runs in the trial's own process
+    training=lambda spec: {"CPU": 1},  # the learner, in the trial's own process (Trials.in_process)
+    actors=_trial_actors,
     budget=lambda spec: _ITERATION_BUDGET,
     prepare=_trial_prepare,
     fit=_trial_fit,

@@ -19,8 +19,8 @@ from raymaas.supervised.data import BUILTIN_TASKS, DataSpec, ImageData, check_fi
 from raymaas.supervised.loop import Selection, TrainLoopConfig
 from raymaas.supervised.metrics import task_metric_names
 from raymaas.supervised.models import BUILTIN_MODELS, MLPConfig, ModelSpec
-from raymaas.supervised.trial import fit_in_trial, holds, trains_in_trial
-from raymaas.sweep.job import TRIAL_CPU, Trials
+from raymaas.supervised.trial import fit_in_trial, trains_in_trial
+from raymaas.sweep.job import Trials
 
 
 class ScalingSpec(SpecModel):
@@ -183,19 +183,10 @@ def _worker_resources(spec: SupervisedSpec) -> tuple[bool, dict[str, float], int
     return use_gpu, per_worker, scaling.min_workers
 
 
-def _trial_resources(spec: SupervisedSpec) -> dict[str, float]:
-    """What one run of spec reserves on the cluster: its workers' resources, all together
-    (none of its own for a sweep trial that trains in its process: _trial_own_resources).
-    Before Ray is up, use_gpu auto counts as CPUs only."""
-    return {} if trains_in_trial(spec) else _run_resources(spec)
-
-
-def _trial_own_resources(spec: SupervisedSpec) -> dict[str, float]:
-    """What a sweep trial's own process reserves: its one worker's, where it trains itself."""
-    return _run_resources(spec) if trains_in_trial(spec) else {"CPU": TRIAL_CPU}
-
-
 def _run_resources(spec: SupervisedSpec) -> dict[str, float]:
+    """What one run of spec reserves on the cluster: its workers' resources, all together; for a
+    sweep trial that trains in its own process, that process's. Before Ray is up, use_gpu auto
+    counts as CPUs only."""
     import ray
 
     if ray.is_initialized():
@@ -728,13 +719,9 @@ def _budget(spec: SupervisedSpec) -> int:
 
 
 def _trial_fit(job, prepared) -> str | None:
-    import ray
-
-    # One worker, and the trial's process holds its resources: the loop runs there. A sweep
-    # that searches num_workers sized its trials by its base spec, so a trial drawn down to one
-    # worker from a base of several holds almost nothing and runs a Train run, as others do.
-    assigned = ray.get_runtime_context().get_assigned_resources()
-    if trains_in_trial(job.spec) and holds(assigned, _run_resources(job.spec)):
+    # One fixed worker: the loop runs in the trial's own process, for which the sweep reserved
+    # the worker's resources (by the trial's own spec: raymaas.sweep.job.trial_resources).
+    if trains_in_trial(job.spec):
         return fit_in_trial(job, prepared, _selection(job), _worker_config(job, prepared))
     checkpoint = _run_trainer(job, prepared, in_tune=True)
     return checkpoint.path if checkpoint is not None else None
@@ -754,12 +741,11 @@ def _trial_model(job, prepared, path: str):
 # What a sweep of supervised specs runs per trial (raymaas.sweep.job); named in raymaas.kinds.
 TRIALS = Trials(
     connect_options=_connect_options,
-    resources=_trial_resources,
+    training=_run_resources,
     budget=_budget,
     prepare=_prepare,
     fit=_trial_fit,
     model_of=_trial_model,
-    own_resources=_trial_own_resources,
-    train_runs=lambda spec: not trains_in_trial(spec),
-    max_failures=lambda spec: spec.failure_config.max_failures if trains_in_trial(spec) else 0,
+    in_process=trains_in_trial,  # else a Train run of the trial's own
+    max_failures=lambda spec: spec.failure_config.max_failures,  # where the trial's process trains
 )

@@ -4,7 +4,9 @@ A Ray Train run per trial costs a Train controller and a worker group: two more 
 each importing torch, and a process group to set up, before a trial's first epoch (about 13 s
 of a digits trial's 26 s on 2 cores; bench/time_to_model.py prints the parts). A trial of one
 fixed worker gains nothing from them, so it runs the same loop (raymaas.supervised.loop) in the
-Tune trial's process, which reserves what the worker would have (raymaas.sweep.job.Trials):
+Tune trial's process, which reserves what the worker would have (raymaas.sweep.job.Trials; by
+the trial's own spec, so a trial drawn to one worker in a sweep that searches num_workers
+trains there too):
 
     TrialSession   what the loop asks of its run: rank 0 of 1, the device, the last checkpoint
                    to resume from, and each epoch's report: the checkpoint copied to the job's
@@ -14,9 +16,10 @@ Tune trial's process, which reserves what the worker would have (raymaas.sweep.j
 
 What a Train run gave the trial, it keeps: the best checkpoints by the gate metric and the
 newest (checkpoint_config.num_to_keep), a restart from the newest when its process dies
-(failure_config.max_failures, through Tune's FailureConfig) or the sweep is resubmitted, each
-epoch logged once (an epoch stored but not logged before a stop is logged from its stored
-metrics on the restart). A trial of several workers, or an elastic one, still runs a Train run.
+(failure_config.max_failures, through Tune's FailureConfig, in a sweep none of whose trials may
+run a Train run: raymaas.sweep.job.run_sweep) or the sweep is resubmitted, each epoch logged once
+(an epoch stored but not logged before a stop is logged from its stored metrics on the restart).
+A trial of several workers, or an elastic one, still runs a Train run.
 """
 
 from __future__ import annotations
@@ -33,14 +36,11 @@ PREFIX = "checkpoint_"
 
 
 def trains_in_trial(spec) -> bool:
-    """Whether a sweep's trial of spec trains in its own process (one worker, not elastic)."""
+    """Whether a sweep's trial of spec trains in its own process (one worker, not elastic): the
+    supervised kind's Trials.in_process, from which the sweep reserves each trial by its own
+    spec."""
     scaling = spec.scaling_config
     return not scaling.elastic and scaling.max_workers == 1
-
-
-def holds(assigned: dict[str, float], need: dict[str, float]) -> bool:
-    """Whether a process that was assigned these resources holds what need asks for."""
-    return all(assigned.get(name, 0.0) + 1e-9 >= amount for name, amount in need.items() if amount > 0)
 
 
 class TrialSession:

@@ -11,7 +11,8 @@
                                      trial's resources (the trial's own process reserves almost
                                      nothing), or, for one fixed worker, the training loop in
                                      the trial's own process (raymaas.supervised.trial), which
-                                     then reserves the worker's resources
+                                     then reserves the worker's resources; each trial reserves
+                                     by its own spec, the values it drew applied
       after fit                      the children's final status (and who stopped them early),
                                      the trials table and a plot per searched field on the
                                      parent, the best trial's model published from its child
@@ -48,19 +49,24 @@ class Trials:
     """The parts of one job of a kind that a sweep runs per trial."""
 
     connect_options: Callable[[Any, int], dict]  # (spec, trials at once) -> cluster.connect's options
-    resources: Callable[[Any], dict[str, float]]  # spec -> what a trial's actors reserve, e.g. {"CPU": 2}
+    # spec -> what a trial's training reserves, e.g. {"CPU": 2}: the trial's own process where
+    # it trains there (an RLlib learner, a supervised trial's one worker), its Train run's
+    # workers where it starts one (in_process)
+    training: Callable[[Any], dict[str, float]]
     budget: Callable[[Any], int]  # spec -> the epochs (iterations) of a trial that runs to its end
     prepare: Callable[[Any, str], tuple[Any, dict[str, str]]]  # (spec, storage_path) -> (prepared, run tags)
     fit: Callable[[Any, Any], str | None]  # (job, prepared) -> its last checkpoint's path; reports to Tune
     model_of: Callable[[Any, Any, str | None], Any]  # (job, prepared, that path) -> driver.TrainedModel
-    # spec -> what the trial's own process reserves: little where it only waits on actors of
-    # its own (a Train run), a CPU where it computes (an RLlib learner)
-    own_resources: Callable[[Any], dict[str, float]] = lambda spec: {"CPU": TRIAL_CPU}
-    # spec -> whether a trial starts a Ray Train run of its own (the sweep's Ray then needs its
-    # dashboard: see run_sweep); a supervised trial of one worker trains in its own process
-    train_runs: Callable[[Any], bool] = lambda spec: False
-    # spec -> how often Tune restarts a trial whose process died (from its last checkpoint):
-    # the job's failure_config where the trial's process trains; a Train run restarts its own
+    # spec -> what the other actors a trial starts reserve (RLlib's EnvRunners)
+    actors: Callable[[Any], dict[str, float]] = lambda spec: {}
+    # spec -> whether a trial of spec trains in its own process; if not, it starts a Ray Train
+    # run of its own, whose workers reserve `training` while the trial's process only waits on
+    # them (TRIAL_CPU). The kind's one answer to where a trial trains: the sweep derives from
+    # it what each trial reserves (_own, _need), and whether its Ray needs the dashboard and Tune
+    # restarts trials (_trains_where)
+    in_process: Callable[[Any], bool] = lambda spec: True
+    # spec -> how often Tune restarts a trial that trains in its own process when that process
+    # died (from its last checkpoint); a Train run restarts its own workers instead
     max_failures: Callable[[Any], int] = lambda spec: 0
 
 
@@ -149,10 +155,16 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     trials: Trials = kind.load_sweep()
     tc = spec.tune_config
     domains = parse_space(spec.param_space)
+    base = spec.model_dump(mode="json")
     gate = spec.gate(kind)
     metric = tc.metric or gate.metric
     mode = tc.mode or ("max" if (gate.higher_is_better if metric == gate.metric else _higher(metric)) else "min")
-    need = _total(trials.resources(spec), trials.own_resources(spec))
+    # Each trial reserves by its own spec (tune.with_resources below), but the trials at once
+    # are counted by the base spec's needs: an approximation where a searched field changes
+    # them (scaling_config.num_workers). A trial that needs more than counted waits for room
+    # (Tune holds back its process, or its Train run its workers); one that needs less leaves
+    # room unused.
+    need = _need(trials, spec)
     local = not (address or os.environ.get("RAY_ADDRESS"))
 
     at_once = tc.max_concurrent_trials or (_fits(need, {"CPU": os.cpu_count() or 1}) if local else 1)
@@ -160,14 +172,21 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     if options.get("num_cpus"):  # a local Ray: one CPU more holds every trial's own TRIAL_CPU
         options["num_cpus"] += 1
     warm = options.pop("warm_imports", ())  # imported while Ray starts, waited for before Tune starts
-    # With the dashboard where trials run Train runs: Train V2 frees the workers' placement
-    # group of a Train run whose controller died (each trial Tune stops early) from a cleaner
-    # actor that asks Ray's State API, which lives in the dashboard. Without it the cleaner only
-    # logs "Failed to query Ray Train Controller actor state" and the stopped trials' CPUs stay
-    # reserved: the sweep starved once ASHA had stopped two trials on 2 cores (bench/sweep.py,
-    # reduction factor 4). Trials that train in their own process leave nothing to free.
+    # Ray's dashboard and Tune's restarts are set once per sweep, and its trials may train
+    # either way (a searched num_workers): a sweep where any trial may start a Train run takes
+    # the settings such trials need, whatever the others would have.
+    # The dashboard: Train V2 frees the workers' placement group of a Train run whose
+    # controller died (each trial Tune stops early) from a cleaner actor that asks Ray's State
+    # API, which lives in the dashboard. Without it the cleaner only logs "Failed to query Ray
+    # Train Controller actor state" and the stopped trials' CPUs stay reserved: the sweep starved
+    # once ASHA had stopped two trials on 2 cores (bench/sweep.py, reduction factor 4). Trials
+    # that train in their own process leave nothing to free.
+    # Tune's restarts: none, since a Train run restarts its own workers (the spec's
+    # failure_config) and Tune restarting its trial as well would multiply the restarts; the
+    # trials of such a sweep that train in their own process are then not restarted either.
+    train_runs = False in _trains_where(trials, kind, spec, base, domains)
+    max_failures = 0 if train_runs else trials.max_failures(spec)
     # Ray shut down however the sweep ends, from here on (raymaas.runtime.lifecycle)
-    train_runs = trials.train_runs(spec)
     with JobDriver.connect(
         address,
         logs="trials, Train controllers" if train_runs else "trials",
@@ -176,7 +195,7 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
         **options,
     ) as driver:
         tracking_uri, client, storage_path = driver.tracking_uri, driver.client, driver.storage_path
-        need = _total(trials.resources(spec), trials.own_resources(spec))  # use_gpu auto resolved now
+        need = _need(trials, spec)  # use_gpu auto resolved now
         capacity = None
         if tc.max_concurrent_trials is None:
             if local:
@@ -203,12 +222,11 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
             flush=True,
         )
         with final_status(client, parent.run_id) as status:
-            base = spec.model_dump(mode="json")
             trainable = tune.with_resources(
                 _make_trainable(
                     kind.name, base, tracking_uri, storage_path, parent.run_id, run_name, spec.experiment_name, metric
                 ),
-                trials.own_resources(spec),
+                trial_resources(kind.name, base),
             )
             experiment_path = _join(storage_path, run_name)
             run_config = tune.RunConfig(
@@ -216,7 +234,7 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
                 storage_path=storage_path,
                 verbose=0,
                 callbacks=[_progress(metric, trials.budget(spec))],
-                failure_config=tune.FailureConfig(max_failures=trials.max_failures(spec)),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
             )
             tune_config = tune.TuneConfig(
                 metric=metric,
@@ -299,6 +317,62 @@ def _shown(resources: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if v) or "nothing"
 
 
+def _own(trials: Trials, spec) -> dict[str, float]:
+    """What the own process of a trial of spec reserves: its training where it trains there,
+    else TRIAL_CPU (its Train run's workers train; the process only waits on them)."""
+    return trials.training(spec) if trials.in_process(spec) else {"CPU": TRIAL_CPU}
+
+
+def _need(trials: Trials, spec) -> dict[str, float]:
+    """All that a trial of spec reserves: its training and its other actors, and its own
+    process's TRIAL_CPU where a Train run's workers train."""
+    waiting = {} if trials.in_process(spec) else {"CPU": TRIAL_CPU}
+    return _total(trials.training(spec), trials.actors(spec), waiting)
+
+
+def _trains_where(trials: Trials, kind, spec, base: dict, domains: dict[str, Domain]) -> set[bool]:
+    """Whether the sweep's trials may train in their own process (True), start Train runs
+    (False), or both: trials.in_process of the base spec, and of the base with each value a
+    domain probes (Domain.probes: a list's every value, a range's ends) set alone, the specs
+    check_space has validated. A change that only a combination of drawn values makes is not
+    foreseen; supervised's answer rests on scaling_config.num_workers alone."""
+    model = kind.load_spec_model()
+    probed = (
+        validate_spec(model, trial_data(base, {field: value}), source=f"with {field} = {value!r}")
+        for field, domain in domains.items()
+        for value in domain.probes()
+    )
+    return {trials.in_process(spec)} | {trials.in_process(s) for s in probed}
+
+
+def trial_resources(kind_name: str, base: dict) -> Callable[[dict], dict[str, float]]:
+    """Tune's resources for a trial, a function of its config (tune.with_resources calls it in
+    the driver as each trial is added, and turns the dict into a placement group factory as it
+    does a dict given for all trials): what the trial's own process reserves by the trial's own
+    spec, the base spec with the values it drew, since those may change it (a searched
+    scaling_config.num_workers)."""
+
+    def reserve(config: dict) -> dict[str, float]:
+        from raymaas.kinds import get_kind
+        from raymaas.specs import SpecError
+
+        kind = get_kind(kind_name)
+        try:
+            spec = _trial_spec(kind, base, config, "for a trial's resources")
+        except SpecError:  # values the spec refuses together: the trial's function fails at once, naming them
+            return {"CPU": TRIAL_CPU}
+        return _own(kind.load_sweep(), spec)
+
+    return reserve
+
+
+def _trial_spec(kind, base: dict, config: dict, source: str):
+    """A trial's spec: the sweep's base spec with the values its Tune config drew, validated as
+    a job's spec is."""
+    values = decode(parse_space(base["param_space"]), config)
+    return validate_spec(kind.load_spec_model(), trial_data(base, values), source=source)
+
+
 def _fits(need: dict[str, float], have: dict[str, float]) -> int:
     """How many trials that each need `need` fit in `have` at once (at least one)."""
     counts = [math.floor(have.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0]
@@ -360,8 +434,7 @@ def _make_trainable(kind_name, base, tracking_uri, storage_path, parent_run_id, 
         kind = get_kind(kind_name)
         trials: Trials = kind.load_sweep()
         trial_id = tune.get_context().get_trial_id()
-        values = decode(parse_space(base["param_space"]), config)
-        spec = validate_spec(kind.load_spec_model(), trial_data(base, values), source=f"trial {trial_id}")
+        spec = _trial_spec(kind, base, config, f"trial {trial_id}")
         client = get_client(tracking_uri)
         name = child_run_name(parent_run_name, trial_id)
         done = find_job_run(client, ensure_experiment(client, experiment), name)

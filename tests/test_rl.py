@@ -312,6 +312,10 @@ BAD_SPECS = [
     ("env=Pendulum-v1", "env 'Pendulum-v1' has a continuous action space"),
     ("training.learning_rate=0.1", "unknown RLlib field 'learning_rate'"),
     ("model.fcnet_hidden=[8]", "unknown RLlib field 'fcnet_hidden' (did you mean 'fcnet_hiddens'?)"),
+    (
+        "training.replay_buffer_config.type=raymaas.rl.replay.FastEpisodeReplayBuffer",
+        "raymaas.rl.replay has no 'FastEpisodeReplayBuffer' (did you mean raymaas.rl.replay.ColumnReplayBuffer?)",
+    ),
 ]
 
 

@@ -70,10 +70,15 @@ class DQN(RLlibDQN):
                 self.local_replay_buffer.add(episodes)
 
         sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
-        if sampled < self.config.num_steps_sampled_before_learning_starts:
+        # The buffer too: a job restored from a checkpoint counts its steps from before, but its
+        # buffer (not checkpointed) starts empty and is filled again before learning resumes.
+        starts = self.config.num_steps_sampled_before_learning_starts
+        if sampled < starts or len(self.local_replay_buffer) < min(starts, self.local_replay_buffer.capacity):
             return
-        minibatch = self.config.total_train_batch_size
-        rows = minibatch * train_weight
+        # Rows for train_weight updates; several learners would each get an equal share of the
+        # batch and split it into minibatches of their own size.
+        minibatch = self.config.train_batch_size_per_learner
+        rows = self.config.total_train_batch_size * train_weight
         with self.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
             columns = self.local_replay_buffer.sample_batch(rows, n_step=self.config.n_step, gamma=self.config.gamma)
             self.metrics.aggregate([self.local_replay_buffer.get_metrics()], key=REPLAY_BUFFER_RESULTS)

@@ -105,6 +105,9 @@ class RLSpec(TrainingJobSpec):
         algo = info.data.get("algo")
         if algo is not None:
             _check_keys(training, training_fields(algo), f"{algo_config_class(algo).__name__}.training()")
+        buffer = (training.get("replay_buffer_config") or {}).get("type")
+        if isinstance(buffer, str) and "." in buffer:
+            _check_importable(buffer, "training.replay_buffer_config.type")
         return training
 
     @field_validator("model")
@@ -179,6 +182,25 @@ def _check_keys(given: dict, known: frozenset[str], where: str) -> None:
             for key in unknown
         ]
         raise ValueError(f"unknown RLlib field {', '.join(hints)}: {where} has no such field")
+
+
+def _check_importable(path: str, where: str) -> None:
+    """Raise ValueError unless path ("package.module.Name", as RLlib imports a class named in a
+    config) imports: RLlib itself would only find out while building the algorithm, on Ray."""
+    module_name, _, name = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{where} {path!r}: cannot import {module_name!r}: {exc}") from None
+    if not hasattr(module, name):
+        own = [
+            n
+            for n, v in vars(module).items()
+            if not n.startswith("_") and getattr(v, "__module__", None) == module_name
+        ]
+        close = difflib.get_close_matches(name, own, n=1, cutoff=0.5)
+        hint = f" (did you mean {module_name}.{close[0]}?)" if close else ""
+        raise ValueError(f"{where} {path!r}: {module_name} has no {name!r}{hint}")
 
 
 def check_env(env_id: str, algo: str | None = None) -> None:

@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from raymaas.runtime.localcluster import free_port
+
 TINY, HEAVY, COLUMN = "bench-tiny", "bench-heavy", "bench-column"
 # a model of 4 categorical and 4 numeric columns (categories one-hot and embedded, a column
 # imputed), and its peer of 8 numeric columns: what categorical encoding costs a request
@@ -54,12 +55,6 @@ MIXED, NUMERIC8 = "bench-mixed", "bench-numeric8"
 CONTESTANTS = {"tiny": TINY, "heavy": HEAVY, "column": COLUMN, "mixed": MIXED, "numeric8": NUMERIC8}
 COLUMN_NAMES = [f"f{i}" for i in range(64)]
 HEAVY_IN, HEAVY_HIDDEN, HEAVY_LAYERS = 1024, 4096, 5  # 71.4M parameters
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- load generator

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 import aiohttp
 
 from raymaas.paths import tracking_uri
+from raymaas.runtime.localcluster import free_port
 
 DOCS = Path(__file__).resolve().parent
 
@@ -56,12 +56,6 @@ CHROMIUM_FLAGS = (
     "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
     " --disable-component-update --disable-sync --hide-scrollbars"
 ).split()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, timeout_s: float, proc: subprocess.Popen) -> bytes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,14 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from raymaas.runtime.localcluster import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 DEBUG_SPEC = REPO / "jobs" / "specs" / "digits_debug.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_bare_python(folder: Path) -> Path:

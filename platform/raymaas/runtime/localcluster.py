@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -90,17 +91,46 @@ def read_state(home: Path) -> LocalCluster | None:
 
 
 def free_port(preferred: int | None = None) -> int:
-    """preferred if nothing listens there on 127.0.0.1, else any free port."""
-    if preferred:
-        with socket.socket() as s:
-            try:
-                s.bind((HOST, preferred))
-                return preferred
-            except OSError:
-                pass
-    with socket.socket() as s:
+    """preferred if nothing listens there on 127.0.0.1, else a free port from outside the kernel's
+    ephemeral range and Ray's worker ports. A port the kernel hands out for bind(0) can be taken,
+    before its server binds it, as the local port of any outgoing connection on the machine (a
+    head, a database and their clients make many): `ray start` then fails with `Address already in
+    use`. Ports this process has handed out are not handed out again."""
+    if preferred and _bindable(preferred):
+        return preferred
+    low, high = _ephemeral_range()
+    # Below the ephemeral range and above Ray's worker ports (10002-19999 by default); where the
+    # range leaves no room for that, anywhere above 1024 that is not ephemeral.
+    candidates = range(20000, low) if low - 20000 >= 1000 else range(1025, low)
+    for _ in range(200):
+        port = random.choice(candidates)
+        if port not in _handed_out and not (low <= port <= high) and _bindable(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # a crowded machine: what the kernel gives
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+            return True
+        except OSError:
+            return False
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (Linux; elsewhere IANA's 49152-65535)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
 
 
 def is_running(cluster: LocalCluster) -> bool:

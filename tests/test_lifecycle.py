@@ -60,3 +60,42 @@ def test_report_gives_each_job_the_same_exit_codes(capsys):
     assert capsys.readouterr().err == "error: needs GPU 1, cluster has 0\n"
     with pytest.raises(ValueError):  # a failed job: exit 1, with its traceback
         report(lambda: _raise(ValueError("bad")))
+
+
+def test_blocking_calls_share_one_work_thread_and_a_given_up_call_does_not_block_the_next():
+    """call_interruptibly runs every call on one long-lived thread (torch's OpenMP team is per
+    thread: an RL job's training and evaluations on two threads competed for the cores), runs a
+    call made from that thread at once, hands errors back, and gives a call its own thread while
+    the work thread still runs a call the main thread gave up on."""
+    import threading
+    import time
+
+    from raymaas.runtime import lifecycle
+    from raymaas.runtime.lifecycle import call_interruptibly
+
+    names = [call_interruptibly(lambda: threading.current_thread().name) for _ in range(3)]
+    assert names == ["raymaas-work"] * 3
+    assert call_interruptibly(lambda: call_interruptibly(lambda: 41) + 1) == 42  # nested: no deadlock
+    with pytest.raises(ValueError, match="bad"):
+        call_interruptibly(lambda: (_ for _ in ()).throw(ValueError("bad")))
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck():
+        started.set()
+        release.wait(10)
+
+    # as if the main thread had been interrupted while this ran: the work thread stays busy
+    assert lifecycle._WorkThread.get().submit(stuck)
+    started.wait(5)
+    try:
+        assert call_interruptibly(lambda: threading.current_thread().name) == "raymaas-call"
+    finally:
+        release.set()
+    for _ in range(50):  # the work thread takes calls again once the given-up call ends
+        if call_interruptibly(lambda: threading.current_thread().name) == "raymaas-work":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the work thread never took a call again")

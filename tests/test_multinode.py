@@ -125,7 +125,8 @@ def fake_cluster(tmp_path_factory):
     config = home / "autoscaling.yaml"
     config.write_text(yaml.safe_dump(autoscaling_config(port)))
     saved = {
-        k: os.environ.get(k) for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")
+        k: os.environ.get(k)
+        for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAYMAAS_HOME")
     }
     started = time.monotonic()
     # MLflow as deployed (cluster.yaml's head): a server on PostgreSQL that serves the artifacts,
@@ -167,6 +168,9 @@ def fake_cluster(tmp_path_factory):
             "RAYMAAS_AUTOSCALING_CONFIG": str(config),
         }
         env.pop("MLFLOW_REGISTRY_URI", None)
+        # a shell's (`raymaas up` prints one to export) would win over RAY_ADDRESS, and over any
+        # address given, for Ray's State API
+        env.pop("RAY_API_SERVER_ADDRESS", None)
         os.environ.update(
             {
                 "MLFLOW_TRACKING_URI": cluster.mlflow_url,
@@ -175,6 +179,7 @@ def fake_cluster(tmp_path_factory):
                 "RAY_ADDRESS": cluster.gcs_address,
             }
         )
+        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
         mlflow.set_tracking_uri(cluster.mlflow_url)
         mlflow.set_registry_uri(cluster.mlflow_url)
         connect(cluster.gcs_address)
@@ -221,24 +226,32 @@ def autoscaler_settled(address: str) -> bool:
     return counted <= 1 and "(no pending nodes)" in pending
 
 
-def train_worker_actors() -> list:
+# Ray's State API below is given the cluster's GCS address rather than left to find a cluster
+# itself (RAY_API_SERVER_ADDRESS, RAY_ADDRESS, else the Ray last started on this machine): run
+# after other modules in one pytest process, the sweep's test once counted 0 trial actors while
+# its 4 trials ran. An address given still loses to those two variables
+# (ray.dashboard.utils.get_address_for_submission_client): fake_cluster sets RAY_ADDRESS to the
+# same address and removes RAY_API_SERVER_ADDRESS.
+
+
+def train_worker_actors(address: str) -> list:
     from ray.util.state import list_actors
 
-    return list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
 
 
-def trial_actors() -> list:
+def trial_actors(address: str) -> list:
     """Tune's trial actors alive (a one-worker supervised trial trains in its own)."""
     from ray.util.state import list_actors
 
-    return list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
+    return list_actors(address=address, filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
 
 
-def map_workers() -> int:
+def map_workers(address: str) -> int:
     """Ray Data's model actors alive (its actor pool's MapWorkers)."""
     from ray.util.state import list_actors
 
-    return sum("MapWorker" in a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")]))
+    return sum("MapWorker" in a.class_name for a in list_actors(address=address, filters=[("state", "=", "ALIVE")]))
 
 
 def run_watching(cluster: FakeCluster, cmd: list[str], log: Path, what: str, **counts) -> tuple[int, dict]:
@@ -307,23 +320,25 @@ def settle(cluster: FakeCluster) -> None:
         240,
         "no worker nodes (the autoscaler's view included)",
         interval=1,
-        seen=lambda: f"{ray_status(cluster.address)}\nwhat keeps the worker nodes busy:\n{on_worker_nodes()}",
+        seen=lambda: (
+            f"{ray_status(cluster.address)}\nwhat keeps the worker nodes busy:\n{on_worker_nodes(cluster.address)}"
+        ),
     )
 
 
-def on_worker_nodes() -> str:
+def on_worker_nodes(address: str) -> str:
     """The actors and placement groups alive on worker nodes: what keeps a node from going idle."""
     from ray.util.state import list_actors, list_placement_groups
 
     nodes = set(worker_nodes())
     actors = [
         f"actor {a.class_name} ({a.name or 'unnamed'}, job {a.job_id}) on {a.node_id[:8]}"
-        for a in list_actors(filters=[("state", "=", "ALIVE")])
+        for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
         if a.node_id in nodes
     ]
     groups = [
         f"placement group {g.placement_group_id[:8]} ({g.name or 'unnamed'}) {g.state}"
-        for g in list_placement_groups()
+        for g in list_placement_groups(address=address)
         if g.state != "REMOVED"
     ]
     return "\n".join(actors + groups) or "(nothing)"
@@ -435,7 +450,7 @@ def test_job_spreads_over_added_nodes_resumes_after_a_node_kill_and_nodes_go_whe
         wait_for(driver_running(driver, log, lambda: len(worker_nodes()) >= 2), 240, "two worker nodes", seen=seen)
         nodes_up_s = time.monotonic() - submitted
         actors = wait_for(
-            driver_running(driver, log, lambda: (a := train_worker_actors()) and len(a) == 2 and a),
+            driver_running(driver, log, lambda: (a := train_worker_actors(fake_cluster.address)) and len(a) == 2 and a),
             240,
             "two Ray Train workers",
             seen=seen,
@@ -448,7 +463,7 @@ def test_job_spreads_over_added_nodes_resumes_after_a_node_kill_and_nodes_go_whe
         wait_for(
             driver_running(driver, log, lambda: len(epochs_logged(client, run_name)) >= 2), 360, "two epochs", seen=seen
         )
-        actor = wait_for(train_worker_actors, 30, "a Ray Train worker", seen=seen)[0]
+        actor = wait_for(lambda: train_worker_actors(fake_cluster.address), 30, "a Ray Train worker", seen=seen)[0]
         raylet = raylet_of(actor.pid)
         killed_after = epochs_logged(client, run_name)[-1]
         nodes_before = set(worker_nodes())
@@ -475,7 +490,11 @@ def test_job_spreads_over_added_nodes_resumes_after_a_node_kill_and_nodes_go_whe
         # The nodes are idle from when the restarted workers end (the driver then logs the model
         # for a while).
         idle_since = wait_for(
-            lambda: not train_worker_actors() and time.monotonic(), 480, "the workers to end", 1, seen=seen
+            lambda: not train_worker_actors(fake_cluster.address) and time.monotonic(),
+            480,
+            "the workers to end",
+            1,
+            seen=seen,
         )
         driver.wait(timeout=480)
     except subprocess.TimeoutExpired as exc:
@@ -548,7 +567,7 @@ def test_sweep_puts_trials_in_flight_for_the_nodes_the_cluster_can_grow_to(fake_
         log,
         "the sweep to end",
         nodes=lambda: len(worker_nodes()),
-        trials=lambda: len(trial_actors()),
+        trials=lambda: len(trial_actors(fake_cluster.address)),
     )
     output = log.read_text()
     assert returncode == 0, output[-4000:]
@@ -624,7 +643,7 @@ def test_elastic_job_grows_with_nodes_and_finishes_with_fewer_after_a_node_is_lo
     try:
         seen = seen_by(fake_cluster, log)
         wait_for(driver_running(driver, log, late_on_two), 400, "a late epoch trained by 2 workers", seen=seen)
-        actor = wait_for(train_worker_actors, 30, "a Ray Train worker", seen=seen)[0]
+        actor = wait_for(lambda: train_worker_actors(fake_cluster.address), 30, "a Ray Train worker", seen=seen)[0]
         raylet = raylet_of(actor.pid)
         for proc in [raylet, *raylet.children(recursive=True)]:
             try:
@@ -709,7 +728,7 @@ def test_batch_scoring_pool_grows_with_nodes_the_autoscaler_adds(fake_cluster, c
         log,
         "the batch job to end",
         nodes=lambda: len(worker_nodes()),
-        actors=map_workers,
+        actors=lambda: map_workers(fake_cluster.address),
     )
     output = log.read_text()
     assert returncode == 0, output[-4000:]

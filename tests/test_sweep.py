@@ -140,7 +140,7 @@ def test_each_trial_reserves_by_its_own_spec():
     from raymaas.specs import load_spec
     from raymaas.supervised.trial import trains_in_trial
     from raymaas.sweep.job import TRIAL_CPU, _trains_where, trial_resources
-    from raymaas.sweep.space import parse_space
+    from raymaas.sweep.space import check_space, parse_space
 
     assert trains_in_trial(_load()) and not trains_in_trial(_load("scaling_config.num_workers=2"))
     assert not trains_in_trial(_load("scaling_config.num_workers=[1, 2]"))  # elastic: a Train run
@@ -154,9 +154,13 @@ def test_each_trial_reserves_by_its_own_spec():
     assert reserve({**drawn, "scaling_config.num_workers": 2}) == {"CPU": TRIAL_CPU}
 
     def where(kind, spec) -> set[bool]:
-        return _trains_where(kind.load_sweep(), kind, spec, spec.model_dump(mode="json"), parse_space(spec.param_space))
+        return _trains_where(kind.load_sweep(), spec, spec.model_dump(mode="json"), parse_space(spec.param_space))
 
     assert where(supervised, spec) == {True, False} and where(supervised, _load()) == {True}
+    # the specs it asks are check_space's probes, each the base with one drawn value
+    probed = check_space(type(spec), base, parse_space(spec.param_space))
+    workers = [(v, s.scaling_config.num_workers) for f, v, s in probed if f == "scaling_config.num_workers"]
+    assert workers == [(1, 1), (2, 2)] and all(s.tune_config is None for _, _, s in probed)
 
     rl = get_kind("rl")
     rl_spec = load_spec(RLSpec, REPO / "jobs/specs/cartpole_ppo_sweep_debug.yaml")

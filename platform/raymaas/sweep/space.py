@@ -163,17 +163,19 @@ def trial_data(base: dict, values: dict[str, Any]) -> dict:
     return data
 
 
-def check_space(spec_model: type, base: dict, domains: dict[str, Domain]) -> None:
+def check_space(spec_model: type, base: dict, domains: dict[str, Domain]) -> list[tuple[str, Any, Any]]:
     """Every value each domain can draw, set alone in the base spec, validates: else a
-    ValueError naming the field, the value and what the spec says of it."""
+    ValueError naming the field, the value and what the spec says of it. Returns each probe
+    (Domain.probes) as (field, value, its validated spec), for what the sweep derives from them."""
     from pydantic import ValidationError
 
     from raymaas.specs import spec_location  # raymaas.specs imports this module
 
+    probed = []
     for field, domain in domains.items():
         for value in domain.probes():
             try:
-                spec_model.model_validate(trial_data(base, {field: value}))
+                probed.append((field, value, spec_model.model_validate(trial_data(base, {field: value}))))
             except ValidationError as exc:
                 err = exc.errors()[0]
                 where, member = spec_location(spec_model, err["loc"])
@@ -187,3 +189,4 @@ def check_space(spec_model: type, base: dict, domains: dict[str, Domain]) -> Non
                     f"param_space.{field}: {domain.describe()} can draw {value!r}, which the spec refuses: "
                     f"{where or field}: {msg}"
                 ) from None
+    return probed

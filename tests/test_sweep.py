@@ -154,11 +154,15 @@ def test_each_trial_reserves_by_its_own_spec():
     assert reserve({**drawn, "scaling_config.num_workers": 2}) == {"CPU": TRIAL_CPU}
 
     def where(kind, spec) -> set[bool]:
-        return _trains_where(kind.load_sweep(), spec, spec.model_dump(mode="json"), parse_space(spec.param_space))
+        return _trains_where(kind.load_sweep(), spec)
 
     assert where(supervised, spec) == {True, False} and where(supervised, _load()) == {True}
-    # the specs it asks are check_space's probes, each the base with one drawn value
-    probed = check_space(type(spec), base, parse_space(spec.param_space))
+    # the specs it asks are check_space's probes, kept from the spec's validation, each the base
+    # with one drawn value
+    probed = spec.sweep_probes
+    assert [(f, v) for f, v, _ in probed] == [
+        (f, v) for f, v, _ in check_space(type(spec), base, parse_space(spec.param_space))
+    ]
     workers = [(v, s.scaling_config.num_workers) for f, v, s in probed if f == "scaling_config.num_workers"]
     assert workers == [(1, 1), (2, 2)] and all(s.tune_config is None for _, _, s in probed)
 

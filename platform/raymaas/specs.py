@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     field_validator,
@@ -114,8 +115,17 @@ class TrainingJobSpec(JobSpec):
         if kind.sweep is None:
             raise ValueError(f"tune_config: sweeps of {kind.name} jobs are not supported yet")
         base = self.model_dump(mode="json", exclude={"tune_config", "param_space"})
-        check_space(type(self), base, parse_space(self.param_space))
+        self._probes = check_space(type(self), base, parse_space(self.param_space))
         return self
+
+    # check_space's probes, kept from validation: (field, value, the validated trial spec)
+    _probes: list[tuple[str, Any, Any]] = PrivateAttr(default_factory=list)
+
+    @property
+    def sweep_probes(self) -> list[tuple[str, Any, Any]]:
+        """Each value the sweep's domains probe (Domain.probes), set alone in the base spec:
+        (field, value, that trial's spec), validated with the spec."""
+        return self._probes
 
     @property
     def is_sweep(self) -> bool:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raymaas.specs import validate_spec
-from raymaas.sweep.space import Domain, check_space, parse_space, trial_data
+from raymaas.sweep.space import Domain, parse_space, trial_data
 
 # Tags of a sweep's runs: the parent is found again by its run name (raymaas.job_key, as for
 # any job); a child by the parent's name and its Tune trial id.
@@ -184,7 +184,7 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
     # Tune's restarts: none, since a Train run restarts its own workers (the spec's
     # failure_config) and Tune restarting its trial as well would multiply the restarts; the
     # trials of such a sweep that train in their own process are then not restarted either.
-    train_runs = False in _trains_where(trials, spec, base, domains)
+    train_runs = False in _trains_where(trials, spec)
     max_failures = 0 if train_runs else trials.max_failures(spec)
     # Ray shut down however the sweep ends, from here on (raymaas.runtime.lifecycle)
     with JobDriver.connect(
@@ -330,14 +330,13 @@ def _need(trials: Trials, spec) -> dict[str, float]:
     return _total(trials.training(spec), trials.actors(spec), waiting)
 
 
-def _trains_where(trials: Trials, spec, base: dict, domains: dict[str, Domain]) -> set[bool]:
+def _trains_where(trials: Trials, spec) -> set[bool]:
     """Whether the sweep's trials may train in their own process (True), start Train runs
     (False), or both: trials.in_process of the base spec, and of the base with each value a
     domain probes (Domain.probes: a list's every value, a range's ends) set alone, the specs
-    check_space validates. A change that only a combination of drawn values makes is not
-    foreseen; supervised's answer rests on scaling_config.num_workers alone."""
-    probed = check_space(type(spec), base, domains)
-    return {trials.in_process(spec)} | {trials.in_process(s) for _, _, s in probed}
+    validated with the sweep's spec (sweep_probes). A change that only a combination of drawn
+    values makes is not foreseen; supervised's answer rests on scaling_config.num_workers alone."""
+    return {trials.in_process(spec)} | {trials.in_process(s) for _, _, s in spec.sweep_probes}
 
 
 def trial_resources(kind_name: str, base: dict) -> Callable[[dict], dict[str, float]]:

@@ -2,14 +2,18 @@
 window of its episode that RLlib's EpisodeReplayBuffer answers (observations at t and at the
 window's end, the action at t, the discounted rewards, terminated only where the window reaches
 a terminated episode's end), from chunks of running episodes linked as they arrive, and with the
-oldest steps overwritten once the buffer is full."""
+oldest steps overwritten once the buffer is full; RLlib builds it, and its own training step is
+refused by name."""
 
 from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.utils.from_config import from_config
+from ray.rllib.utils.replay_buffers import ReplayBuffer
 
 from raymaas.rl.replay import ColumnReplayBuffer
 
@@ -121,24 +125,64 @@ def test_the_oldest_steps_are_overwritten_and_links_into_them_dropped():
         )
 
 
-def test_one_step_episodes_for_rllibs_own_training_step():
-    buffer, lengths = filled()
-    sampled = buffer.sample(num_items=200, n_step=3, gamma=GAMMA, sample_episodes=True)
-    assert len(sampled) == 200
-    for one in sampled:
-        assert len(one) == 1
-        e, t = (int(v) for v in one.get_observations(0))
-        assert one.get_extra_model_outputs("n_step")[0] == 3
-        assert one.get_extra_model_outputs("weights")[0] == 1.0
-        check_window(
-            e, t, 3, one.get_observations(1), one.get_actions(0), one.get_rewards(0), one.is_terminated, lengths
-        )
+def test_the_stored_steps_are_the_steps_added_up_to_the_capacity():
+    """The steps stored are the steps ever added up to the capacity: RLlib's __len__,
+    get_num_timesteps and the parent's own count agree."""
+    buffer = ColumnReplayBuffer(capacity=10)
+    buffer.add([episode(0, 4, True)])
+    assert len(buffer) == buffer.get_num_timesteps() == buffer._num_timesteps == 4
+    buffer.add([episode(1, 9, True)])
+    assert len(buffer) == buffer.get_num_timesteps() == buffer._num_timesteps == 10
+    assert buffer.get_added_timesteps() == 13
+    assert buffer.get_num_episodes() == 1  # episode 0's first step is overwritten
 
 
-def test_sequences_are_refused_by_name():
+def test_a_running_episode_is_forgotten_once_its_newest_step_is_overwritten():
+    """An episode that never finishes (its env runner restarted mid-episode) is not kept for
+    ever; one whose newest step is still stored is, and its next chunk is linked."""
+    buffer = ColumnReplayBuffer(capacity=10)
+    abandoned = chunks(episode(1, 9, True), [3, 6])[0]
+    running, rest = chunks(episode(2, 9, True), [3, 6])
+    buffer.add([abandoned])  # serials 0-2
+    buffer.add([episode(0, 7, True)])  # serials 3-9: the buffer is full, nothing overwritten
+    assert set(buffer.get_state()["running"]) == {abandoned.id_}
+    buffer.add([running])  # serials 10-12 overwrite the abandoned chunk
+    assert set(buffer.get_state()["running"]) == {running.id_}
+    buffer.add([rest])
+    assert buffer.get_state()["running"] == {}
+    batch = buffer.sample_batch(400, n_step=3, gamma=GAMMA)
+    assert {tuple(o) for o in batch["new_obs"][(batch["obs"] == (2, 2)).all(axis=1)]} == {(2, 5)}
+
+
+def test_rllib_builds_it_and_its_dqn_config_accepts_it():
+    """RLlib builds the buffer from replay_buffer_config (Algorithm.setup's from_config), and
+    DQNConfig.validate accepts the class itself as the type: it is an EpisodeReplayBuffer."""
+    import ray
+
+    config = DQNConfig().environment("CartPole-v1")
+    config.training(replay_buffer_config={"type": "raymaas.rl.replay.ColumnReplayBuffer", "capacity": 50})
+    buffer = from_config(ReplayBuffer, dict(config.replay_buffer_config))
+    assert isinstance(buffer, ColumnReplayBuffer) and buffer.capacity == 50 and len(buffer) == 0
+    config.training(replay_buffer_config={"type": ColumnReplayBuffer, "capacity": 50}).validate()
+    assert not ray.is_initialized()
+
+
+def test_rllibs_own_training_step_is_refused_by_name():
+    """RLlib's DQN step (a stateful module's sequences, or RLlib's DQN class) samples episodes;
+    this buffer answers only raymaas.rl.dqn.DQN's sample_batch."""
     buffer, _ = filled()
-    with pytest.raises(ValueError, match="not sequences.*batch_length_T=2.*EpisodeReplayBuffer"):
-        buffer.sample(num_items=4, batch_length_T=2, n_step=1, gamma=GAMMA, sample_episodes=True)
+    with pytest.raises(ValueError, match="sample_batch.*batch_length_T=20.*EpisodeReplayBuffer"):
+        # what RLlib 2.60's DQN._training_step_new_api_stack passes for a stateful module
+        buffer.sample(
+            num_items=4,
+            n_step=1,
+            batch_length_T=20,
+            lookback=1,
+            min_batch_length_T=0,
+            gamma=GAMMA,
+            beta=None,
+            sample_episodes=True,
+        )
     with pytest.raises(ValueError, match="empty"):
         ColumnReplayBuffer(capacity=5).sample_batch(4)
 

@@ -55,6 +55,8 @@ class DQN(RLlibDQN):
             or not builds_batches(self.local_replay_buffer)
         ):
             return super().training_step()
+        # Sampling and adding as RLlib's DQN._training_step_new_api_stack does (ray 2.60.0,
+        # ray/rllib/algorithms/dqn/dqn.py); compare with it when Ray is upgraded.
         store_weight, train_weight = calculate_rr_weights(self.config)
         for _ in range(store_weight):
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
@@ -69,6 +71,8 @@ class DQN(RLlibDQN):
             with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
                 self.local_replay_buffer.add(episodes)
 
+        # RLlib's step counts agent steps where count_steps_by says so: the same number for the
+        # single-agent episodes a buffer with sample_batch stores.
         sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
         # The buffer too: a job restored from a checkpoint counts its steps from before, but its
         # buffer (not checkpointed) starts empty and is filled again before learning resumes.

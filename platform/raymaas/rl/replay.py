@@ -15,15 +15,13 @@ same episode's next step (linked when the next chunk of a running episode arrive
 transition is then a few vectorized gathers along those links for the whole batch:
 (o_t, a_t, sum of gamma^k r_(t+k) over the window, o_end, terminated at end) with the window
 ending after n steps, at the episode's end, or at the newest step stored so far, as RLlib's
-buffer answers it (and like it, the `n_step` column is the n drawn).
+buffer answers it (and like it, the `n_step` column is the n drawn). `sample_batch` returns
+those columns as numpy arrays, what raymaas.rl.dqn.DQN hands the learner.
 
-- `sample_batch` returns those columns as numpy arrays, what raymaas.rl.dqn hands the learner;
-- `sample` returns them as one-step SingleAgentEpisodes (with the `n_step` and `weights` extra
-  outputs DQN's learner connector reads), for RLlib's own DQN training step.
-
-Sequences (`batch_length_T`, stateful modules) are not kept: asked for them, it says so.
-Use it from a spec: `training.replay_buffer_config.type: raymaas.rl.replay.ColumnReplayBuffer`
-(RLlib imports a buffer class by its path).
+It answers nothing else: RLlib's own training step (`sample`: one-step episodes, or sequences
+for a stateful module) is refused by name. Use it from a spec:
+`training.replay_buffer_config.type: raymaas.rl.replay.ColumnReplayBuffer` (RLlib imports a
+buffer class by its path; an `algo: dqn` spec builds raymaas.rl.dqn.DQN).
 """
 
 from __future__ import annotations
@@ -33,32 +31,41 @@ from typing import Any
 import numpy as np
 from ray.rllib.core import DEFAULT_AGENT_ID, DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
-from ray.rllib.env.single_agent_episode import SingleAgentEpisode
-from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
 
 _NONE = -1  # no next row (yet): the episode ended here, or its next chunk has not arrived
 
 
 class ColumnReplayBuffer(EpisodeReplayBuffer):
-    """Uniform n-step replay over flat columns (see the module's docstring). Subclasses
-    EpisodeReplayBuffer for its construction and its add/sample metrics only."""
+    """Uniform n-step replay over flat columns (see the module's docstring).
+
+    It subclasses EpisodeReplayBuffer, whose episode storage stays empty, for its add and
+    sample metrics (`get_metrics`) and because DQNConfig.validate (ray 2.60) refuses a buffer
+    `type` given as a class that is not one. Its one counter is EpisodeReplayBuffer's
+    `_num_timesteps_added`: the steps ever stored, so also the serial number of the next step,
+    whose row is that number modulo `capacity`."""
 
     def __init__(self, capacity: int = 10000, **kwargs):
         super().__init__(capacity=capacity, **kwargs)
-        self._size = 0  # rows holding a step
-        self._next_pos = 0  # the row the next step goes to
-        self._written = 0  # steps ever stored: a row's serial number is the value it had then
         self._columns: dict[str, np.ndarray] | None = None  # allocated at the first add
-        self._running: dict[str, int] = {}  # episode id -> serial of its newest stored step
-        self._spaces = None  # (observation space, action space), for one-step episodes
+        # Episode id -> serial of its newest stored step, for running episodes whose newest
+        # step is still stored (one whose env runner was restarted mid-episode never finishes).
+        self._running: dict[str, int] = {}
+
+    @property
+    def _num_timesteps(self) -> int:
+        """EpisodeReplayBuffer's count of stored steps, derived from the steps ever stored."""
+        return min(self._num_timesteps_added, self.capacity)
+
+    @_num_timesteps.setter
+    def _num_timesteps(self, _) -> None:
+        pass  # only EpisodeReplayBuffer.__init__ assigns it (0): its add and set_state are overridden
 
     # ------------------------------------------------------------------ storing
 
     def add(self, episodes) -> None:
         episodes = episodes if isinstance(episodes, list) else [episodes]
-        steps = done = 0
-        evicted_steps = 0
+        steps = done = evicted_steps = 0
         for episode in episodes:
             length = len(episode)
             if length == 0:
@@ -66,13 +73,12 @@ class ColumnReplayBuffer(EpisodeReplayBuffer):
             obs = np.asarray(episode.get_observations(), dtype=np.float32).reshape(length + 1, -1)
             if self._columns is None:
                 self._allocate(obs.shape[1], np.asarray(episode.get_actions()).dtype)
-                self._spaces = (episode.observation_space, episode.action_space)
-            evicted_steps += max(0, self._size + length - self.capacity)
+            evicted_steps += max(0, self._num_timesteps + length - self.capacity)
             self._store(episode, obs, length)
             steps += length
             done += int(episode.is_done)
-        self._num_timesteps = self._size
-        self._num_timesteps_added += steps
+        # Forget running episodes whose newest step has been overwritten: nothing links to it.
+        self._running = {id_: serial for id_, serial in self._running.items() if self._stored(serial)}
         agent, module = DEFAULT_AGENT_ID, DEFAULT_MODULE_ID
         self._update_add_metrics(
             num_episodes_added=done,
@@ -99,14 +105,17 @@ class ColumnReplayBuffer(EpisodeReplayBuffer):
             "terminated": np.zeros(c, bool),
             "truncated": np.zeros(c, bool),
             "next": np.full(c, _NONE, np.int64),
-            "serial": np.full(c, -1, np.int64),
             "first": np.zeros(c, bool),  # an episode's first step
         }
 
+    def _stored(self, serial: int) -> bool:
+        """Whether the step with this serial number still holds its row."""
+        return serial >= self._num_timesteps_added - self.capacity
+
     def _store(self, episode, obs: np.ndarray, length: int) -> None:
         cols, c = self._columns, self.capacity
-        first_serial = self._written
-        rows = (self._next_pos + np.arange(length)) % c
+        first_serial = self._num_timesteps_added
+        rows = (first_serial + np.arange(length)) % c
         cols["obs"][rows] = obs[:-1]
         cols["next_obs"][rows] = obs[1:]
         cols["actions"][rows] = np.asarray(episode.get_actions())
@@ -117,18 +126,15 @@ class ColumnReplayBuffer(EpisodeReplayBuffer):
         cols["truncated"][rows[-1]] = episode.is_truncated
         cols["next"][rows[:-1]] = rows[1:]
         cols["next"][rows[-1]] = _NONE
-        cols["serial"][rows] = first_serial + np.arange(length)
         cols["first"][rows] = False
         cols["first"][rows[0]] = episode.t_started == 0
+        self._num_timesteps_added += length
         # Link the episode's previous chunk to this one, if its last step is still stored.
         previous = self._running.pop(episode.id_, None)
-        if previous is not None and cols["serial"][previous % c] == previous:
+        if previous is not None and self._stored(previous):
             cols["next"][previous % c] = rows[0]
         if not episode.is_done:
             self._running[episode.id_] = first_serial + length - 1
-        self._written += length
-        self._next_pos = (self._next_pos + length) % c
-        self._size = min(self._size + length, c)
 
     # ------------------------------------------------------------------ sampling
 
@@ -137,7 +143,7 @@ class ColumnReplayBuffer(EpisodeReplayBuffer):
         obs, new_obs, actions, rewards (the discounted window sum), terminateds and truncateds
         (at the window's end), n_step (the n drawn: an int, or a [low, high) tuple drawn per
         transition) and weights (ones: uniform replay)."""
-        if self._size == 0:
+        if self._num_timesteps == 0:
             raise ValueError("ColumnReplayBuffer is empty: nothing to sample")
         rows, ns, last, returns = self._windows(batch_size, n_step, gamma)
         cols = self._columns
@@ -156,7 +162,7 @@ class ColumnReplayBuffer(EpisodeReplayBuffer):
         """Uniform rows, their n, the last row of each window and its discounted return;
         records the sample metrics."""
         cols, rng = self._columns, self.rng
-        rows = rng.integers(self._size, size=batch_size)
+        rows = rng.integers(self._num_timesteps, size=batch_size)
         if isinstance(n_step, tuple):
             ns = rng.integers(n_step[0], n_step[1], size=batch_size)
         else:
@@ -178,34 +184,13 @@ class ColumnReplayBuffer(EpisodeReplayBuffer):
         self._record(batch_size, len(np.unique(rows)), float(ns.mean()))
         return rows, ns, last, returns
 
-    def sample(self, num_items=None, *, batch_size_B=None, batch_length_T=None, n_step=None, **kwargs) -> list:
-        """One-step SingleAgentEpisodes of sampled n-step transitions (RLlib's own DQN step)."""
-        if batch_length_T or kwargs.get("sample_episodes") is False:
-            raise ValueError(
-                "ColumnReplayBuffer samples single n-step transitions, not sequences "
-                f"(batch_length_T={batch_length_T!r}): use RLlib's EpisodeReplayBuffer for a stateful module"
-            )
-        size = num_items or batch_size_B or self.batch_size_B
-        batch = self.sample_batch(size, n_step=n_step if n_step is not None else 1, gamma=kwargs.get("gamma", 0.99))
-        obs_space, action_space = self._spaces
-        return [
-            SingleAgentEpisode(
-                observation_space=obs_space,
-                action_space=action_space,
-                observations=[batch[Columns.OBS][i], batch[Columns.NEXT_OBS][i]],
-                actions=[batch[Columns.ACTIONS][i]],
-                rewards=[float(batch[Columns.REWARDS][i])],
-                infos=[{}, {}],
-                terminated=bool(batch[Columns.TERMINATEDS][i]),
-                truncated=bool(batch[Columns.TRUNCATEDS][i]),
-                extra_model_outputs={
-                    "n_step": InfiniteLookbackBuffer(np.full((1,), batch["n_step"][i]), lookback=0),
-                    "weights": InfiniteLookbackBuffer(np.ones((1,)), lookback=0),
-                },
-                len_lookback_buffer=0,
-            )
-            for i in range(size)
-        ]
+    def sample(self, num_items=None, *, batch_length_T=None, **kwargs):
+        # Reached from RLlib's own DQN step (a stateful module, RLlib's DQN class): refuse by name.
+        raise ValueError(
+            "ColumnReplayBuffer answers raymaas.rl.dqn.DQN's sample_batch (single n-step transitions), not "
+            f"RLlib's own training step (sample with batch_length_T={batch_length_T!r}, sequences for a "
+            "stateful module): use RLlib's EpisodeReplayBuffer there"
+        )
 
     def _record(self, steps: int, distinct_steps: int, mean_n_step: float) -> None:
         """The sample metrics RLlib's buffer records (single agent; episodes are not tracked)."""
@@ -230,32 +215,22 @@ class ColumnReplayBuffer(EpisodeReplayBuffer):
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def __len__(self) -> int:
-        return self._size
-
     def get_num_timesteps(self, module_id=None) -> int:
-        return self._size
+        return self._num_timesteps
 
     def get_num_episodes(self, module_id=None) -> int:
         """Episodes whose first step is still stored."""
-        return 0 if self._columns is None else int(np.count_nonzero(self._columns["first"][: self._size]))
+        return 0 if self._columns is None else int(np.count_nonzero(self._columns["first"][: self._num_timesteps]))
 
     def get_state(self) -> dict[str, Any]:
         return {
             "columns": self._columns,
-            "size": self._size,
-            "next_pos": self._next_pos,
-            "written": self._written,
             "running": dict(self._running),
-            "spaces": self._spaces,
             "added": self._num_timesteps_added,
             "sampled": self.sampled_timesteps,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._columns = state["columns"]
-        self._size, self._next_pos, self._written = state["size"], state["next_pos"], state["written"]
         self._running = dict(state["running"])
-        self._spaces = state["spaces"]
-        self._num_timesteps = self._size
         self._num_timesteps_added, self.sampled_timesteps = state["added"], state["sampled"]

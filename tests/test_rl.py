@@ -316,6 +316,12 @@ BAD_SPECS = [
         "training.replay_buffer_config.type=raymaas.rl.replay.FastEpisodeReplayBuffer",
         "raymaas.rl.replay has no 'FastEpisodeReplayBuffer' (did you mean raymaas.rl.replay.ColumnReplayBuffer?)",
     ),
+    (
+        "training.replay_buffer_config.type=raymaas.rl.replay:FastEpisodeReplayBuffer",
+        "raymaas.rl.replay has no 'FastEpisodeReplayBuffer' (did you mean raymaas.rl.replay.ColumnReplayBuffer?)",
+    ),
+    ("training.num_atoms=51", "a distributional DQN (num_atoms 51): raymaas registers a policy as its action-score"),
+    ("model.use_lstm=true", "a recurrent policy (use_lstm): raymaas registers a policy as its action-score"),
 ]
 
 
@@ -380,6 +386,15 @@ def test_dqn_specs_build_rllibs_dqn_with_updates_on_ready_batches():
     assert build_algo_config(load_spec(RLSpec, PPO_SPEC)).algo_class is PPO
 
 
+def test_replay_buffer_type_is_handed_to_rllib_dotted():
+    """A buffer class named package.module:Name (as an env is) reaches RLlib as
+    package.module.Name, the only form it imports: the shipped spec's buffer, as it names it."""
+    colon = load_spec(RLSpec, DQN_SPEC, ["training.replay_buffer_config.type=raymaas.rl.replay:ColumnReplayBuffer"])
+    shipped = load_spec(RLSpec, DQN_SPEC)
+    assert shipped.training["replay_buffer_config"]["type"] == "raymaas.rl.replay.ColumnReplayBuffer"
+    assert colon.training["replay_buffer_config"] == shipped.training["replay_buffer_config"]
+
+
 def test_cli_validates_rl_specs_before_anything_runs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "raymaas.cli", "train", str(DEBUG_SPEC), "--set", "training.lrr=1"],
@@ -393,6 +408,25 @@ def test_cli_validates_rl_specs_before_anything_runs(tmp_path):
         [sys.executable, "-m", "raymaas.cli", "explain", "rl"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "stop.target_return" in proc.stdout and "env_runners.num_env_runners" in proc.stdout
+
+
+@pytest.mark.parametrize("spec", [PPO_SPEC, DQN_SPEC], ids=["ppo", "dqn"])
+def test_evaluations_act_as_the_rllib_module(spec):
+    """The evaluations' policy (the argmax of the network that is exported) picks RLlib's own
+    greedy actions (forward_inference); a module it cannot export is refused. No Ray: the
+    module is built from the spec's config alone."""
+    import gymnasium as gym
+
+    from raymaas.rl.export import action_scores_network, greedy_actions, scored_greedy
+    from raymaas.rl.job import build_algo_config
+
+    config = build_algo_config(load_spec(RLSpec, spec))
+    module = config.get_rl_module_spec(env=gym.make("CartPole-v1")).build()
+    obs = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32)
+    np.testing.assert_array_equal(scored_greedy(action_scores_network(module))(obs), greedy_actions(module, obs))
+    module.model_config = {**module.model_config, "use_lstm": True}
+    with pytest.raises(NotImplementedError, match="a recurrent policy"):
+        action_scores_network(module)
 
 
 def test_parity_check_refuses_any_mismatch():

@@ -13,7 +13,8 @@ PARITY_OBSERVATIONS = 2000
 
 
 def greedy_actions(module, obs: np.ndarray) -> np.ndarray:
-    """The RLlib module's own greedy actions: forward_inference, then the deterministic choice."""
+    """The RLlib module's own greedy actions (forward_inference, then the deterministic choice):
+    the answer the parity check holds the exported policy to."""
     import torch
     from ray.rllib.core.columns import Columns
 
@@ -24,23 +25,29 @@ def greedy_actions(module, obs: np.ndarray) -> np.ndarray:
     return out[Columns.ACTION_DIST_INPUTS].argmax(-1).cpu().numpy().astype(np.int64)
 
 
-def scored_greedy(module) -> Act:
-    """The module's greedy actions as the argmax of its action-score network (what is exported,
-    see action_scores_network): the evaluations' policy. Half the time of forward_inference for
-    the evaluation's 20 observations a step (RLlib's inference wrapper costs more than the
-    network there); a module that cannot be exported that way is asked through forward_inference."""
+def scored_greedy(network) -> Act:
+    """The greedy actions of an action-score network (action_scores_network): the argmax of its
+    scores, as the exported policy answers. The evaluations' policy: half the time of RLlib's
+    forward_inference for the evaluation's 20 observations a step (RLlib's inference wrapper
+    costs more than the network there)."""
     import torch
-
-    try:
-        network = action_scores_network(module)
-    except NotImplementedError:
-        return lambda obs: greedy_actions(module, obs)
 
     def act(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return network(torch.as_tensor(obs, dtype=torch.float32)).argmax(-1).cpu().numpy().astype(np.int64)
 
     return act
+
+
+def not_exportable(model_config: dict) -> str | None:
+    """What a module of model_config (RLlib's, DQN's training fields included) is that
+    action_scores_network cannot export; None: it can."""
+    atoms = model_config.get("num_atoms")
+    if isinstance(atoms, int) and atoms > 1:
+        return f"a distributional DQN (num_atoms {atoms})"
+    if model_config.get("use_lstm"):
+        return "a recurrent policy (use_lstm)"
+    return None
 
 
 def action_scores_network(module):
@@ -71,8 +78,8 @@ def action_scores_network(module):
                 return self.rl_module._forward(batch)[Columns.ACTION_DIST_INPUTS]
             return self.rl_module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
 
-    if getattr(module, "num_atoms", 1) > 1 or module.model_config.get("use_lstm"):
-        raise NotImplementedError("exporting distributional or recurrent policies is not supported")
+    if (unsupported := not_exportable(module.model_config)) is not None:
+        raise NotImplementedError(f"exporting {unsupported} is not supported")
     return ActionScores(module)
 
 

@@ -17,14 +17,21 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cache
+from functools import cache, partial
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from raymaas.modelcode.policy import Evaluation
-from raymaas.rl.export import greedy_actions, scored_greedy
+from raymaas.rl.export import (
+    PARITY_OBSERVATIONS,
+    action_scores_network,
+    check_parity,
+    greedy_actions,
+    not_exportable,
+    scored_greedy,
+)
 from raymaas.specs import SpecError, SpecModel, TrainingJobSpec
 from raymaas.sweep.job import Trials
 
@@ -105,15 +112,25 @@ class RLSpec(TrainingJobSpec):
         algo = info.data.get("algo")
         if algo is not None:
             _check_keys(training, training_fields(algo), f"{algo_config_class(algo).__name__}.training()")
-        buffer = (training.get("replay_buffer_config") or {}).get("type")
-        if isinstance(buffer, str) and "." in buffer:
-            _check_importable(buffer, "training.replay_buffer_config.type")
+        buffers = training.get("replay_buffer_config") or {}
+        buffer = buffers.get("type")
+        if isinstance(buffer, str) and ("." in buffer or ":" in buffer):
+            _resolve(buffer, "training.replay_buffer_config.type")
+            # RLlib imports the class it names as package.module.Name only
+            training = {**training, "replay_buffer_config": {**buffers, "type": buffer.replace(":", ".")}}
         return training
 
     @field_validator("model")
     @classmethod
-    def _model_fields(cls, model: dict) -> dict:
+    def _model_fields(cls, model: dict, info) -> dict:
         _check_keys(model, model_config_fields(), "RLlib's DefaultModelConfig")
+        # The module's model_config holds DQN's training fields too (num_atoms)
+        unsupported = not_exportable({**(info.data.get("training") or {}), **model})
+        if unsupported is not None:
+            raise ValueError(
+                f"{unsupported}: raymaas registers a policy as its action-score network, "
+                "which it cannot export for such a module"
+            )
         return model
 
     @field_validator("mlflow")
@@ -136,17 +153,34 @@ _TUPLE_FIELDS = {"n_step"}
 
 
 def algo_config_class(algo: str):
-    return _imported(ALGO_CONFIGS[algo])
+    return _resolve(ALGO_CONFIGS[algo], f"the {algo} config class")
 
 
 def algo_class(algo: str):
     """The Algorithm class a spec's config builds (None: the config's own)."""
-    return _imported(ALGO_CLASSES[algo]) if algo in ALGO_CLASSES else None
+    return _resolve(ALGO_CLASSES[algo], f"the {algo} algorithm class") if algo in ALGO_CLASSES else None
 
 
-def _imported(path: str):
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+def _resolve(path: str, where: str):
+    """What path names, "package.module:Name" or "package.module.Name" (as RLlib names a class
+    in a config). ValueError, saying where path comes from, unless it imports: RLlib itself
+    would only find out while building the algorithm, on Ray."""
+    module_name, _, name = path.replace(":", ".").rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{where} {path!r}: cannot import {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        own = [
+            n
+            for n, v in vars(module).items()
+            if not n.startswith("_") and getattr(v, "__module__", None) == module_name
+        ]
+        close = difflib.get_close_matches(name, own, n=1, cutoff=0.5)
+        hint = f" (did you mean {module_name}.{close[0]}?)" if close else ""
+        raise ValueError(f"{where} {path!r}: {module_name} has no {name!r}{hint}") from None
 
 
 @cache
@@ -182,25 +216,6 @@ def _check_keys(given: dict, known: frozenset[str], where: str) -> None:
             for key in unknown
         ]
         raise ValueError(f"unknown RLlib field {', '.join(hints)}: {where} has no such field")
-
-
-def _check_importable(path: str, where: str) -> None:
-    """Raise ValueError unless path ("package.module.Name", as RLlib imports a class named in a
-    config) imports: RLlib itself would only find out while building the algorithm, on Ray."""
-    module_name, _, name = path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{where} {path!r}: cannot import {module_name!r}: {exc}") from None
-    if not hasattr(module, name):
-        own = [
-            n
-            for n, v in vars(module).items()
-            if not n.startswith("_") and getattr(v, "__module__", None) == module_name
-        ]
-        close = difflib.get_close_matches(name, own, n=1, cutoff=0.5)
-        hint = f" (did you mean {module_name}.{close[0]}?)" if close else ""
-        raise ValueError(f"{where} {path!r}: {module_name} has no {name!r}{hint}")
 
 
 def check_env(env_id: str, algo: str | None = None) -> None:
@@ -373,7 +388,9 @@ def _train(
             # second OpenMP team whose threads then took the CPU from every later iteration's
             # (measured: DQN iterations 1.15 s before the first evaluation, 2.1 s after).
             loop.last_evaluation = call_interruptibly(
-                lambda: evaluate_greedy(scored_greedy(algo.get_module()), spec.env, ev.episodes, ev.seed)
+                lambda: evaluate_greedy(
+                    scored_greedy(action_scores_network(algo.get_module())), spec.env, ev.episodes, ev.seed
+                )
             )
             loop.evaluated_at = step
             metrics.update(loop.last_evaluation.metrics())
@@ -432,22 +449,32 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
     """The final evaluation, the return curves and the checkpoint; the exported policy with its
     parity check, for the publish tail."""
     import mlflow
-    import torch
 
     from raymaas.modelcode.policy import collect_observations, evaluate_greedy
     from raymaas.monitoring.profile import build_profile
-    from raymaas.rl.export import PARITY_OBSERVATIONS, action_scores_network, check_parity
     from raymaas.runtime.driver import TrainedModel
+    from raymaas.runtime.lifecycle import call_interruptibly
     from raymaas.tracking import plots
     from raymaas.tracking.publish import log_as_classifier
     from raymaas.tracking.runs import log_metrics
 
     client, run_id, progress = job.client, job.run_id, loop.progress
     module = algo.get_module()
-    act = lambda o: greedy_actions(module, o)  # noqa: E731
-    evaluation = loop.last_evaluation
-    if evaluation is None or loop.evaluated_at != progress.env_steps:
-        evaluation = evaluate_greedy(act, spec.env, spec.evaluation.episodes, spec.evaluation.seed)
+
+    def exported():
+        """The policy to register, acting as the loop's evaluations do (the final one too when
+        the last iteration had none), and the observations of its parity episodes."""
+        network = action_scores_network(module)
+        act = scored_greedy(network)
+        settings, evaluation = spec.evaluation, loop.last_evaluation
+        if evaluation is None or loop.evaluated_at != progress.env_steps:
+            evaluation = evaluate_greedy(act, spec.env, settings.episodes, settings.seed)
+        obs = collect_observations(act, spec.env, PARITY_OBSERVATIONS, seed=settings.seed + 500_000)
+        return network, evaluation, obs, act(obs)
+
+    # In the training thread, as the loop's torch work (see _train)
+    network, evaluation, obs, actions = call_interruptibly(exported)
+    if evaluation is not loop.last_evaluation:
         log_metrics(client, run_id, evaluation.metrics(), step=progress.env_steps)
 
     curves = {}
@@ -457,12 +484,12 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
             curves[label] = ([m.step for m in history], [m.value for m in history])
     figure = plots.curves_figure(curves, "env steps", "episode return", f"{spec.name}: {spec.algo} on {spec.env}")
 
-    # The exported policy must act as the RLlib module does, or it is not registered.
-    obs = collect_observations(act, spec.env, PARITY_OBSERVATIONS, seed=spec.evaluation.seed + 500_000)
-
     def check(model_uri: str) -> None:
+        """The exported policy must act as the RLlib module does, or it is not registered."""
         try:
-            check_parity(act, mlflow.pyfunc.load_model(model_uri).predict, obs)
+            call_interruptibly(
+                lambda: check_parity(partial(greedy_actions, module), mlflow.pyfunc.load_model(model_uri).predict, obs)
+            )
         finally:
             client.set_tag(run_id, "raymaas.parity_observations", str(len(obs)))
 
@@ -470,10 +497,9 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
         client.log_artifacts(run_id, folder, "checkpoint")
     ev = evaluation
     # what the policy saw and did on the parity episodes: the served endpoint's reference
-    network = action_scores_network(module)
-    with torch.no_grad():
-        n_actions = int(network(torch.as_tensor(obs[:1], dtype=torch.float32)).shape[1])
-    profile = build_profile(obs, predictions=act(obs).tolist(), task="classification", classes=list(range(n_actions)))
+    profile = build_profile(
+        obs, predictions=actions.tolist(), task="classification", classes=list(range(module.action_space.n))
+    )
     return TrainedModel(
         module=network,
         example=obs,
@@ -620,7 +646,9 @@ def _trial_fit(job, config) -> str:
 
 def _trial_model(job, config, path: str):
     """The best trial's policy, from its last checkpoint, with the same checks as a job's."""
-    algo = config.build_algo()
+    from raymaas.runtime.lifecycle import call_interruptibly
+
+    algo = call_interruptibly(config.build_algo)
     job.after_publish(algo.stop)
     checkpoints = CheckpointStore(job.storage_path, job.run.run_name)
     loop = _Loop(checkpoints.restore(algo))

@@ -12,7 +12,8 @@
             ...                 the work: the run ends FINISHED, FAILED or KILLED, never RUNNING
             status.set("FINISHED")
 
-and blocking Ray calls that SIGTERM can interrupt (call_interruptibly). The exit codes of what
+and the job's work on one long-lived thread while the main thread stays free for SIGTERM
+(call_interruptibly). The exit codes of what
 such a job raises are raymaas.runtime.entrypoint's (report). Used by raymaas.runtime.driver
 (run_job), raymaas.sweep.job (run_sweep) and raymaas.batch.job (run_predict).
 """

@@ -87,7 +87,7 @@ def test_blocking_calls_share_one_work_thread_and_a_given_up_call_does_not_block
         release.wait(10)
 
     # as if the main thread had been interrupted while this ran: the work thread stays busy
-    assert lifecycle._WorkThread.get().submit(stuck)
+    assert lifecycle._WorkThread.get().submit(stuck, threading.Event())
     started.wait(5)
     try:
         assert call_interruptibly(lambda: threading.current_thread().name) == "raymaas-call"

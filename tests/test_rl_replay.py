@@ -190,7 +190,13 @@ def test_rllibs_own_training_step_is_refused_by_name():
 def test_state_round_trip():
     buffer, lengths = filled()
     restored = ColumnReplayBuffer(capacity=10_000)
-    restored.set_state(buffer.get_state())
+    state = buffer.get_state()
+    restored.set_state(state)
+    # a state is a copy (the buffer goes on filling), and rows sit by the count modulo the
+    # capacity: another capacity is refused
+    assert all(state["columns"][k] is not buffer._columns[k] for k in state["columns"])
+    with pytest.raises(ValueError, match="capacity 10000 set into one of 50"):
+        ColumnReplayBuffer(capacity=50).set_state(state)
     assert len(restored) == 20
     batch = restored.sample_batch(100, n_step=3, gamma=GAMMA)
     for i in range(100):

@@ -343,7 +343,9 @@ def _train_and_export(job, config):
 def _start(job, config):
     """The algorithm, its checkpoint store, and where it stands: restored from the newest
     checkpoint when the job's run is a continued one."""
-    algo = config.build_algo()
+    from raymaas.runtime.lifecycle import call_interruptibly
+
+    algo = call_interruptibly(config.build_algo)
     checkpoints = CheckpointStore(job.storage_path, job.run.run_name)
     progress = Progress()
     if job.run.resumed and checkpoints.latest() is not None:
@@ -367,12 +369,13 @@ def _train(
     greedy evaluation's carried between evaluations (Tune's schedulers need the metric in
     every result)."""
     from raymaas.modelcode.policy import evaluate_greedy
+    from raymaas.runtime.lifecycle import call_interruptibly
     from raymaas.tracking.runs import log_metrics
 
     loop = _Loop(progress)
     stop, ev = spec.stop, spec.evaluation
     while True:
-        result = algo.train()
+        result = call_interruptibly(algo.train)
         progress.iteration += 1
         # Counted here and kept beside the checkpoint, so a resumed job's steps carry on.
         progress.env_steps += int(result["env_runners"].get("num_env_steps_sampled", 0))
@@ -381,12 +384,14 @@ def _train(
 
         train_return = metrics.get("episode_return_mean", float("-inf"))
         if progress.iteration % ev.interval == 0 and train_return >= ev.min_episode_return:
-            # On the thread that trains (the driver's work thread, runtime.lifecycle): torch
-            # work on a second thread brings a second OpenMP team whose threads took the CPU
-            # from every later iteration (measured: DQN iterations 1.15 s before the first
-            # evaluation, 2.1 s after, when evaluations ran on the main thread).
-            act = scored_greedy(action_scores_network(algo.get_module()))
-            loop.last_evaluation = evaluate_greedy(act, spec.env, ev.episodes, ev.seed)
+            # In a thread of its own, as algo.train: torch work on the main thread gives it a
+            # second OpenMP team whose threads then took the CPU from every later iteration's
+            # (measured: DQN iterations 1.15 s before the first evaluation, 2.1 s after).
+            loop.last_evaluation = call_interruptibly(
+                lambda: evaluate_greedy(
+                    scored_greedy(action_scores_network(algo.get_module())), spec.env, ev.episodes, ev.seed
+                )
+            )
             loop.evaluated_at = step
             metrics.update(loop.last_evaluation.metrics())
 
@@ -448,21 +453,27 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
     from raymaas.modelcode.policy import collect_observations, evaluate_greedy
     from raymaas.monitoring.profile import build_profile
     from raymaas.runtime.driver import TrainedModel
+    from raymaas.runtime.lifecycle import call_interruptibly
     from raymaas.tracking import plots
     from raymaas.tracking.publish import log_as_classifier
     from raymaas.tracking.runs import log_metrics
 
     client, run_id, progress = job.client, job.run_id, loop.progress
     module = algo.get_module()
-    # the policy to register, acting as the loop's evaluations do (the final one too when the
-    # last iteration had none), and what it does on its parity episodes
-    network = action_scores_network(module)
-    act = scored_greedy(network)
-    settings, evaluation = spec.evaluation, loop.last_evaluation
-    if evaluation is None or loop.evaluated_at != progress.env_steps:
-        evaluation = evaluate_greedy(act, spec.env, settings.episodes, settings.seed)
-    obs = collect_observations(act, spec.env, PARITY_OBSERVATIONS, seed=settings.seed + 500_000)
-    actions = act(obs)
+
+    def exported():
+        """The policy to register, acting as the loop's evaluations do (the final one too when
+        the last iteration had none), and the observations of its parity episodes."""
+        network = action_scores_network(module)
+        act = scored_greedy(network)
+        settings, evaluation = spec.evaluation, loop.last_evaluation
+        if evaluation is None or loop.evaluated_at != progress.env_steps:
+            evaluation = evaluate_greedy(act, spec.env, settings.episodes, settings.seed)
+        obs = collect_observations(act, spec.env, PARITY_OBSERVATIONS, seed=settings.seed + 500_000)
+        return network, evaluation, obs, act(obs)
+
+    # In the training thread, as the loop's torch work (see _train)
+    network, evaluation, obs, actions = call_interruptibly(exported)
     if evaluation is not loop.last_evaluation:
         log_metrics(client, run_id, evaluation.metrics(), step=progress.env_steps)
 
@@ -476,7 +487,9 @@ def _trained_model(spec: RLSpec, algo, job, checkpoints: CheckpointStore, loop: 
     def check(model_uri: str) -> None:
         """The exported policy must act as the RLlib module does, or it is not registered."""
         try:
-            check_parity(partial(greedy_actions, module), mlflow.pyfunc.load_model(model_uri).predict, obs)
+            call_interruptibly(
+                lambda: check_parity(partial(greedy_actions, module), mlflow.pyfunc.load_model(model_uri).predict, obs)
+            )
         finally:
             client.set_tag(run_id, "raymaas.parity_observations", str(len(obs)))
 
@@ -633,7 +646,9 @@ def _trial_fit(job, config) -> str:
 
 def _trial_model(job, config, path: str):
     """The best trial's policy, from its last checkpoint, with the same checks as a job's."""
-    algo = config.build_algo()
+    from raymaas.runtime.lifecycle import call_interruptibly
+
+    algo = call_interruptibly(config.build_algo)
     job.after_publish(algo.stop)
     checkpoints = CheckpointStore(job.storage_path, job.run.run_name)
     loop = _Loop(checkpoints.restore(algo))

@@ -224,13 +224,19 @@ class ColumnReplayBuffer(EpisodeReplayBuffer):
 
     def get_state(self) -> dict[str, Any]:
         return {
-            "columns": self._columns,
+            "capacity": self.capacity,
+            "columns": None if self._columns is None else {k: v.copy() for k, v in self._columns.items()},
             "running": dict(self._running),
             "added": self._num_timesteps_added,
             "sampled": self.sampled_timesteps,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        # rows are placed by the count of steps added modulo the capacity
+        if state["capacity"] != self.capacity:
+            raise ValueError(
+                f"a ColumnReplayBuffer state of capacity {state['capacity']} set into one of {self.capacity}"
+            )
         self._columns = state["columns"]
         self._running = dict(state["running"])
         self._num_timesteps_added, self.sampled_timesteps = state["added"], state["sampled"]

@@ -157,7 +157,7 @@ def run_job(
     are imported in a thread while Ray starts.
     """
     from raymaas import tracking
-    from raymaas.runtime.lifecycle import JobDriver, call_interruptibly, final_status
+    from raymaas.runtime.lifecycle import JobDriver, final_status
     from raymaas.tracking.publish import publish_model
 
     gate = spec.gate(kind)
@@ -180,10 +180,8 @@ def run_job(
         job = Job(spec, kind, driver.client, job_run, driver.tracking_uri, driver.storage_path)
         with final_status(driver.client, job_run.run_id) as status:
             driver.warming.result()
-            # On the driver's work thread: SIGTERM reaches this one at once, and every bit of
-            # the job's torch work (training, evaluations, the export) runs on one thread
-            trained = call_interruptibly(lambda: train(job, prepared))
-            published = call_interruptibly(lambda: publish_model(driver.client, job_run.run_id, spec, gate, trained))
+            trained = train(job, prepared)
+            published = publish_model(driver.client, job_run.run_id, spec, gate, trained)
             status.set("FINISHED")
         for fn in job.deferred:
             fn()

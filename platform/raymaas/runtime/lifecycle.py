@@ -12,8 +12,7 @@
             ...                 the work: the run ends FINISHED, FAILED or KILLED, never RUNNING
             status.set("FINISHED")
 
-and the job's work on one long-lived thread while the main thread stays free for SIGTERM
-(call_interruptibly). The exit codes of what
+and blocking calls on one long-lived thread, which SIGTERM interrupts (call_interruptibly). The exit codes of what
 such a job raises are raymaas.runtime.entrypoint's (report). Used by raymaas.runtime.driver
 (run_job), raymaas.sweep.job (run_sweep) and raymaas.batch.job (run_predict).
 """
@@ -71,11 +70,9 @@ def call_interruptibly(fn: Callable[[], T]) -> T:
             outcome["result"] = fn()
         except BaseException as exc:  # handed to the caller below
             outcome["error"] = exc
-        finally:
-            done.set()
 
-    if not work.submit(call):
-        threading.Thread(target=call, name="raymaas-call", daemon=True).start()
+    if not work.submit(call, done):
+        threading.Thread(target=lambda: (call(), done.set()), name="raymaas-call", daemon=True).start()
     while not done.wait(0.2):
         pass
     if "error" in outcome:
@@ -91,7 +88,7 @@ class _WorkThread:
     _lock = threading.Lock()
 
     def __init__(self):
-        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.SimpleQueue()
         self._busy = False
         self.thread = threading.Thread(target=self._run, name="raymaas-work", daemon=True)
         self.thread.start()
@@ -99,27 +96,31 @@ class _WorkThread:
     @classmethod
     def get(cls) -> _WorkThread:
         with cls._lock:
-            if cls._instance is None:
+            # a new one in a forked child, whose copy of the thread does not run
+            if cls._instance is None or not cls._instance.thread.is_alive():
                 cls._instance = cls()
             return cls._instance
 
-    def submit(self, task: Callable[[], None]) -> bool:
-        """Queue task unless the thread is still busy (with a call its caller gave up on)."""
+    def submit(self, task: Callable[[], None], done: threading.Event) -> bool:
+        """Queue task (done set once it has run and the thread is free again) unless the
+        thread is still busy, with a call its caller gave up on."""
         with self._lock:
             if self._busy:
                 return False
             self._busy = True
-        self._tasks.put(task)
+            self._tasks.put((task, done))
         return True
 
     def _run(self) -> None:
         while True:
-            task = self._tasks.get()
+            task, done = self._tasks.get()
             try:
                 task()
             finally:
+                # free before the caller hears: its next call finds the thread free
                 with self._lock:
                     self._busy = False
+                done.set()
 
 
 class FinalStatus:
@@ -150,7 +151,7 @@ def final_status(client, run_id: str):
         import ray
 
         # Ends this job's actors and workers now; left to interpreter exit, the teardown
-        # waits on the blocked helper thread for about 10 s.
+        # waits on the blocked work thread for about 10 s.
         ray.shutdown()
         raise SystemExit(128 + (signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT)) from None
     except BaseException as exc:

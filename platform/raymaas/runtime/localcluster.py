@@ -92,26 +92,28 @@ def read_state(home: Path) -> LocalCluster | None:
 
 def free_port(preferred: int | None = None) -> int:
     """preferred if nothing listens there on 127.0.0.1, else a free port from outside the kernel's
-    ephemeral range and Ray's worker ports. A port the kernel hands out for bind(0) can be taken,
-    before its server binds it, as the local port of any outgoing connection on the machine (a
-    head, a database and their clients make many): `ray start` then fails with `Address already in
-    use`. Ports this process has handed out are not handed out again."""
+    ephemeral range and Ray's worker ports, not one this process has handed out before. A port
+    the kernel hands out for bind(0) can be taken, before its server binds it, as the local port
+    of any outgoing connection on the machine (a head, a database and their clients make many):
+    `ray start` then fails with `Address already in use`."""
     if preferred and _bindable(preferred):
         return preferred
     low, high = _ephemeral_range()
-    # Below the ephemeral range and above Ray's worker ports (10002-19999 by default); where the
-    # range leaves no room for that, anywhere above 1024 that is not ephemeral.
-    candidates = range(20000, low) if low - 20000 >= 1000 else range(1025, low)
-    for _ in range(200):
-        port = random.choice(candidates)
-        if port not in _handed_out and not (low <= port <= high) and _bindable(port):
+    # Above Ray's worker ports (10002-19999 by default), on either side of the ephemeral range;
+    # drawn from the OS (the random module's sequence repeats in every process seeded alike)
+    candidates = [r for r in (range(20000, low), range(max(high + 1, 20000), 65536)) if len(r)]
+    for _ in range(200 if candidates else 0):
+        span = _draw.choice(candidates)
+        port = span[_draw.randrange(len(span))]
+        if port not in _handed_out and _bindable(port):
             _handed_out.add(port)
             return port
-    with socket.socket() as s:  # a crowded machine: what the kernel gives
+    with socket.socket() as s:  # no room outside the ephemeral range: what the kernel gives
         s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
+_draw = random.SystemRandom()
 _handed_out: set[int] = set()
 
 

@@ -281,6 +281,7 @@ def _run_trainer(job, prepared, in_tune: bool = False):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from raymaas.runtime.lifecycle import call_interruptibly
     from raymaas.supervised.logger import log_unlogged_epochs, make_mlflow_callback
     from raymaas.supervised.loop import train_loop_per_worker
 
@@ -326,7 +327,7 @@ def _run_trainer(job, prepared, in_tune: bool = False):
         result = trainer.fit()
     else:
         with _EpochPrinter(job.client, job.run_id, spec.train_loop_config.epochs, elastic=spec.scaling_config.elastic):
-            result = trainer.fit()  # on the driver's work thread (run_job)
+            result = call_interruptibly(trainer.fit)
     log_unlogged_epochs(job.client, job.run_id, result)
     last = result.metrics or {}
     stopping = spec.train_loop_config.early_stopping

@@ -277,9 +277,8 @@ def run_sweep(spec, kind, address: str | None = None) -> SweepOutcome:
             )
             job = Job(best_spec, kind, client, best_run, tracking_uri, storage_path)
             prepared, _ = trials.prepare(best_spec, storage_path)
-            # on the driver's work thread, as tuner.fit (torch on one thread, SIGTERM heard)
-            trained = call_interruptibly(lambda: trials.model_of(job, prepared, best_row["checkpoint_path"]))
-            published = call_interruptibly(lambda: publish_model(client, best_run.run_id, best_spec, gate, trained))
+            trained = trials.model_of(job, prepared, best_row["checkpoint_path"])
+            published = publish_model(client, best_run.run_id, best_spec, gate, trained)
             for fn in job.deferred:  # e.g. stopping the RLlib algorithm the model came from
                 fn()
             for key, value in {

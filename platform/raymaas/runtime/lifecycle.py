@@ -12,9 +12,10 @@
             ...                 the work: the run ends FINISHED, FAILED or KILLED, never RUNNING
             status.set("FINISHED")
 
-and blocking calls on one long-lived thread, which SIGTERM interrupts (call_interruptibly). The exit codes of what
-such a job raises are raymaas.runtime.entrypoint's (report). Used by raymaas.runtime.driver
-(run_job), raymaas.sweep.job (run_sweep) and raymaas.batch.job (run_predict).
+and blocking calls on one long-lived work thread, while the main thread stays free for SIGTERM
+(call_interruptibly). The exit codes of what such a job raises are raymaas.runtime.entrypoint's
+(report). Used by raymaas.runtime.driver (run_job), raymaas.sweep.job (run_sweep) and
+raymaas.batch.job (run_predict).
 """
 
 from __future__ import annotations
